@@ -1,0 +1,16 @@
+module github.com/wsrc-go/wsrc
+
+go 1.26.0
+
+require (
+	github.com/coreos/go-systemd/v22 v22.6.0
+	github.com/ebfe/scard v0.0.0-20230420082256-7db3f9b7c8a7
+	github.com/google/gousb v1.1.3
+	github.com/gorilla/websocket v1.5.3
+)
+
+require (
+	go.uber.org/goleak v1.3.0 // indirect
+	golang.org/x/sys v0.50.0 // indirect
+	golang.org/x/term v0.48.0 // indirect
+)

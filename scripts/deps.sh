@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# deps.sh PROFILE... — install the Debian packages a make target needs,
+# after checking which are already there. Runs apt-get as root or via sudo.
+#
+# Profiles:
+#   build  what compiling the three programs needs (cgo: libusb, pcsclite)
+#   test   build + the real third-party stacks the tests drive:
+#          pcscd with vsmartcard's vpcd, QEMU for the usb-ccid VM test
+set -euo pipefail
+
+declare -A profile
+profile[build]="gcc libc6-dev pkg-config libusb-1.0-0-dev libpcsclite-dev"
+profile[test]="${profile[build]} pcscd vsmartcard-vpcd libccid qemu-system-x86"
+
+want=()
+for p in "$@"; do
+    [[ -n "${profile[$p]:-}" ]] || { echo "deps.sh: unknown profile '$p' (build, test)" >&2; exit 2; }
+    want+=(${profile[$p]})
+done
+
+missing=()
+for pkg in "${want[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+done
+if ((${#missing[@]} == 0)); then
+    exit 0
+fi
+
+if ! command -v apt-get >/dev/null; then
+    echo "deps.sh: missing packages (${missing[*]}) and no apt-get: install them by hand" >&2
+    exit 1
+fi
+sudo=()
+if [[ $(id -u) -ne 0 ]]; then
+    command -v sudo >/dev/null || { echo "deps.sh: need root or sudo to install: ${missing[*]}" >&2; exit 1; }
+    sudo=(sudo)
+fi
+echo "deps.sh: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+"${sudo[@]}" apt-get update -qq
+"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"

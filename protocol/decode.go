@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 )
 
 // wire holds the fields of any message, undecoded, so that each message
@@ -39,17 +38,29 @@ func Decode(data []byte) (Message, error) {
 		return nil, &DecodeError{Reason: "not a JSON object"}
 	}
 	var w wire
-	if err := json.Unmarshal(data, &w); err != nil {
-		return nil, &DecodeError{Reason: "malformed JSON: " + jsonReason(err), Err: err}
+	if !scanFlat(data, &w) {
+		// The general path. Keys are matched exactly, as pySim (Python
+		// dicts) does; encoding/json's struct decoding would fold case.
+		w = wire{}
+		var fields map[string]json.RawMessage
+		if err := json.Unmarshal(data, &fields); err != nil {
+			return nil, &DecodeError{Reason: "malformed JSON: " + jsonReason(err), Err: err}
+		}
+		for k, v := range fields {
+			if f := w.field([]byte(k)); f != nil {
+				*f = v
+			}
+		}
 	}
 	if w.MsgType == nil {
 		return nil, &DecodeError{Reason: `missing field "msg_type"`}
 	}
-	var t string
-	if err := json.Unmarshal(w.MsgType, &t); err != nil {
+	d := decoder{w: &w}
+	t := d.str("msg_type", w.MsgType, true)
+	if d.err != nil {
 		return nil, &DecodeError{Reason: `field "msg_type" must be a string`}
 	}
-	d := decoder{w: &w, t: t}
+	d.t = t
 	m := d.message()
 	if d.err != nil {
 		return nil, d.err
@@ -146,6 +157,9 @@ func (d *decoder) str(name string, raw json.RawMessage, required bool) string {
 		}
 		return ""
 	}
+	if p, ok := plainString(raw); ok {
+		return string(p)
+	}
 	var s string
 	if err := json.Unmarshal(raw, &s); err != nil {
 		d.fail("field %q must be a string", name)
@@ -157,6 +171,13 @@ func (d *decoder) str(name string, raw json.RawMessage, required bool) string {
 // hex decodes a hex string field. A present-but-empty string gives a
 // non-nil empty slice.
 func (d *decoder) hex(name string, raw json.RawMessage, required bool) []byte {
+	if p, ok := plainString(raw); ok {
+		b, err := decodeHexBytes(p)
+		if err != nil {
+			d.fail("field %q: %v", name, err)
+		}
+		return b
+	}
 	s := d.str(name, raw, required)
 	if d.err != nil || raw == nil || isNull(raw) {
 		return nil
@@ -220,14 +241,18 @@ func (d *decoder) cards(raw json.RawMessage) []CardInfo {
 // DecodeHex decodes a hex string of either case, with a precise error for
 // odd length or a bad digit.
 func DecodeHex(s string) ([]byte, error) {
+	return decodeHexBytes([]byte(s))
+}
+
+func decodeHexBytes(s []byte) ([]byte, error) {
 	if len(s)%2 != 0 {
 		return nil, fmt.Errorf("odd number of hex digits (%d)", len(s))
 	}
 	b := make([]byte, len(s)/2)
-	if _, err := hex.Decode(b, []byte(s)); err != nil {
+	if _, err := hex.Decode(b, s); err != nil {
 		var ie hex.InvalidByteError
 		if errors.As(err, &ie) {
-			i := strings.IndexByte(s, byte(ie))
+			i := bytes.IndexByte(s, byte(ie))
 			return nil, fmt.Errorf("invalid hex digit %q at position %d", rune(ie), i)
 		}
 		return nil, fmt.Errorf("invalid hex: %w", err)

@@ -2,7 +2,9 @@ package protocol
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -111,4 +113,67 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("unstable encoding: %s vs %s", enc, enc2)
 		}
 	})
+}
+
+// FuzzFastPath checks that the flat-object fast path and encoding/json agree
+// on every input the fast path accepts.
+func FuzzFastPath(f *testing.F) {
+	for _, s := range pysimFrames {
+		f.Add([]byte(s))
+	}
+	f.Add([]byte(`{"msg_type":"c_apdu","command":"00a4","command":"00b0"}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var fast wire
+		if !scanFlat(data, &fast) {
+			return
+		}
+		var fields map[string]json.RawMessage
+		if err := json.Unmarshal(data, &fields); err != nil {
+			t.Fatalf("fast path accepted what encoding/json rejects: %q: %v", data, err)
+		}
+		var slow wire
+		for k, v := range fields {
+			if f := slow.field([]byte(k)); f != nil {
+				*f = v
+			}
+		}
+		if !reflect.DeepEqual(normalize(fast), normalize(slow)) {
+			t.Fatalf("fast %+v != slow %+v", fast, slow)
+		}
+	})
+}
+
+// normalize turns RawMessage fields into their decoded strings.
+func normalize(w wire) map[string]string {
+	out := map[string]string{}
+	v := reflect.ValueOf(w)
+	for i := 0; i < v.NumField(); i++ {
+		raw := v.Field(i).Interface().(json.RawMessage)
+		if raw == nil {
+			continue
+		}
+		var s string
+		_ = json.Unmarshal(raw, &s)
+		out[v.Type().Field(i).Name] = s
+	}
+	return out
+}
+
+func BenchmarkDecodeCAPDU(b *testing.B) {
+	frame := []byte(`{"command": "00a4040410a0000005591010ffffffff8900000100", "msg_type": "c_apdu"}`)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := Decode(frame); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkEncodeRAPDU(b *testing.B) {
+	m := RAPDU{Response: bytes.Repeat([]byte{0x62}, 34), SW: 0x9000}
+	buf := make([]byte, 0, 256)
+	b.ReportAllocs()
+	for b.Loop() {
+		buf = AppendEncode(buf[:0], m)
+	}
 }

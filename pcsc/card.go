@@ -1,0 +1,238 @@
+package pcsc
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/wsrc-go/wsrc/card"
+)
+
+// OpenOptions choose how Open connects to a card.
+type OpenOptions struct {
+	// Shared connects in SCARD_SHARE_SHARED mode. The default is
+	// SCARD_SHARE_EXCLUSIVE: the relayed card's state (selected files,
+	// PIN status) must not be disturbed by other PC/SC clients.
+	Shared bool
+	// Protocols are the protocols pcscd may choose from; zero means
+	// AnyProtocol (T=0 or T=1, as the ATR offers).
+	Protocols Protocol
+}
+
+func (o OpenOptions) share() shareMode {
+	if o.Shared {
+		return shareShared
+	}
+	return shareExclusive
+}
+
+func (o OpenOptions) protocols() Protocol {
+	if o.Protocols == 0 {
+		return AnyProtocol
+	}
+	return o.Protocols
+}
+
+// MaxCommand is the longest command APDU Transmit accepts: pcsc-lite's
+// MAX_BUFFER_SIZE_EXTENDED (4 header + 3 Lc + 65536 data + 3 Le + 2),
+// enough for any extended APDU. Responses of up to 65536 data bytes plus
+// the status word fit ebfe/scard's receive buffer.
+const MaxCommand = 4 + 3 + 65536 + 3 + 2
+
+// Card is a card connected through pcscd; it implements card.Card.
+//
+// A Card owns its own PC/SC context, so it survives other handles being
+// released; it does not survive pcscd stopping (calls then fail with
+// ErrServiceUnavailable and card.ErrRemoved, and the Card must be closed
+// and reopened). Methods are safe for concurrent use; calls are
+// serialised.
+type Card struct {
+	reader string
+	opts   OpenOptions
+
+	mu sync.Mutex // guards everything below
+	// ctx and h are owned by the Card and released by Close.
+	ctx    scardContext
+	h      scardCard
+	atr    []byte
+	closed bool
+}
+
+var _ card.Card = (*Card)(nil)
+
+// Open connects to the card in reader. It fails with an error wrapping
+// card.ErrNoCard when the reader is empty, CodeSharingViolation when
+// another client holds the card, ErrReaderUnavailable when the reader is
+// unknown, and ErrServiceUnavailable when pcscd is not running.
+func Open(ctx context.Context, reader string, opts OpenOptions) (*Card, error) {
+	return open(ctx, realSystem, reader, opts)
+}
+
+func open(ctx context.Context, sys system, reader string, opts OpenOptions) (*Card, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("opening reader %q: %w", reader, err)
+	}
+	if p := opts.protocols(); p&^AnyProtocol != 0 {
+		return nil, fmt.Errorf("opening reader %q: unsupported protocol set %v", reader, p)
+	}
+	sctx, err := sys.EstablishContext()
+	if err != nil {
+		return nil, wrapErr("SCardEstablishContext", reader, err)
+	}
+	h, err := sctx.Connect(reader, opts.share(), opts.protocols())
+	if err != nil {
+		_ = sctx.Release()
+		return nil, wrapErr("SCardConnect", reader, err)
+	}
+	st, err := h.Status()
+	if err != nil {
+		_ = h.Disconnect(leaveCard)
+		_ = sctx.Release()
+		return nil, wrapErr("SCardStatus", reader, err)
+	}
+	return &Card{reader: reader, opts: opts, ctx: sctx, h: h, atr: bytes.Clone(st.ATR)}, nil
+}
+
+// Reader returns the name of the card's reader.
+func (c *Card) Reader() string { return c.reader }
+
+// Protocol returns the protocol negotiated for the card (T0 or T1).
+func (c *Card) Protocol() Protocol {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return 0
+	}
+	return c.h.ActiveProtocol()
+}
+
+// ATR returns the answer-to-reset of the current power cycle.
+func (c *Card) ATR() []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return bytes.Clone(c.atr)
+}
+
+// Transmit sends one command APDU (short or extended, up to MaxCommand
+// bytes) and returns the response APDU. A running SCardTransmit cannot be
+// interrupted: ctx is checked before the call only. When the card was
+// removed, the error wraps card.ErrRemoved.
+func (c *Card) Transmit(ctx context.Context, command []byte) ([]byte, error) {
+	if len(command) < 4 {
+		return nil, fmt.Errorf("transmit on reader %q: command of %d bytes is shorter than an APDU header", c.reader, len(command))
+	}
+	if len(command) > MaxCommand {
+		return nil, fmt.Errorf("transmit on reader %q: command of %d bytes is longer than %d", c.reader, len(command), MaxCommand)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, fmt.Errorf("transmit on reader %q: %w", c.reader, card.ErrClosed)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("transmit on reader %q: %w", c.reader, err)
+	}
+	rsp, err := c.h.Transmit(command)
+	if err != nil {
+		return nil, c.cardErr("SCardTransmit", err)
+	}
+	if len(rsp) < 2 {
+		return nil, fmt.Errorf("transmit on reader %q: response of %d bytes has no status word", c.reader, len(rsp))
+	}
+	return rsp, nil
+}
+
+// Reset resets the card (WarmReset: SCardReconnect with SCARD_RESET_CARD;
+// ColdReset: SCARD_UNPOWER_CARD) and returns the new ATR.
+func (c *Card) Reset(ctx context.Context, kind card.ResetKind) ([]byte, error) {
+	d := resetCard
+	if kind == card.ColdReset {
+		d = unpowerCard
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, fmt.Errorf("%s reset on reader %q: %w", kind, c.reader, card.ErrClosed)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("%s reset on reader %q: %w", kind, c.reader, err)
+	}
+	if err := c.h.Reconnect(c.opts.share(), c.opts.protocols(), d); err != nil {
+		return nil, fmt.Errorf("%s reset: %w", kind, c.cardErr("SCardReconnect", err))
+	}
+	st, err := c.h.Status()
+	if err != nil {
+		return nil, fmt.Errorf("%s reset: %w", kind, c.cardErr("SCardStatus", err))
+	}
+	c.atr = bytes.Clone(st.ATR)
+	return bytes.Clone(c.atr), nil
+}
+
+// Close disconnects (powering the card down when it was opened
+// exclusively, leaving it as it is when shared) and releases the context.
+// Close is safe to call more than once.
+func (c *Card) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil
+	}
+	c.closed = true
+	d := unpowerCard
+	if c.opts.Shared {
+		d = leaveCard
+	}
+	err := c.h.Disconnect(d)
+	if err != nil && !isGone(err) {
+		err = wrapErr("SCardDisconnect", c.reader, err)
+	} else {
+		err = nil // the card or pcscd is gone: nothing left to release
+	}
+	if rerr := c.ctx.Release(); rerr != nil && err == nil && !isGone(rerr) {
+		err = wrapErr("SCardReleaseContext", c.reader, rerr)
+	}
+	return err
+}
+
+// cardErr maps an error of a call on the card handle. Besides the code's own
+// meaning it marks the error as card.ErrRemoved when the handle is dead:
+// the card or reader went away, pcscd stopped, or a vague transport error
+// after which SCardStatus says the card is gone.
+func (c *Card) cardErr(op string, err error) error {
+	e := wrapErr(op, c.reader, err)
+	var pe *Error
+	if !errors.As(e, &pe) {
+		return e
+	}
+	switch pe.Code {
+	case CodeRemovedCard:
+	case CodeReaderUnavailable, CodeUnknownReader, CodeNoService, CodeServiceStopped,
+		CodeInvalidHandle, CodeNoSmartcard:
+		pe.Removed = true
+	case CodeNotTransacted, CodeCommError, CodeUnknownError, CodeUnresponsiveCard,
+		CodeCommDataLost, CodeNotReady:
+		// The reader driver may fail before pcscd notices the removal:
+		// ask pcscd what it knows now.
+		st, serr := c.h.Status()
+		if serr != nil {
+			pe.Removed = isGone(serr) || isCode(serr, CodeNoSmartcard)
+		} else if st.State&statusPresent == 0 {
+			pe.Removed = true
+		}
+	}
+	return pe
+}
+
+// isGone reports whether err means the handle is dead because the card,
+// the reader or pcscd went away.
+func isGone(err error) bool {
+	for _, c := range []Code{CodeRemovedCard, CodeReaderUnavailable, CodeUnknownReader,
+		CodeNoService, CodeServiceStopped, CodeInvalidHandle} {
+		if isCode(err, c) {
+			return true
+		}
+	}
+	return false
+}

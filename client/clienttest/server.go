@@ -1,0 +1,279 @@
+// Package clienttest runs an in-process WSRC server for the tests and
+// examples of code built on package client, such as the wsrc command.
+//
+// The fake speaks the user side of the protocol the way our server does:
+// pySim's messages, the new ATR in reset_resp (unless Config.PySimReset),
+// and an `error` reply to every request it cannot carry out. There are no
+// agents: each card is a Go value whose Transmit and Reset functions
+// answer in place of a real card. It listens on a loopback port chosen by
+// the system (httptest).
+package clienttest
+
+import (
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/wsrc-go/wsrc/protocol"
+)
+
+// Card is one card the fake server offers.
+type Card struct {
+	// Identities must hold at least the ATR (key protocol.IdentityATR).
+	Identities protocol.Identities
+	// Addr, Agent and Reader are shown in list_cards_ack.
+	Addr          protocol.RemoteAddr
+	Agent, Reader string
+	// Init makes the card look as if it were still being identified:
+	// listed in state "init" and not selectable.
+	Init bool
+	// Transmit answers a command APDU. A non-nil error is sent to the
+	// user as an `error` message with the error's text. Nil answers
+	// every command with SW 6D00.
+	Transmit func(command []byte) (response []byte, sw uint16, err error)
+	// Reset returns the ATR after a reset, or an error to send to the
+	// user. Nil keeps the ATR in Identities.
+	Reset func() (atr []byte, err error)
+}
+
+// Config describes a fake server.
+type Config struct {
+	Cards []*Card
+	// PySimReset makes reset_resp carry no atr, as pySim's server.
+	PySimReset bool
+	// Authorize, if set, vets each upgrade request; an error refuses it
+	// with 401 and the error's text as the body.
+	Authorize func(r *http.Request) error
+}
+
+// Server is a running fake WSRC server (user port only).
+type Server struct {
+	// URL is the server's address, ws://127.0.0.1:port/.
+	URL string
+
+	cfg      Config
+	srv      *httptest.Server
+	upgrader websocket.Upgrader
+
+	wg sync.WaitGroup // one per connection handler past registration
+
+	mu       sync.Mutex // guards the fields below
+	closed   bool
+	conns    map[*websocket.Conn]struct{}
+	holder   map[*Card]*websocket.Conn // which connection selected a card
+	received []string
+}
+
+// Start starts a fake server. Close it when done.
+func Start(cfg Config) *Server {
+	s := &Server{
+		cfg:    cfg,
+		conns:  make(map[*websocket.Conn]struct{}),
+		holder: make(map[*Card]*websocket.Conn),
+	}
+	s.srv = httptest.NewServer(http.HandlerFunc(s.serveHTTP))
+	s.URL = "ws" + strings.TrimPrefix(s.srv.URL, "http") + "/"
+	return s
+}
+
+// Close closes every connection and waits for their handlers to end.
+func (s *Server) Close() {
+	s.srv.Close()
+	s.mu.Lock()
+	s.closed = true
+	for c := range s.conns {
+		_ = c.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+}
+
+// Received returns every frame the server has received so far, in order,
+// over all connections.
+func (s *Server) Received() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.received...)
+}
+
+func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.Authorize != nil {
+		if err := s.cfg.Authorize(r); err != nil {
+			http.Error(w, err.Error(), http.StatusUnauthorized)
+			return
+		}
+	}
+	conn, err := s.upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		return // Upgrade has answered with an HTTP error
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		_ = conn.Close()
+		return
+	}
+	s.conns[conn] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	defer s.wg.Done()
+	s.session(conn)
+	s.mu.Lock()
+	delete(s.conns, conn)
+	for card, h := range s.holder {
+		if h == conn {
+			delete(s.holder, card)
+		}
+	}
+	s.mu.Unlock()
+	_ = conn.Close()
+}
+
+// session runs one user connection until it ends.
+func (s *Server) session(conn *websocket.Conn) {
+	var selected *Card
+	hello := false
+	for {
+		_, data, err := conn.ReadMessage()
+		if err != nil {
+			return
+		}
+		s.mu.Lock()
+		s.received = append(s.received, string(data))
+		s.mu.Unlock()
+		m, err := protocol.Decode(data)
+		if err != nil {
+			if !send(conn, protocol.Error{Message: err.Error()}) {
+				return
+			}
+			continue
+		}
+		var out protocol.Message
+		switch m := m.(type) {
+		case protocol.Hello:
+			if m.ClientType != protocol.ClientUser {
+				out = protocol.Error{Message: "this is the user port; client_type must be user"}
+			} else {
+				hello = true
+				out = protocol.HelloAck{}
+			}
+		case protocol.ListCards, protocol.SelectCard, protocol.CAPDU, protocol.ResetReq:
+			if !hello {
+				out = protocol.Error{Message: "hello expected first"}
+				break
+			}
+			out, selected = s.request(conn, m, selected)
+		default:
+			out = protocol.Error{Message: fmt.Sprintf("unexpected %s message", m.MsgType())}
+		}
+		if !send(conn, out) {
+			return
+		}
+	}
+}
+
+// request answers one user request; selected is the user's card.
+func (s *Server) request(conn *websocket.Conn, m protocol.Message, selected *Card) (protocol.Message, *Card) {
+	switch m := m.(type) {
+	case protocol.ListCards:
+		return s.list(), selected
+	case protocol.SelectCard:
+		if selected != nil {
+			return protocol.Error{Message: "a card is already selected on this connection"}, selected
+		}
+		card, err := s.selectCard(conn, m)
+		if err != nil {
+			return protocol.Error{Message: err.Error()}, nil
+		}
+		return protocol.SelectCardAck{Identities: card.Identities}, card
+	case protocol.CAPDU:
+		if selected == nil {
+			return protocol.Error{Message: "no card selected: send select_card first"}, nil
+		}
+		if selected.Transmit == nil {
+			return protocol.RAPDU{Response: []byte{}, SW: 0x6d00}, selected
+		}
+		resp, sw, err := selected.Transmit(m.Command)
+		if err != nil {
+			return protocol.Error{Message: err.Error()}, selected
+		}
+		if resp == nil {
+			resp = []byte{}
+		}
+		return protocol.RAPDU{Response: resp, SW: sw}, selected
+	default: // protocol.ResetReq
+		if selected == nil {
+			return protocol.Error{Message: "no card selected: send select_card first"}, nil
+		}
+		atr, err := protocol.DecodeHex(selected.Identities[protocol.IdentityATR])
+		if selected.Reset != nil {
+			atr, err = selected.Reset()
+		}
+		if err != nil {
+			return protocol.Error{Message: err.Error()}, selected
+		}
+		if s.cfg.PySimReset {
+			atr = nil
+		}
+		return protocol.ResetResp{ATR: atr}, selected
+	}
+}
+
+func (s *Server) list() protocol.ListCardsAck {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cards := make([]protocol.CardInfo, 0, len(s.cfg.Cards))
+	for _, c := range s.cfg.Cards {
+		state := protocol.StateReady
+		switch {
+		case c.Init:
+			state = protocol.StateInit
+		case s.holder[c] != nil:
+			state = protocol.StateAssociated
+		}
+		cards = append(cards, protocol.CardInfo{
+			RemoteAddr: c.Addr, Identities: c.Identities, State: state, Agent: c.Agent, Reader: c.Reader,
+		})
+	}
+	return protocol.ListCardsAck{Cards: cards}
+}
+
+func (s *Server) selectCard(conn *websocket.Conn, m protocol.SelectCard) (*Card, error) {
+	key := strings.ToUpper(m.IDType)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, c := range s.cfg.Cards {
+		if !matches(key, c.Identities[key], m.IDStr) {
+			continue
+		}
+		if c.Init {
+			return nil, fmt.Errorf("card %s == %s is still being identified", m.IDType, m.IDStr)
+		}
+		if s.holder[c] != nil {
+			return nil, fmt.Errorf("card %s == %s is in use by another user", m.IDType, m.IDStr)
+		}
+		s.holder[c] = conn
+		return c, nil
+	}
+	return nil, fmt.Errorf("no card with %s == %s", m.IDType, m.IDStr)
+}
+
+// matches compares identities case-insensitively, ICCIDs also with and
+// without their trailing f padding.
+func matches(key, have, want string) bool {
+	if have == "" {
+		return false
+	}
+	if key == protocol.IdentityICCID {
+		have, want = strings.TrimRight(have, "fF"), strings.TrimRight(want, "fF")
+	}
+	return strings.EqualFold(have, want)
+}
+
+func send(conn *websocket.Conn, m protocol.Message) bool {
+	return conn.WriteMessage(websocket.TextMessage, protocol.Encode(m)) == nil
+}

@@ -1,0 +1,123 @@
+package client
+
+import (
+	"context"
+	"crypto/tls"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/wsrc-go/wsrc/protocol"
+)
+
+// DefaultRequestTimeout is how long a request waits for its reply unless
+// [WithRequestTimeout] says otherwise. It is generous: a reset or a slow
+// card command (key generation, eUICC profile download) takes seconds.
+const DefaultRequestTimeout = 60 * time.Second
+
+// closeWait is how long Close waits for the server to answer its close
+// frame before it drops the connection.
+const closeWait = 2 * time.Second
+
+// Option configures Dial.
+type Option func(*config)
+
+type config struct {
+	header     http.Header
+	user, pass string
+	basicAuth  bool
+	tls        *tls.Config
+	timeout    time.Duration
+	readLimit  int64
+	logger     *slog.Logger
+	netDial    func(ctx context.Context, network, addr string) (net.Conn, error)
+	notice     func(message string)
+}
+
+func newConfig(opts []Option) *config {
+	c := &config{
+		header:    make(http.Header),
+		timeout:   DefaultRequestTimeout,
+		readLimit: protocol.MaxFrameSize,
+	}
+	for _, o := range opts {
+		o(c)
+	}
+	if c.logger == nil {
+		c.logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+// WithHeader adds HTTP headers to the WebSocket upgrade request (for
+// example a bearer token for a server behind a reverse proxy). It may be
+// given more than once; values add up.
+func WithHeader(h http.Header) Option {
+	return func(c *config) {
+		for k, vs := range h {
+			for _, v := range vs {
+				c.header.Add(k, v)
+			}
+		}
+	}
+}
+
+// WithBasicAuth sends HTTP basic authentication with the upgrade request.
+// A user name and password in the URL (ws://user:pass@host:4220/) have the
+// same effect; this option takes precedence over them.
+func WithBasicAuth(user, password string) Option {
+	return func(c *config) { c.user, c.pass, c.basicAuth = user, password, true }
+}
+
+// WithTLSConfig sets the TLS configuration for wss:// URLs (custom CA,
+// client certificates). The default is Go's, verifying against the system
+// roots.
+func WithTLSConfig(cfg *tls.Config) Option {
+	return func(c *config) { c.tls = cfg }
+}
+
+// WithRequestTimeout bounds how long each request (including the hello
+// exchange in Dial) waits for its reply; d <= 0 means
+// [DefaultRequestTimeout]. When it expires the request fails with an error
+// wrapping [ErrTimeout] and the connection is closed.
+func WithRequestTimeout(d time.Duration) Option {
+	return func(c *config) {
+		if d > 0 {
+			c.timeout = d
+		}
+	}
+}
+
+// WithReadLimit sets the largest frame accepted from the server, in bytes;
+// n <= 0 means [protocol.MaxFrameSize]. A larger frame closes the
+// connection with a [ProtocolError].
+func WithReadLimit(n int64) Option {
+	return func(c *config) {
+		if n > 0 {
+			c.readLimit = n
+		}
+	}
+}
+
+// WithLogger logs every frame sent and received at Debug level, and
+// connection events at Info/Warn. The default logs nothing.
+func WithLogger(l *slog.Logger) Option {
+	return func(c *config) { c.logger = l }
+}
+
+// WithNetDialContext replaces the function that opens the TCP connection
+// (an SSH tunnel, a SOCKS proxy, an in-memory pipe in tests). The default
+// is a net.Dialer honouring the HTTP proxy environment variables.
+func WithNetDialContext(dial func(ctx context.Context, network, addr string) (net.Conn, error)) Option {
+	return func(c *config) { c.netDial = dial }
+}
+
+// WithNoticeHandler is called with the text of an `error` message that the
+// server sends while no request is outstanding (a pySim-compatible server
+// sends none; ours may tell that the selected card went away). Such
+// messages are otherwise logged and dropped. The handler runs on the
+// Client's reader goroutine and must not call the Client.
+func WithNoticeHandler(f func(message string)) Option {
+	return func(c *config) { c.notice = f }
+}

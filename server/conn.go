@@ -1,0 +1,317 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/wsrc-go/wsrc/protocol"
+)
+
+// conn is one upgraded WebSocket, card or user, with the framing rules
+// both share: bounded reads, serialised writes with a deadline, keepalive
+// pings and an orderly close.
+type conn struct {
+	srv    *Server
+	ws     *websocket.Conn // Close and WriteControl may be called from any goroutine
+	role   string          // roleCard or roleUser
+	remote protocol.RemoteAddr
+	log    *slog.Logger
+
+	// Owned by the connection's goroutine, the only reader:
+	rbuf []byte // read buffer, reused across messages
+
+	wmu  sync.Mutex // serialises data-frame writes; guards wbuf
+	wbuf []byte     // encoding buffer, reused across writes
+
+	kmu       sync.Mutex  // guards the keepalive fields below
+	ping      *time.Timer // next keepalive ping; nil until keepalive starts
+	awaitPong bool        // a ping is out and its pong not yet read
+	busy      bool        // the goroutine is waiting on the card, not reading
+	closing   bool        // a close frame has been sent (or the conn is gone)
+}
+
+func newConn(s *Server, ws *websocket.Conn, role, remote string) *conn {
+	c := &conn{srv: s, ws: ws, role: role, remote: remoteAddr(remote)}
+	c.log = s.log.With("port", role, "remote", remote)
+	ws.SetPongHandler(c.pong)
+	return c
+}
+
+// errTooBig ends a connection that sent a message over MaxFrameSize.
+type errTooBig struct{ limit int }
+
+func (e errTooBig) Error() string {
+	return fmt.Sprintf("message too big: the limit is %d bytes", e.limit)
+}
+
+// errBinary reports a binary frame; WSRC messages are text.
+var errBinary = errors.New("binary frames are not supported: send each message as a JSON text frame")
+
+// recoverable reports whether err (from next) concerns one message only,
+// leaving the connection usable.
+func recoverable(err error) bool {
+	var de *protocol.DecodeError
+	return errors.As(err, &de) || errors.Is(err, errBinary)
+}
+
+// next reads and decodes the next message. A recoverable error (see
+// recoverable) describes a bad message; any other error ends the
+// connection.
+func (c *conn) next() (protocol.Message, error) {
+	typ, r, err := c.ws.NextReader()
+	if err != nil {
+		return nil, err
+	}
+	limit := c.srv.cfg.MaxFrameSize
+	buf := c.rbuf[:0]
+	if buf == nil {
+		buf = make([]byte, 0, 256)
+	}
+	for {
+		if len(buf) == cap(buf) {
+			if len(buf) > limit {
+				return nil, errTooBig{limit}
+			}
+			buf = append(buf, 0)[:len(buf)]
+			if cap(buf) > limit+1 {
+				buf = buf[:len(buf):limit+1]
+			}
+		}
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	if len(buf) > limit {
+		return nil, errTooBig{limit}
+	}
+	// Keep a small buffer for the next message, not a huge one.
+	if cap(buf) <= 4096 {
+		c.rbuf = buf
+	} else {
+		c.rbuf = nil
+	}
+	if typ != websocket.TextMessage {
+		return nil, errBinary
+	}
+	return protocol.Decode(buf)
+}
+
+// write sends m as one text frame within the write timeout. On failure
+// the connection is closed (its goroutine then ends) and the error
+// returned; callers need not do more than stop.
+func (c *conn) write(m protocol.Message) error {
+	c.wmu.Lock()
+	c.wbuf = protocol.AppendEncode(c.wbuf[:0], m)
+	if err := c.ws.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout)); err != nil {
+		c.wmu.Unlock()
+		return err
+	}
+	err := c.ws.WriteMessage(websocket.TextMessage, c.wbuf)
+	if cap(c.wbuf) > 4096 {
+		c.wbuf = nil
+	}
+	c.wmu.Unlock()
+	if err != nil && !errors.Is(err, websocket.ErrCloseSent) {
+		c.log.Info("write failed; closing", "msg_type", m.MsgType(), "err", err)
+		c.ws.Close()
+	}
+	return err
+}
+
+// sendError sends an error message; a failure is handled by write.
+func (c *conn) sendError(format string, args ...any) {
+	msg := format
+	if len(args) > 0 {
+		msg = fmt.Sprintf(format, args...)
+	}
+	c.log.Debug("sending error", "message", msg)
+	_ = c.write(protocol.Error{Message: msg})
+}
+
+// fail sends an error message, then closes the connection with code and
+// reason (close codes: 1002 protocol error, 1008 policy violation, 1009
+// message too big, 1011 keepalive timeout). Called by the connection's
+// goroutine, which must return afterwards.
+func (c *conn) fail(code int, reason string, message string) {
+	c.log.Info("closing connection", "code", code, "reason", message)
+	if message != "" {
+		_ = c.write(protocol.Error{Message: message})
+	}
+	c.closeGently(code, reason)
+	c.drain()
+}
+
+// closeReason shortens s to fit a close frame (123 bytes).
+func closeReason(s string) string {
+	const max = 123
+	if len(s) <= max {
+		return s
+	}
+	return s[:max-3] + "..."
+}
+
+// closeGently sends a close frame (once) and makes the reader give up
+// within closeGrace: the reader gets the peer's answering close frame or
+// a timeout, and its goroutine ends. Safe from any goroutine.
+func (c *conn) closeGently(code int, reason string) {
+	c.kmu.Lock()
+	already := c.closing
+	c.closing = true
+	if c.ping != nil {
+		c.ping.Stop()
+	}
+	c.kmu.Unlock()
+	if already {
+		return
+	}
+	deadline := time.Now().Add(closeGrace)
+	_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, closeReason(reason)), deadline)
+	_ = c.ws.SetReadDeadline(deadline)
+}
+
+// closeNow sends a close frame and closes the TCP connection at once.
+func (c *conn) closeNow(code int, reason string) {
+	c.closeGently(code, reason)
+	c.ws.Close()
+}
+
+// drain reads and discards until the peer's close frame, an error or the
+// close grace deadline, so that our close frame is not lost to a TCP
+// reset caused by unread input.
+func (c *conn) drain() {
+	for {
+		_, r, err := c.ws.NextReader()
+		if err != nil {
+			return
+		}
+		if _, err := io.Copy(io.Discard, r); err != nil {
+			return
+		}
+	}
+}
+
+// startKeepalive arms the ping timer; called once the connection is in
+// its steady state (after hello, or after identification for cards).
+func (c *conn) startKeepalive() {
+	d := c.srv.cfg.PingInterval
+	if d < 0 {
+		return
+	}
+	c.kmu.Lock()
+	if !c.closing {
+		c.ping = time.AfterFunc(d, c.sendPing)
+	}
+	c.kmu.Unlock()
+}
+
+// sendPing runs on the ping timer. It sets the read deadline that the pong
+// must beat, unless the goroutine is busy waiting for a card (then it is
+// not reading, and the ping is skipped for this round).
+func (c *conn) sendPing() {
+	cfg := &c.srv.cfg
+	c.kmu.Lock()
+	if c.closing {
+		c.kmu.Unlock()
+		return
+	}
+	send := !c.busy && !c.awaitPong
+	if send {
+		c.awaitPong = true
+		_ = c.ws.SetReadDeadline(time.Now().Add(cfg.PongTimeout))
+	}
+	c.ping.Reset(cfg.PingInterval)
+	c.kmu.Unlock()
+	if send {
+		// A failed ping means a dead or stuck peer; the pong deadline
+		// ends the connection then.
+		_ = c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(cfg.WriteTimeout))
+	}
+}
+
+// pong is the pong handler (runs on the reader goroutine).
+func (c *conn) pong(string) error {
+	c.kmu.Lock()
+	if c.awaitPong && !c.closing {
+		c.awaitPong = false
+		_ = c.ws.SetReadDeadline(time.Time{})
+	}
+	c.kmu.Unlock()
+	return nil
+}
+
+// setBusy marks the start and end of a wait on the card, during which the
+// goroutine does not read and so cannot see a pong: the pong deadline is
+// suspended meanwhile and restarted afterwards.
+func (c *conn) setBusy(busy bool) {
+	c.kmu.Lock()
+	c.busy = busy
+	if c.awaitPong && !c.closing {
+		var d time.Time
+		if !busy {
+			d = time.Now().Add(c.srv.cfg.PongTimeout)
+		}
+		_ = c.ws.SetReadDeadline(d)
+	}
+	c.kmu.Unlock()
+}
+
+// setReadDeadline sets the read deadline unless the connection is
+// closing (then closeGently's deadline stands).
+func (c *conn) setReadDeadline(t time.Time) {
+	c.kmu.Lock()
+	if !c.closing {
+		_ = c.ws.SetReadDeadline(t)
+	}
+	c.kmu.Unlock()
+}
+
+// isTimeout reports whether err is a read deadline expiring.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// endedByPeer reports whether err is the peer closing or dropping the
+// connection (as opposed to our deadline or a protocol failure).
+func endedByPeer(err error) bool {
+	var ce *websocket.CloseError
+	return errors.As(err, &ce) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed)
+}
+
+// readFailed ends the connection after a fatal error from next, with the
+// close code that fits, and returns a short description for the log.
+func (c *conn) readFailed(err error) string {
+	var big errTooBig
+	switch {
+	case errors.As(err, &big):
+		c.fail(websocket.CloseMessageTooBig, big.Error(), big.Error())
+		return big.Error()
+	case endedByPeer(err):
+		return "closed by peer: " + err.Error()
+	case isTimeout(err):
+		c.kmu.Lock()
+		keepalive := c.awaitPong
+		closing := c.closing
+		c.kmu.Unlock()
+		if keepalive && !closing {
+			c.closeNow(websocket.CloseInternalServerErr, "keepalive ping timeout")
+			return "keepalive ping timeout"
+		}
+		return "read deadline: " + err.Error()
+	default:
+		c.closeNow(websocket.CloseProtocolError, closeReason(err.Error()))
+		return err.Error()
+	}
+}

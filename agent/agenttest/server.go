@@ -1,0 +1,235 @@
+// Package agenttest is a scripted stand-in for a WSRC server's card port,
+// for testing card agents: a test accepts each WebSocket the agent opens
+// and plays the server's side message by message, as pySim's server does.
+//
+// It is a test helper (like net/http/httptest): every wait is bounded by
+// Timeout and fails the test instead of hanging it, and everything it
+// starts is stopped by Close (registered with t.Cleanup).
+package agenttest
+
+import (
+	"errors"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/wsrc-go/wsrc/protocol"
+)
+
+// Timeout bounds every wait of a Server or Conn method: a test that
+// expects a connection or a message and gets none fails after Timeout.
+var Timeout = 10 * time.Second
+
+// Server is a fake card port on a loopback address.
+type Server struct {
+	t     testing.TB
+	srv   *httptest.Server
+	conns chan *Conn // handler → Accept
+
+	mu     sync.Mutex
+	open   map[*Conn]struct{} // guarded by mu: closed by Close
+	closed bool               // guarded by mu
+	done   chan struct{}      // closed by Close
+}
+
+// NewServer starts a fake card port on 127.0.0.1 (a free port).
+func NewServer(t testing.TB) *Server {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("agenttest: listening: %v", err)
+	}
+	return serve(t, ln)
+}
+
+// NewServerAt starts a fake card port on addr, e.g. the address of a
+// Server that was closed, to test reconnection.
+func NewServerAt(t testing.TB, addr string) *Server {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("agenttest: listening on %s again: %v", addr, err)
+	}
+	return serve(t, ln)
+}
+
+func serve(t testing.TB, ln net.Listener) *Server {
+	s := &Server{
+		t:     t,
+		conns: make(chan *Conn, 16),
+		open:  make(map[*Conn]struct{}),
+		done:  make(chan struct{}),
+	}
+	up := websocket.Upgrader{}
+	s.srv = &httptest.Server{
+		Listener: ln,
+		Config: &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			ws, err := up.Upgrade(w, r, nil)
+			if err != nil {
+				return
+			}
+			c := &Conn{t: t, ws: ws}
+			s.mu.Lock()
+			if s.closed {
+				s.mu.Unlock()
+				ws.Close()
+				return
+			}
+			s.open[c] = struct{}{}
+			s.mu.Unlock()
+			select {
+			case s.conns <- c:
+			case <-s.done:
+			}
+		})},
+	}
+	s.srv.Start()
+	t.Cleanup(s.Close)
+	return s
+}
+
+// URL is the ws:// URL of the card port.
+func (s *Server) URL() string { return "ws://" + s.Addr() + "/" }
+
+// Addr is the host:port the server listens on.
+func (s *Server) Addr() string { return s.srv.Listener.Addr().String() }
+
+// Accept returns the next WebSocket an agent opened.
+func (s *Server) Accept() *Conn {
+	s.t.Helper()
+	select {
+	case c := <-s.conns:
+		return c
+	case <-time.After(Timeout):
+		s.t.Fatalf("agenttest: no agent connected within %v", Timeout)
+		return nil
+	}
+}
+
+// Close stops the server and drops every open connection without a close
+// frame, as a crashed server would. It is safe to call more than once.
+func (s *Server) Close() {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	s.closed = true
+	close(s.done)
+	for c := range s.open {
+		c.ws.Close()
+	}
+	s.mu.Unlock()
+	s.srv.Close()
+}
+
+// Conn is the server's end of one agent WebSocket.
+type Conn struct {
+	t  testing.TB
+	ws *websocket.Conn
+}
+
+// WS gives direct access to the WebSocket, for what the helpers lack.
+func (c *Conn) WS() *websocket.Conn { return c.ws }
+
+// ReadRaw returns the next data frame from the agent.
+func (c *Conn) ReadRaw() []byte {
+	c.t.Helper()
+	c.ws.SetReadDeadline(time.Now().Add(Timeout))
+	typ, data, err := c.ws.ReadMessage()
+	if err != nil {
+		c.t.Fatalf("agenttest: reading from agent: %v", err)
+	}
+	if typ != websocket.TextMessage {
+		c.t.Fatalf("agenttest: agent sent a frame of type %d, want text", typ)
+	}
+	return data
+}
+
+// Read returns the next message from the agent, decoded.
+func (c *Conn) Read() protocol.Message {
+	c.t.Helper()
+	data := c.ReadRaw()
+	m, err := protocol.Decode(data)
+	if err != nil {
+		c.t.Fatalf("agenttest: agent sent %s: %v", data, err)
+	}
+	return m
+}
+
+// SendRaw sends one text frame as it is.
+func (c *Conn) SendRaw(data []byte) {
+	c.t.Helper()
+	c.ws.SetWriteDeadline(time.Now().Add(Timeout))
+	if err := c.ws.WriteMessage(websocket.TextMessage, data); err != nil {
+		c.t.Fatalf("agenttest: sending %s: %v", data, err)
+	}
+}
+
+// Send sends one message.
+func (c *Conn) Send(m protocol.Message) {
+	c.t.Helper()
+	c.SendRaw(protocol.Encode(m))
+}
+
+// Hello reads the agent's hello, checks that it is a card's, answers
+// hello_ack and returns it.
+func (c *Conn) Hello() protocol.Hello {
+	c.t.Helper()
+	m := c.Read()
+	h, ok := m.(protocol.Hello)
+	if !ok {
+		c.t.Fatalf("agenttest: first message is %s, want hello", m.MsgType())
+	}
+	if h.ClientType != protocol.ClientCard {
+		c.t.Fatalf("agenttest: hello client_type %q, want %q", h.ClientType, protocol.ClientCard)
+	}
+	c.Send(protocol.HelloAck{})
+	return h
+}
+
+// Transmit sends c_apdu and returns the agent's r_apdu; anything else
+// fails the test.
+func (c *Conn) Transmit(command []byte) protocol.RAPDU {
+	c.t.Helper()
+	c.Send(protocol.CAPDU{Command: command})
+	m := c.Read()
+	r, ok := m.(protocol.RAPDU)
+	if !ok {
+		c.t.Fatalf("agenttest: c_apdu %x answered with %#v, want r_apdu", command, m)
+	}
+	return r
+}
+
+// ExpectClose reads until the agent closes the connection and returns the
+// close code (websocket.CloseAbnormalClosure, 1006, when the TCP
+// connection ended without a close frame). Data frames still arriving are
+// returned in order in msgs.
+func (c *Conn) ExpectClose() (code int, msgs [][]byte) {
+	c.t.Helper()
+	c.ws.SetReadDeadline(time.Now().Add(Timeout))
+	for {
+		_, data, err := c.ws.ReadMessage()
+		if err == nil {
+			msgs = append(msgs, data)
+			continue
+		}
+		var ce *websocket.CloseError
+		if errors.As(err, &ce) {
+			c.ws.Close()
+			return ce.Code, msgs
+		}
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			c.t.Fatalf("agenttest: agent did not close within %v", Timeout)
+		}
+		c.ws.Close()
+		return websocket.CloseAbnormalClosure, msgs
+	}
+}
+
+// Close drops the connection without a close frame.
+func (c *Conn) Close() { c.ws.Close() }

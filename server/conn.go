@@ -35,6 +35,7 @@ type conn struct {
 	awaitPong bool        // a ping is out and its pong not yet read
 	busy      bool        // the goroutine is waiting on the card, not reading
 	closing   bool        // a close frame has been sent (or the conn is gone)
+	why       string      // the reason closeGently gave
 }
 
 func newConn(s *Server, ws *websocket.Conn, role, remote string) *conn {
@@ -81,7 +82,7 @@ func (c *conn) next() (protocol.Message, error) {
 			}
 			buf = append(buf, 0)[:len(buf)]
 			if cap(buf) > limit+1 {
-				buf = buf[:len(buf):limit+1]
+				buf = buf[: len(buf) : limit+1]
 			}
 		}
 		n, err := r.Read(buf[len(buf):cap(buf)])
@@ -169,6 +170,9 @@ func (c *conn) closeGently(code int, reason string) {
 	c.kmu.Lock()
 	already := c.closing
 	c.closing = true
+	if !already {
+		c.why = reason
+	}
 	if c.ping != nil {
 		c.ping.Stop()
 	}
@@ -291,27 +295,34 @@ func endedByPeer(err error) bool {
 }
 
 // readFailed ends the connection after a fatal error from next, with the
-// close code that fits, and returns a short description for the log.
+// close code that fits, and returns why it ended, in words for the other
+// party (a user whose card this was).
 func (c *conn) readFailed(err error) string {
+	c.log.Debug("read failed", "err", err)
+	c.kmu.Lock()
+	keepalive, closing, why := c.awaitPong, c.closing, c.why
+	c.kmu.Unlock()
+	peer := "user"
+	if c.role == roleCard {
+		peer = "card agent"
+	}
 	var big errTooBig
+	var ce *websocket.CloseError
 	switch {
+	case closing:
+		return why
 	case errors.As(err, &big):
 		c.fail(websocket.CloseMessageTooBig, big.Error(), big.Error())
 		return big.Error()
+	case errors.As(err, &ce) && (ce.Code == websocket.CloseNormalClosure || ce.Code == websocket.CloseGoingAway):
+		return "the " + peer + " closed the connection"
 	case endedByPeer(err):
-		return "closed by peer: " + err.Error()
-	case isTimeout(err):
-		c.kmu.Lock()
-		keepalive := c.awaitPong
-		closing := c.closing
-		c.kmu.Unlock()
-		if keepalive && !closing {
-			c.closeNow(websocket.CloseInternalServerErr, "keepalive ping timeout")
-			return "keepalive ping timeout"
-		}
-		return "read deadline: " + err.Error()
+		return "the " + peer + "'s connection was lost"
+	case isTimeout(err) && keepalive:
+		c.closeNow(websocket.CloseInternalServerErr, "keepalive ping timeout")
+		return "the " + peer + " stopped answering keepalive pings"
 	default:
 		c.closeNow(websocket.CloseProtocolError, closeReason(err.Error()))
-		return err.Error()
+		return "protocol error: " + err.Error()
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"net/http"
 	"reflect"
 	"strconv"
 	"strings"
@@ -46,19 +47,26 @@ func (e *env) nextAddr() string {
 	return "127.0.0.1:" + strconv.Itoa(40000+e.n)
 }
 
+// peerTimeout bounds each wait of a test peer. The tests run in synctest
+// bubbles, where it is fake time: it must only exceed every server
+// timeout a test waits for.
+const peerTimeout = time.Hour
 
-// card connects a card agent peer from remote ("" picks one).
-func (e *env) card(remote string) *wstest.Peer {
+// pipe connects a peer to h over an in-memory pipe.
+func (e *env) pipe(h http.Handler, remote string, opts ...wstest.Option) *wstest.Peer {
 	if remote == "" {
 		remote = e.nextAddr()
 	}
-	return wstest.Pipe(e.t, e.srv.CardHandler(), remote)
+	p := wstest.Pipe(e.t, h, remote, opts...)
+	p.Timeout = peerTimeout
+	return p
 }
 
+// card connects a card agent peer from remote ("" picks one).
+func (e *env) card(remote string) *wstest.Peer { return e.pipe(e.srv.CardHandler(), remote) }
+
 // user connects a user peer.
-func (e *env) user() *wstest.Peer {
-	return wstest.Pipe(e.t, e.srv.UserHandler(), e.nextAddr())
-}
+func (e *env) user() *wstest.Peer { return e.pipe(e.srv.UserHandler(), "") }
 
 // helloUser connects a user and completes hello.
 func (e *env) helloUser() *wstest.Peer {

@@ -61,7 +61,19 @@ type Peer struct {
 // (and the peer stops reading, as a slow client would).
 const queueLen = 256
 
-func newPeer(t testing.TB, c *websocket.Conn) *Peer {
+// Option adjusts a Peer before it starts reading.
+type Option func(*websocket.Conn)
+
+// IgnorePings makes the Peer swallow pings without answering, like a
+// peer whose network went quiet.
+func IgnorePings() Option {
+	return func(c *websocket.Conn) { c.SetPingHandler(func(string) error { return nil }) }
+}
+
+func newPeer(t testing.TB, c *websocket.Conn, opts ...Option) *Peer {
+	for _, o := range opts {
+		o(c)
+	}
 	p := &Peer{Conn: c, t: t, frames: make(chan Frame, queueLen), done: make(chan struct{})}
 	go p.readLoop()
 	t.Cleanup(p.shut)
@@ -167,6 +179,7 @@ func (p *Peer) WaitClosed() (code int, reason string) {
 	if f, ok := p.next(); ok {
 		p.t.Fatalf("wstest: got %q, want the connection to close", f.Data)
 	}
+	<-p.done // follows the end of frames at once
 	return p.CloseStatus()
 }
 
@@ -206,7 +219,7 @@ func (p *Peer) Close(code int, reason string) {
 func (p *Peer) Drop() { p.Conn.Close() }
 
 // Dial connects a Peer to a real WebSocket URL (ws://127.0.0.1:port/).
-func Dial(t testing.TB, url string) *Peer {
+func Dial(t testing.TB, url string, opts ...Option) *Peer {
 	t.Helper()
 	d := websocket.Dialer{HandshakeTimeout: DefaultTimeout}
 	c, resp, err := d.Dial(url, nil)
@@ -217,19 +230,19 @@ func Dial(t testing.TB, url string) *Peer {
 		}
 		t.Fatalf("wstest: dialing %s: %v%s", url, err, status)
 	}
-	return newPeer(t, c)
+	return newPeer(t, c, opts...)
 }
 
 // Pipe connects a Peer to h over an in-memory net.Pipe: h serves one HTTP
 // request (the WebSocket upgrade) with RemoteAddr set to remoteAddr
 // ("127.0.0.1:37586"). Pipe works inside a synctest bubble.
-func Pipe(t testing.TB, h http.Handler, remoteAddr string) *Peer {
+func Pipe(t testing.TB, h http.Handler, remoteAddr string, opts ...Option) *Peer {
 	t.Helper()
 	c, err := DialPipe(h, remoteAddr)
 	if err != nil {
 		t.Fatalf("wstest: %v", err)
 	}
-	return newPeer(t, c)
+	return newPeer(t, c, opts...)
 }
 
 // DialPipe is Pipe without a Peer: it returns the client connection (for

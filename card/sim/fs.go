@@ -123,12 +123,13 @@ func buildTree(cfg Config) (mf, adf *file) {
 	mf.add(dir, ef, arr, bigEF)
 
 	if cfg.USIM {
+		imsi, _ := card.EncodeIMSI(cfg.IMSI)
 		adf = &file{fid: fidADF, kind: kindDF, aid: AIDUSIM, parent: mf}
 		adf.fcp = fcp(tlv(0x82, 0x78, 0x21), fid(fidADF), tlv(0x84, AIDUSIM...),
 			tlv(0xa5, tlv(0x80, 0x71)...), tlv(0x8a, 0x05), tlv(0x8b, 0x2f, 0x06, 0x01),
 			tlv(0xc6, pinStatus...))
 		adf.add(
-			transparentEF(fidIMSI, 0x07, encodeIMSI(cfg.IMSI), 2),
+			transparentEF(fidIMSI, 0x07, imsi, 2),
 			transparentEF(fidAD, 0x03, []byte{0x00, 0x00, 0x00, 0x02}, 1),
 		)
 	}
@@ -170,37 +171,6 @@ func fid(id uint16) []byte { return tlv(0x83, byte(id>>8), byte(id)) }
 
 func fcp(parts ...[]byte) []byte {
 	return tlv(0x62, bytes.Join(parts, nil)...)
-}
-
-// encodeIMSI encodes an IMSI for EF.IMSI (TS 31.102 4.2.2): length byte,
-// then the digits as BCD after a parity nibble (9 odd, 1 even), f padded
-// to 9 bytes.
-func encodeIMSI(imsi string) []byte {
-	digits := "9" + imsi
-	if len(imsi)%2 == 0 {
-		digits = "1" + imsi
-	}
-	if len(digits)%2 == 1 {
-		digits += "f"
-	}
-	out := []byte{byte(len(digits) / 2)}
-	for i := 0; i < len(digits); i += 2 {
-		out = append(out, nib(digits[i+1])<<4|nib(digits[i]))
-	}
-	for len(out) < 9 {
-		out = append(out, 0xff)
-	}
-	return out
-}
-
-func nib(c byte) byte {
-	switch {
-	case c >= '0' && c <= '9':
-		return c - '0'
-	case c >= 'a' && c <= 'f':
-		return c - 'a' + 10
-	}
-	return 0xf
 }
 
 func mustHex(s string) []byte {

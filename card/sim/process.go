@@ -235,12 +235,7 @@ func (c *Card) findFID(id uint16) *file {
 	case id == fidMF:
 		return c.mf
 	case id == fidADF:
-		for f := df; f != nil; f = f.parent {
-			if f.aid != nil {
-				return f
-			}
-		}
-		return nil
+		return c.lastADF
 	case id == df.fid:
 		return df
 	}
@@ -300,6 +295,7 @@ func (c *Card) selectAID(aid []byte, resp bool) ([]byte, uint16) {
 		return append([]byte(nil), isdrFCI...), swOK
 	}
 	if c.adf != nil && bytes.HasPrefix(c.adf.aid, aid) {
+		c.lastADF = c.adf
 		return c.selected(c.adf, resp)
 	}
 	return nil, swNotFound

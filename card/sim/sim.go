@@ -29,18 +29,19 @@
 //	      answers STORE DATA GET EID (80 E2 91 00 06 BF3E035C015A) with
 //	      BF3E 12 5A 10 <EID>; any other STORE DATA → 6A80
 //
-// Commands: SELECT (A4) by FID (P1=00; 3F00, 7FFF, children, parent and
-// siblings of the current DF), parent (P1=03), AID (P1=04, partial AID
-// matches a prefix), path from MF (P1=08) or current DF (P1=09), with
-// P2=00/04 (FCP; FCI for the ISD-R) or 0C (no data); READ BINARY (B0,
-// offset or SFI), UPDATE BINARY (D6), READ RECORD (B2, absolute, next,
-// previous, SFI), STATUS (80 F2), STORE DATA (80 E2, ISD-R selected),
-// GET RESPONSE (C0, any class). Short and extended APDUs are accepted.
-// Errors: 6700 malformed or wrong length, 6A82 unknown file or AID, 6A83
-// record not found, 6A86 bad P1/P2, 6B00 offset outside the EF, 6981 wrong
-// file structure, 6982 write to a read-only EF, 6985 GET RESPONSE with
-// nothing pending, 6986 no EF selected, 6D00 unknown INS, 6E00 unknown
-// CLA, 6881/6882 logical channel/secure messaging.
+// Commands: SELECT (A4) by FID (P1=00; 3F00, 7FFF = the ADF last
+// selected by AID, children, parent and siblings of the current DF),
+// parent (P1=03), AID (P1=04, partial AID matches a prefix), path from
+// the MF (P1=08) or the current DF (P1=09), with P2=00/04 (FCP; FCI for
+// the ISD-R) or 0C (no data); READ BINARY (B0, offset or SFI), UPDATE
+// BINARY (D6), READ RECORD (B2, absolute, next, previous, SFI), STATUS
+// (80 F2), STORE DATA (80 E2, ISD-R selected), GET RESPONSE (C0, any
+// class). Short and extended APDUs are accepted. Errors: 6700 malformed
+// or wrong length, 6A82 unknown file or AID, 6A83 record not found, 6A86
+// bad P1/P2, 6B00 offset outside the EF, 6981 wrong file structure, 6982
+// write to a read-only EF, 6985 GET RESPONSE with nothing pending, 6986
+// no EF selected, 6D00 unknown INS, 6E00 unknown CLA, 6881/6882 logical
+// channel/secure messaging.
 //
 // Response delivery: by default data comes back with the command,
 // even for case 1 and 3 commands (as the recorded card did), cut at Ne
@@ -115,7 +116,7 @@ type Config struct {
 	// EID is 32 hex digits, default DefaultEID; NoEID ("-") makes a plain
 	// UICC whose SELECT ISD-R answers 6A82.
 	EID string
-	// IMSI is 6 to 15 digits, default DefaultIMSI. It is only on the
+	// IMSI is 1 to 15 decimal digits, default DefaultIMSI. It is only on the
 	// card with USIM.
 	IMSI string
 	// USIM adds ADF.USIM (with EF.IMSI) and its EF.DIR record. The
@@ -166,8 +167,8 @@ func (c Config) Validate() error {
 			return fmt.Errorf("sim config: EID %q is not 32 hex digits", c.EID)
 		}
 	}
-	if len(c.IMSI) < 6 || len(c.IMSI) > 15 || strings.Trim(c.IMSI, "0123456789") != "" {
-		return fmt.Errorf("sim config: IMSI %q is not 6 to 15 decimal digits", c.IMSI)
+	if _, err := card.EncodeIMSI(c.IMSI); err != nil {
+		return fmt.Errorf("sim config: %w", err)
 	}
 	if len(c.ATR) < 2 || len(c.ATR) > 33 {
 		return fmt.Errorf("sim config: ATR of %d bytes, want 2 to 33", len(c.ATR))
@@ -197,6 +198,7 @@ type Card struct {
 	curDF   *file // current DF or ADF, never nil
 	curEF   *file // current EF or nil
 	app     bool  // the ISD-R is the selected application
+	lastADF *file // the ADF last selected by AID (what 7FFF names), or nil
 	recPtr  int   // current record of curEF (0 = none)
 	pending []byte
 }
@@ -282,5 +284,5 @@ func (c *Card) Process(cmd []byte) []byte {
 }
 
 func (c *Card) resetState() {
-	c.curDF, c.curEF, c.app, c.recPtr, c.pending = c.mf, nil, false, 0, nil
+	c.curDF, c.curEF, c.app, c.lastADF, c.recPtr, c.pending = c.mf, nil, false, nil, 0, nil
 }

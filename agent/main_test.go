@@ -43,10 +43,21 @@ type fakeCard struct {
 	reset    func(ctx context.Context) ([]byte, error)             // guarded by mu
 	sent     [][]byte                                              // guarded by mu
 	closed   bool                                                  // guarded by mu
+	closedCh chan struct{}                                         // closed by the first Close
 }
 
 func newFakeCard() *fakeCard {
-	return &fakeCard{atr: []byte{0x3b, 0x00}}
+	return &fakeCard{atr: []byte{0x3b, 0x00}, closedCh: make(chan struct{})}
+}
+
+// waitClosed waits until the card has been closed.
+func (c *fakeCard) waitClosed(t *testing.T) {
+	t.Helper()
+	select {
+	case <-c.closedCh:
+	case <-time.After(10 * time.Second):
+		t.Fatal("card not closed within 10s")
+	}
 }
 
 func (c *fakeCard) ATR() []byte { return c.atr }
@@ -74,6 +85,9 @@ func (c *fakeCard) Reset(ctx context.Context, kind card.ResetKind) ([]byte, erro
 
 func (c *fakeCard) Close() error {
 	c.mu.Lock()
+	if !c.closed {
+		close(c.closedCh)
+	}
 	c.closed = true
 	c.mu.Unlock()
 	return nil

@@ -1,0 +1,254 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/wsrc-go/wsrc/agent/agenttest"
+	"github.com/wsrc-go/wsrc/card"
+	"github.com/wsrc-go/wsrc/protocol"
+)
+
+// fakeBackend forwards the events a test feeds it.
+type fakeBackend struct {
+	name   string
+	events chan SlotEvent
+	fail   chan error
+}
+
+func newFakeBackend(name string) *fakeBackend {
+	return &fakeBackend{name: name, events: make(chan SlotEvent), fail: make(chan error)}
+}
+
+func (b *fakeBackend) Name() string { return b.name }
+
+func (b *fakeBackend) Probe(ctx context.Context) BackendReport {
+	return BackendReport{Backend: b.name}
+}
+
+func (b *fakeBackend) Run(ctx context.Context, out chan<- SlotEvent) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-b.fail:
+			return err
+		case ev := <-b.events:
+			select {
+			case out <- ev:
+			case <-ctx.Done():
+				return nil
+			}
+		}
+	}
+}
+
+// send hands the manager one event.
+func (b *fakeBackend) send(t *testing.T, ev SlotEvent) {
+	t.Helper()
+	select {
+	case b.events <- ev:
+	case <-time.After(10 * time.Second):
+		t.Fatal("backend event not taken within 10s")
+	}
+}
+
+func (b *fakeBackend) insert(t *testing.T, reader string, c card.Card) {
+	t.Helper()
+	b.send(t, SlotEvent{
+		Slot:    SlotID{Backend: b.name, Reader: reader},
+		Present: true,
+		Open:    func(context.Context) (card.Card, error) { return c, nil },
+	})
+}
+
+func (b *fakeBackend) remove(t *testing.T, reader string) {
+	t.Helper()
+	b.send(t, SlotEvent{Slot: SlotID{Backend: b.name, Reader: reader}})
+}
+
+func newTestManager(srv *agenttest.Server, backends ...Backend) *Manager {
+	return NewManager(Config{Server: srv.URL(), Agent: "testhost", Logger: testLogger(), Timing: fastTiming}, backends...)
+}
+
+func cardWithATR(b byte) *fakeCard {
+	c := newFakeCard()
+	c.atr = []byte{0x3b, b}
+	return c
+}
+
+// TestManagerTwoCards: two cards make two sessions, each with its own
+// reader name and ATR and its own card.
+func TestManagerTwoCards(t *testing.T) {
+	srv := agenttest.NewServer(t)
+	b := newFakeBackend("fake")
+	r := start(t, newTestManager(srv, b).Run)
+	c0, c1 := cardWithATR(0), cardWithATR(1)
+	c0.setTransmit(func(context.Context, []byte) ([]byte, error) { return []byte{0x00, 0x90, 0x00}, nil })
+	c1.setTransmit(func(context.Context, []byte) ([]byte, error) { return []byte{0x01, 0x90, 0x00}, nil })
+	b.insert(t, "reader 0", c0)
+	b.insert(t, "reader 1", c1)
+
+	conns := map[string]*agenttest.Conn{}
+	for range 2 {
+		conn := srv.Accept()
+		h := conn.Hello()
+		conns[h.Reader] = conn
+		want := map[string][]byte{"reader 0": {0x3b, 0}, "reader 1": {0x3b, 1}}[h.Reader]
+		if !bytes.Equal(h.ATR, want) {
+			t.Errorf("hello from %q with ATR %x, want %x", h.Reader, h.ATR, want)
+		}
+	}
+	for i, name := range []string{"reader 0", "reader 1"} {
+		conn := conns[name]
+		if conn == nil {
+			t.Fatalf("no session for %s (have %v)", name, conns)
+		}
+		if rr := conn.Transmit([]byte{0, 0xb0, 0, 0}); !bytes.Equal(rr.Response, []byte{byte(i)}) {
+			t.Errorf("%s answered %x", name, rr.Response)
+		}
+	}
+	r.cancel()
+	for name, conn := range conns {
+		if code, _ := conn.ExpectClose(); code != websocket.CloseGoingAway {
+			t.Errorf("%s: close code %d on shutdown, want 1001", name, code)
+		}
+	}
+	if err := r.wait(t); err != nil {
+		t.Errorf("Run = %v", err)
+	}
+	for _, c := range []*fakeCard{c0, c1} {
+		if !c.isClosed() {
+			t.Error("card not closed after shutdown")
+		}
+	}
+}
+
+// TestManagerRemoveInsert: removal closes the session (1001) and the
+// card; insertion opens a fresh session.
+func TestManagerRemoveInsert(t *testing.T) {
+	srv := agenttest.NewServer(t)
+	b := newFakeBackend("fake")
+	start(t, newTestManager(srv, b).Run)
+	c0 := cardWithATR(0)
+	b.insert(t, "r", c0)
+	conn := srv.Accept()
+	conn.Hello()
+	b.remove(t, "r")
+	if code, _ := conn.ExpectClose(); code != websocket.CloseGoingAway {
+		t.Errorf("close code %d on removal, want 1001", code)
+	}
+	c0.waitClosed(t)
+
+	c1 := cardWithATR(1)
+	b.insert(t, "r", c1)
+	conn = srv.Accept()
+	if h := conn.Hello(); !bytes.Equal(h.ATR, []byte{0x3b, 1}) {
+		t.Errorf("new session's ATR %x", h.ATR)
+	}
+	conn.Transmit([]byte{0, 0xb0, 0, 0})
+
+	// Removing an empty slot, or one of an unknown reader, is harmless.
+	b.remove(t, "nothing here")
+	// Present twice: the old session ends before the new card opens.
+	c2 := cardWithATR(2)
+	b.insert(t, "r", c2)
+	if code, _ := conn.ExpectClose(); code != websocket.CloseGoingAway {
+		t.Errorf("close code %d on re-insertion, want 1001", code)
+	}
+	c1.waitClosed(t)
+	conn = srv.Accept()
+	if h := conn.Hello(); !bytes.Equal(h.ATR, []byte{0x3b, 2}) {
+		t.Errorf("third session's ATR %x", h.ATR)
+	}
+}
+
+// TestManagerCardRemovedMidSession: a card that fails with ErrRemoved ends
+// its session and is closed; the slot waits for the backend's next event.
+func TestManagerCardRemovedMidSession(t *testing.T) {
+	srv := agenttest.NewServer(t)
+	b := newFakeBackend("fake")
+	start(t, newTestManager(srv, b).Run)
+	c0 := cardWithATR(0)
+	c0.setTransmit(func(context.Context, []byte) ([]byte, error) { return nil, card.ErrRemoved })
+	b.insert(t, "r", c0)
+	conn := srv.Accept()
+	conn.Hello()
+	conn.Send(protocol.CAPDU{Command: []byte{0, 0xb0, 0, 0}})
+	expectError(t, conn, "card removed")
+	conn.ExpectClose()
+	c0.waitClosed(t)
+	b.remove(t, "r")
+	c1 := cardWithATR(1)
+	b.insert(t, "r", c1)
+	conn = srv.Accept()
+	conn.Hello()
+}
+
+// TestManagerOpenFails: a card that cannot be opened gets no session;
+// the next insertion works.
+func TestManagerOpenFails(t *testing.T) {
+	srv := agenttest.NewServer(t)
+	b := newFakeBackend("fake")
+	start(t, newTestManager(srv, b).Run)
+	opened := make(chan struct{})
+	b.send(t, SlotEvent{
+		Slot:    SlotID{Backend: "fake", Reader: "r"},
+		Present: true,
+		Open: func(context.Context) (card.Card, error) {
+			close(opened)
+			return nil, fmt.Errorf("powering up: %w", card.ErrMute)
+		},
+	})
+	<-opened
+	b.send(t, SlotEvent{Slot: SlotID{Backend: "fake", Reader: "r"}, Present: true}) // no Open: ignored
+	c := cardWithATR(7)
+	b.insert(t, "r", c)
+	if h := srv.Accept().Hello(); !bytes.Equal(h.ATR, c.atr) {
+		t.Errorf("ATR %x", h.ATR)
+	}
+}
+
+// TestManagerBackendFails: when a backend stops, its sessions stop too;
+// with no backend left Run returns the error.
+func TestManagerBackendFails(t *testing.T) {
+	srv := agenttest.NewServer(t)
+	b1, b2 := newFakeBackend("one"), newFakeBackend("two")
+	r := start(t, newTestManager(srv, b1, b2).Run)
+	c1, c2 := cardWithATR(1), cardWithATR(2)
+	b1.insert(t, "r", c1)
+	conn1 := srv.Accept()
+	conn1.Hello()
+	b2.insert(t, "r", c2)
+	conn2 := srv.Accept()
+	conn2.Hello()
+
+	boom := errors.New("pcscd went away")
+	b1.fail <- boom
+	conn1.ExpectClose()
+	c1.waitClosed(t)
+	conn2.Transmit([]byte{0, 0xb0, 0, 0}) // the other backend's card lives on
+
+	b2.fail <- errors.New("usb unplugged")
+	conn2.ExpectClose()
+	err := r.wait(t)
+	if !errors.Is(err, boom) {
+		t.Errorf("Run = %v, want it to wrap %v", err, boom)
+	}
+	c2.waitClosed(t)
+}
+
+func TestManagerBadConfig(t *testing.T) {
+	if err := NewManager(Config{Server: "ws://127.0.0.1:1/"}).Run(context.Background()); !errors.Is(err, ErrNoBackends) {
+		t.Errorf("no backends: %v", err)
+	}
+	if err := NewManager(Config{Server: "nope"}, newFakeBackend("x")).Run(context.Background()); !errors.Is(err, ErrBadServerURL) {
+		t.Errorf("bad URL: %v", err)
+	}
+}

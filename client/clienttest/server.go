@@ -10,6 +10,7 @@
 package clienttest
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -32,13 +33,20 @@ type Card struct {
 	// listed in state "init" and not selectable.
 	Init bool
 	// Transmit answers a command APDU. A non-nil error is sent to the
-	// user as an `error` message with the error's text. Nil answers
-	// every command with SW 6D00.
+	// user as an `error` message with the error's text, or, if it wraps
+	// ErrHangUp, ends the connection. Nil answers every command with
+	// SW 6D00.
 	Transmit func(command []byte) (response []byte, sw uint16, err error)
-	// Reset returns the ATR after a reset, or an error to send to the
-	// user. Nil keeps the ATR in Identities.
+	// Reset returns the ATR after a reset, or an error as for Transmit.
+	// Nil keeps the ATR in Identities.
 	Reset func() (atr []byte, err error)
 }
+
+// ErrHangUp, wrapped by an error from Card.Transmit or Card.Reset, makes
+// the server close the user's connection with code 1011 and the error's
+// text as the reason, instead of answering: the way pySim's server
+// reacts when the card's agent has gone.
+var ErrHangUp = errors.New("hang up")
 
 // Config describes a fake server.
 type Config struct {
@@ -170,10 +178,28 @@ func (s *Server) session(conn *websocket.Conn) {
 		default:
 			out = protocol.Error{Message: fmt.Sprintf("unexpected %s message", m.MsgType())}
 		}
+		if e, ok := out.(hangUp); ok {
+			msg := websocket.FormatCloseMessage(websocket.CloseInternalServerErr, e.err.Error())
+			_ = conn.WriteMessage(websocket.CloseMessage, msg)
+			return
+		}
 		if !send(conn, out) {
 			return
 		}
 	}
+}
+
+// hangUp is request's answer when the connection is to end.
+type hangUp struct{ err error }
+
+func (hangUp) MsgType() string { return "" }
+
+// cardError turns an error from a Card function into the answer.
+func cardError(err error) protocol.Message {
+	if errors.Is(err, ErrHangUp) {
+		return hangUp{err}
+	}
+	return protocol.Error{Message: err.Error()}
 }
 
 // request answers one user request; selected is the user's card.
@@ -199,7 +225,7 @@ func (s *Server) request(conn *websocket.Conn, m protocol.Message, selected *Car
 		}
 		resp, sw, err := selected.Transmit(m.Command)
 		if err != nil {
-			return protocol.Error{Message: err.Error()}, selected
+			return cardError(err), selected
 		}
 		if resp == nil {
 			resp = []byte{}
@@ -214,7 +240,7 @@ func (s *Server) request(conn *websocket.Conn, m protocol.Message, selected *Car
 			atr, err = selected.Reset()
 		}
 		if err != nil {
-			return protocol.Error{Message: err.Error()}, selected
+			return cardError(err), selected
 		}
 		if s.cfg.PySimReset {
 			atr = nil

@@ -126,6 +126,9 @@ func (c *Conn) Transmit(ctx context.Context, apdu []byte) ([]byte, error) {
 	if len(apdu) == 0 || len(apdu) > MaxAPDU {
 		return nil, fmt.Errorf("t1: sending %d-byte APDU: %w", len(apdu), ErrInvalidArgument)
 	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("t1: sending APDU: %w", err)
+	}
 	if c.needResync {
 		if err := c.resync(ctx); err != nil {
 			return nil, fmt.Errorf("t1: sending APDU: %w", err)

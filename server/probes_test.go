@@ -311,6 +311,7 @@ func TestIdentificationGarbage(t *testing.T) {
 		c.Send(`{"msg_type":"r_apdu","response":"zz","sw":"9000"}`)
 		expectError(t, c.Recv(), "identification failed: invalid answer to c_apdu "+cmdSelectISDR, "invalid hex digit")
 		expectClosed(t, c, websocket.CloseProtocolError, "invalid answer during identification")
+		synctest.Wait()
 		if n := len(e.srv.Cards()); n != 0 {
 			t.Fatalf("%d cards listed, want none", n)
 		}

@@ -84,6 +84,15 @@ func (u *userConn) leave() {
 // selectCard associates the user with the card that matches m.
 func (u *userConn) selectCard(m protocol.SelectCard) {
 	c := u.c
+	key := identityKey(m.IDType)
+	if key == "" {
+		c.sendError("select_card: unknown id_type %q (use one of ATR, EID, ICCID, IMSI)", m.IDType)
+		return
+	}
+	if m.IDStr == "" {
+		c.sendError("select_card: id_str is empty")
+		return
+	}
 	if u.card != nil {
 		u.card.mu.Lock()
 		gone := u.card.gone != ""
@@ -93,15 +102,6 @@ func (u *userConn) selectCard(m protocol.SelectCard) {
 			return
 		}
 		u.card = nil
-	}
-	key := identityKey(m.IDType)
-	if key == "" {
-		c.sendError("select_card: unknown id_type %q (use one of ATR, EID, ICCID, IMSI)", m.IDType)
-		return
-	}
-	if m.IDStr == "" {
-		c.sendError("select_card: id_str is empty")
-		return
 	}
 	cc, why := c.srv.hub.find(key, m.IDStr)
 	if cc != nil {

@@ -50,6 +50,8 @@ type Peer struct {
 	t      testing.TB
 	frames chan Frame    // filled by the read goroutine, closed when it ends
 	done   chan struct{} // closed when the read goroutine has ended
+	pings  chan string   // ping payloads to answer; closed by the read goroutine
+	ponged chan struct{} // closed when the pong goroutine has ended
 	mu     sync.Mutex    // guards readErr
 	// readErr is the error that ended reading (a *websocket.CloseError
 	// when the server closed with a close frame).
@@ -71,18 +73,38 @@ func IgnorePings() Option {
 }
 
 func newPeer(t testing.TB, c *websocket.Conn, opts ...Option) *Peer {
+	p := &Peer{Conn: c, t: t, frames: make(chan Frame, queueLen), done: make(chan struct{}),
+		pings: make(chan string, 4), ponged: make(chan struct{})}
+	// Pongs go out from their own goroutine, as a TCP socket buffer
+	// would let them: over an unbuffered pipe, a reader that wrote the
+	// pong itself could block against a server writing to it.
+	c.SetPingHandler(func(data string) error {
+		select {
+		case p.pings <- data:
+		default: // a peer this far behind drops pings
+		}
+		return nil
+	})
 	for _, o := range opts {
 		o(c)
 	}
-	p := &Peer{Conn: c, t: t, frames: make(chan Frame, queueLen), done: make(chan struct{})}
+	go p.pongLoop()
 	go p.readLoop()
 	t.Cleanup(p.shut)
 	return p
 }
 
+func (p *Peer) pongLoop() {
+	defer close(p.ponged)
+	for data := range p.pings {
+		_ = p.Conn.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(p.timeout()))
+	}
+}
+
 func (p *Peer) readLoop() {
 	defer close(p.done)
 	defer close(p.frames)
+	defer close(p.pings) // the ping handler runs only inside ReadMessage
 	for {
 		typ, data, err := p.Conn.ReadMessage()
 		if err != nil {
@@ -101,6 +123,7 @@ func (p *Peer) shut() {
 	for range p.frames { //nolint:revive // drain so the reader can finish
 	}
 	<-p.done
+	<-p.ponged
 }
 
 func (p *Peer) timeout() time.Duration {

@@ -8,6 +8,7 @@
 package agenttest
 
 import (
+	"context"
 	"errors"
 	"net"
 	"net/http"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/wsrc-go/wsrc/card"
 	"github.com/wsrc-go/wsrc/protocol"
 )
 
@@ -202,6 +204,20 @@ func (c *Conn) Transmit(command []byte) protocol.RAPDU {
 		c.t.Fatalf("agenttest: c_apdu %x answered with %#v, want r_apdu", command, m)
 	}
 	return r
+}
+
+// Transmitter returns the agent's card as the server sees it: every
+// Transmit is one c_apdu/r_apdu exchange (the response comes back as
+// data||SW1SW2). With card.Identify it identifies the card as the server
+// does.
+func (c *Conn) Transmitter() card.Transmitter { return connTransmitter{c} }
+
+type connTransmitter struct{ c *Conn }
+
+func (t connTransmitter) Transmit(ctx context.Context, cmd []byte) ([]byte, error) {
+	t.c.t.Helper()
+	r := t.c.Transmit(cmd)
+	return append(append([]byte(nil), r.Response...), byte(r.SW>>8), byte(r.SW)), nil
 }
 
 // ExpectClose reads until the agent closes the connection and returns the

@@ -1,0 +1,227 @@
+// Command wsrc-agent puts the smart cards in this machine's readers on a
+// WSRC server, one WebSocket per card (package agent does the work; this
+// file holds flags, signals and output only).
+//
+//	wsrc-agent [flags]            serve every card until SIGINT/SIGTERM
+//	wsrc-agent readers [flags]    list readers, slots and cards, then exit
+//
+// Run `wsrc-agent --help` for the flags.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/wsrc-go/wsrc/agent"
+	"github.com/wsrc-go/wsrc/internal/version"
+	"github.com/wsrc-go/wsrc/protocol"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// Exit codes.
+const (
+	exitOK    = 0
+	exitError = 1 // the agent could not go on
+	exitUsage = 2 // bad flags or arguments
+)
+
+// envServer is the environment variable that gives --server's default.
+const envServer = "WSRC_AGENT_SERVER"
+
+// defaultServer is pySim's default card port URL.
+var defaultServer = fmt.Sprintf("ws://127.0.0.1:%d/", protocol.DefaultCardPort)
+
+const usageText = `wsrc-agent puts the smart cards in this machine's readers on a WSRC server
+(WebSocket Remote Card, wire-compatible with Osmocom pySim's WSRC): one
+WebSocket per present card to the server's card port. The server
+identifies each card (EID, ICCID) and relays users' APDUs to it. The agent
+reconnects whenever the server is unreachable or drops the connection
+(backoff up to 30 s), opens a session when a card is inserted and closes
+it when the card is removed. SIGINT or SIGTERM closes every session
+cleanly and exits 0.
+
+Usage:
+  wsrc-agent [flags]            serve every card until SIGINT/SIGTERM
+  wsrc-agent readers [flags]    list backends, readers, slots and cards
+                                (status loaded/skipped/failed with the
+                                reason, ATR, ICCID, EID), then exit
+
+Flags:
+`
+
+const usageTail = `
+Backends (--backend, comma-separated):
+  sim    simulated UICCs (card/sim), --sim N of them; card 0 is the
+         recorded pySim test eUICC (ICCID 8949440000001155314), card i
+         has ICCID and EID shifted by i with valid check digits
+  pcsc   readers of the PC/SC service (pcscd)     [not built in yet]
+  ccid   USB CCID readers, directly over libusb   [not built in yet]
+  auto   ccid, with pcsc for the readers ccid cannot claim (default
+         when --sim is not given)                  [not built in yet]
+  --sim N adds the sim backend to whatever --backend chose.
+
+Environment:
+  WSRC_AGENT_SERVER   default for --server
+
+Examples:
+  wsrc-agent --server ws://relay.example.org:4221/ --sim 2
+  WSRC_AGENT_SERVER=ws://127.0.0.1:4221/ wsrc-agent --sim 1 --sim-protocol t1
+  wsrc-agent readers --sim 2
+`
+
+// options are the parsed command line.
+type options struct {
+	server         string
+	backend        string
+	sim            int
+	simSet         bool // --sim was given
+	simProtocol    string
+	simGetResponse bool
+	logLevel       string
+	agentName      string
+	showVersion    bool
+
+	args []string // positional arguments: the subcommand
+}
+
+func newFlagSet(o *options, getenv func(string) string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("wsrc-agent", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	server := defaultServer
+	if v := getenv(envServer); v != "" {
+		server = v
+	}
+	host, _ := os.Hostname()
+	fs.StringVar(&o.server, "server", server, "`URL` of the WSRC server's card port (ws:// or wss://); env "+envServer)
+	fs.StringVar(&o.backend, "backend", "", "card `backends` to use: sim, pcsc, ccid or auto, comma-separated (default auto, or sim with --sim)")
+	fs.IntVar(&o.sim, "sim", 0, "number `N` of simulated cards (implies --backend sim when no other backend is chosen; default 1 with --backend sim)")
+	fs.StringVar(&o.simProtocol, "sim-protocol", "t0", "`protocol` the simulated cards announce in their ATR: t0 or t1")
+	fs.BoolVar(&o.simGetResponse, "sim-getresponse", false, "make simulated cards answer like real T=0 cards (61xx + GET RESPONSE, 6Cxx)")
+	fs.StringVar(&o.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
+	fs.StringVar(&o.agentName, "agent-name", host, "`name` this agent gives the server in hello")
+	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usageText)
+		fs.PrintDefaults()
+		fmt.Fprint(stderr, usageTail)
+	}
+	return fs
+}
+
+// parseArgs parses flags before and after the subcommand:
+// `wsrc-agent --sim 2 readers` and `wsrc-agent readers --sim 2` alike.
+func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (*options, error) {
+	o := &options{}
+	fs := newFlagSet(o, getenv, stderr)
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	rest := fs.Args()
+	if len(rest) > 0 {
+		o.args = append(o.args, rest[0])
+		if err := fs.Parse(rest[1:]); err != nil {
+			return nil, err
+		}
+		o.args = append(o.args, fs.Args()...)
+	}
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "sim" {
+			o.simSet = true
+		}
+	})
+	return o, nil
+}
+
+// usageError is a command line mistake: reported with a hint, exit 2.
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error {
+	return usageError{fmt.Sprintf(format, args...)}
+}
+
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	o, err := parseArgs(args, getenv, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return exitOK
+	}
+	if err != nil {
+		return exitUsage // flag has printed the error and the usage
+	}
+	if o.showVersion {
+		fmt.Fprintln(stdout, "wsrc-agent", version.Version)
+		return exitOK
+	}
+	err = dispatch(ctx, o, stdout, stderr)
+	var ue usageError
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.As(err, &ue):
+		fmt.Fprintf(stderr, "wsrc-agent: %v\nRun 'wsrc-agent --help' for usage.\n", err)
+		return exitUsage
+	default:
+		fmt.Fprintf(stderr, "wsrc-agent: %v\n", err)
+		return exitError
+	}
+}
+
+func dispatch(ctx context.Context, o *options, stdout, stderr io.Writer) error {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
+		return usagef("--log-level %q: want debug, info, warn or error", o.logLevel)
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	readers := len(o.args) > 0 && o.args[0] == "readers"
+	switch {
+	case len(o.args) > 0 && !readers:
+		return usagef("unknown command %q (the only command is readers)", o.args[0])
+	case len(o.args) > 1:
+		return usagef("readers takes no arguments, got %q", strings.Join(o.args[1:], " "))
+	}
+	backends, err := o.backends()
+	if err != nil {
+		return err
+	}
+	if readers {
+		return printReaders(ctx, stdout, agent.Describe(ctx, backends...))
+	}
+	return serve(ctx, o, log, backends)
+}
+
+func serve(ctx context.Context, o *options, log *slog.Logger, backends []agent.Backend) error {
+	m := agent.NewManager(agent.Config{
+		Server: o.server,
+		Agent:  o.agentName,
+		Logger: log,
+	}, backends...)
+	names := make([]string, len(backends))
+	for i, b := range backends {
+		names[i] = b.Name()
+	}
+	log.Info("wsrc-agent starting", "version", version.Version, "server", o.server, "backends", strings.Join(names, ","))
+	err := m.Run(ctx)
+	if errors.Is(err, agent.ErrBadServerURL) {
+		return usageError{fmt.Sprintf("--server: %v", err)}
+	}
+	if err != nil {
+		return err
+	}
+	log.Info("wsrc-agent stopped")
+	return nil
+}

@@ -1,0 +1,194 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"go.uber.org/goleak"
+
+	"github.com/wsrc-go/wsrc/agent/agenttest"
+	"github.com/wsrc-go/wsrc/agent/simbackend"
+	"github.com/wsrc-go/wsrc/card"
+)
+
+func TestMain(m *testing.M) {
+	if os.Getenv("WSRC_AGENT_TEST_MAIN") == "1" {
+		// Re-executed by TestSignal: be the real program.
+		os.Args = append([]string{"wsrc-agent"}, strings.Fields(os.Getenv("WSRC_AGENT_TEST_ARGS"))...)
+		main()
+		return
+	}
+	goleak.VerifyTestMain(m)
+}
+
+func noEnv(string) string { return "" }
+
+// syncBuffer is a bytes.Buffer safe for the agent's log goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func runCmd(t *testing.T, env func(string) string, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errb syncBuffer
+	code = run(context.Background(), args, env, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestUsage(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string // in stdout+stderr
+	}{
+		{[]string{"--help"}, 0, "wsrc-agent readers [flags]"},
+		{[]string{"-h"}, 0, "WSRC_AGENT_SERVER"},
+		{[]string{"--version"}, 0, "wsrc-agent "},
+		{[]string{"--no-such-flag"}, 2, "flag provided but not defined"},
+		{[]string{"--sim", "x"}, 2, "invalid value"},
+		{[]string{}, 2, `backend "auto" picks ccid, then pcsc`},
+		{[]string{"--backend", "pcsc"}, 2, `backend "pcsc" (PC/SC readers) is not built`},
+		{[]string{"--backend", "ccid", "--sim", "1"}, 2, `backend "ccid" (USB CCID readers) is not built`},
+		{[]string{"--backend", "floppy"}, 2, `unknown backend "floppy" (known: sim, pcsc, ccid, auto)`},
+		{[]string{"--backend", "sim,sim"}, 2, `backend "sim" given twice`},
+		{[]string{"--sim", "-1"}, 2, "cannot be negative"},
+		{[]string{"--sim", "100000"}, 2, "at most 1000"},
+		{[]string{"--sim", "1", "--sim-protocol", "t2"}, 2, `--sim-protocol "t2": want t0 or t1`},
+		{[]string{"--sim", "1", "--log-level", "loud"}, 2, `--log-level "loud"`},
+		{[]string{"--sim", "1", "frobnicate"}, 2, `unknown command "frobnicate"`},
+		{[]string{"readers", "extra", "--sim", "1"}, 2, "readers takes no arguments"},
+		{[]string{"--sim", "1", "--server", "http://127.0.0.1:1/"}, 2, "--server: bad server URL"},
+	} {
+		code, out, errs := runCmd(t, noEnv, tc.args...)
+		if code != tc.code || !strings.Contains(out+errs, tc.want) {
+			t.Errorf("wsrc-agent %q: exit %d, output\n%s%s\nwant exit %d and %q", tc.args, code, out, errs, tc.code, tc.want)
+		}
+	}
+}
+
+func TestReaders(t *testing.T) {
+	code, out, errs := runCmd(t, noEnv, "readers", "--sim", "2")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 3 || !strings.HasPrefix(lines[0], "BACKEND") {
+		t.Fatalf("output:\n%s", out)
+	}
+	for i, l := range lines[1:] {
+		for _, want := range []string{"sim ", simbackend.ReaderName(i), "loaded", "ATR 3b9f96801fc78031e073fe211b575352435653494da3", "ICCID " + simbackend.ICCID(i), "EID " + simbackend.EID(i)} {
+			if !strings.Contains(l, want) {
+				t.Errorf("line %d %q lacks %q", i, l, want)
+			}
+		}
+	}
+	// Flags before the command work too; no cards: the backend is skipped.
+	code, out, _ = runCmd(t, noEnv, "--backend", "sim", "--sim", "0", "readers")
+	if code != 0 || !strings.Contains(out, "skipped: no simulated cards") {
+		t.Errorf("exit %d, output:\n%s", code, out)
+	}
+}
+
+// TestServe: two simulated cards are two sessions the server can identify;
+// cancelling (what SIGINT/SIGTERM do) closes both cleanly and exits 0.
+func TestServe(t *testing.T) {
+	srv := agenttest.NewServer(t)
+	env := func(k string) string {
+		if k == envServer {
+			return srv.URL()
+		}
+		return ""
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var stderr syncBuffer
+	done := make(chan int, 1)
+	go func() { done <- run(ctx, []string{"--sim", "2", "--agent-name", "pi-7", "--log-level", "debug"}, env, &syncBuffer{}, &stderr) }()
+	seen := map[string]bool{}
+	var conns []*agenttest.Conn
+	for range 2 {
+		conn := srv.Accept()
+		h := conn.Hello()
+		if h.Agent != "pi-7" {
+			t.Errorf("hello agent %q", h.Agent)
+		}
+		id, err := card.Identify(ctx, conn.Transmitter())
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen[id.ICCID] = true
+		conns = append(conns, conn)
+	}
+	if !seen[simbackend.ICCID(0)] || !seen[simbackend.ICCID(1)] {
+		t.Errorf("ICCIDs seen: %v", seen)
+	}
+	cancel()
+	for _, c := range conns {
+		if code, _ := c.ExpectClose(); code != websocket.CloseGoingAway {
+			t.Errorf("close code %d, want 1001", code)
+		}
+	}
+	if code := <-done; code != 0 {
+		t.Errorf("exit %d; log:\n%s", code, stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "wsrc-agent stopped") {
+		t.Errorf("log lacks the stop line:\n%s", stderr.String())
+	}
+}
+
+// TestSignal runs the real program (this test binary re-executed) and
+// stops it with SIGTERM: it closes its session with 1001 and exits 0.
+func TestSignal(t *testing.T) {
+	if testing.Short() {
+		t.Skip("re-executes the test binary")
+	}
+	srv := agenttest.NewServer(t)
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "WSRC_AGENT_TEST_MAIN=1", "WSRC_AGENT_TEST_ARGS=--sim 1 --server "+srv.URL())
+	var stderr syncBuffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	conn := srv.Accept()
+	conn.Hello()
+	conn.Transmit([]byte{0x00, 0xa4, 0x00, 0x00, 0x02, 0x3f, 0x00})
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := conn.ExpectClose(); code != websocket.CloseGoingAway {
+		t.Errorf("close code %d, want 1001", code)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Errorf("exit: %v; stderr:\n%s", err, stderr.String())
+		}
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		<-exited
+		t.Fatalf("no exit within 10s of SIGTERM; stderr:\n%s", stderr.String())
+	}
+}

@@ -123,7 +123,9 @@ func TestServe(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var stderr syncBuffer
 	done := make(chan int, 1)
-	go func() { done <- run(ctx, []string{"--sim", "2", "--agent-name", "pi-7", "--log-level", "debug"}, env, &syncBuffer{}, &stderr) }()
+	go func() {
+		done <- run(ctx, []string{"--sim", "2", "--agent-name", "pi-7", "--log-level", "debug"}, env, &syncBuffer{}, &stderr)
+	}()
 	seen := map[string]bool{}
 	var conns []*agenttest.Conn
 	for range 2 {

@@ -225,23 +225,18 @@ func (c *Client) Reset(ctx context.Context) (atr []byte, err error) {
 	return r.ATR, nil
 }
 
-// Close ends the connection with a normal close handshake (waiting a
-// moment for the server's answer) and stops the Client's goroutine. A call
+// Close ends the connection with a normal close handshake, waiting a
+// moment (at most 2s) for the server's answer and for the server to close
+// the TCP connection, and stops the Client's goroutine. A call
 // in progress returns an error wrapping [ErrClosed]. Close is safe to call
 // more than once and always returns nil.
 func (c *Client) Close() error {
 	c.closeOnce.Do(func() {
 		if c.setErr(ErrClosed) {
+			deadline := time.Now().Add(closeWait)
 			msg := websocket.FormatCloseMessage(websocket.CloseNormalClosure, "")
-			if c.conn.WriteControl(websocket.CloseMessage, msg, time.Now().Add(closeWait)) == nil {
-				// The server answers with a close frame, which ends
-				// readLoop; do not wait for ever if it does not.
-				t := time.NewTimer(closeWait)
-				select {
-				case <-c.done:
-				case <-t.C:
-				}
-				t.Stop()
+			if c.conn.WriteControl(websocket.CloseMessage, msg, deadline) == nil {
+				c.awaitServerClose(deadline)
 			}
 			_ = c.conn.Close()
 		}
@@ -249,6 +244,26 @@ func (c *Client) Close() error {
 		c.log.Info("closed")
 	})
 	return nil
+}
+
+// awaitServerClose waits until deadline for the server to end the
+// connection after our close frame: its close frame ends readLoop, then,
+// as RFC 6455 has it, the server closes the TCP connection first. A server
+// that frees the selected card before that has freed it when Close
+// returns, so the next connection can select the card at once.
+func (c *Client) awaitServerClose(deadline time.Time) {
+	t := time.NewTimer(time.Until(deadline))
+	defer t.Stop()
+	select {
+	case <-c.done:
+	case <-t.C:
+		return
+	}
+	// readLoop has returned: the raw connection is ours to read.
+	nc := c.conn.NetConn()
+	if nc.SetReadDeadline(deadline) == nil {
+		_, _ = io.Copy(io.Discard, nc)
+	}
 }
 
 // call sends req and waits for a reply of type T.

@@ -576,3 +576,19 @@ var _ io.Writer = writerFunc(nil)
 func newDebugLogger(w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
+
+// Close waits for the server to end the connection, so a server that
+// frees the card before that lets the next connection select it at once.
+func TestCloseThenReselect(t *testing.T) {
+	srv, _ := startFake(t, clienttest.Config{})
+	for range 20 {
+		c, err := client.Dial(t.Context(), srv.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Select(t.Context(), "iccid", clienttest.TranscriptICCID); err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+	}
+}

@@ -132,13 +132,22 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	s.session(conn)
 	s.mu.Lock()
 	delete(s.conns, conn)
+	s.mu.Unlock()
+	s.release(conn)
+	_ = conn.Close()
+}
+
+// release frees the card conn holds, if any. It runs before the server
+// closes the connection, so a user whose connection has ended can select
+// the card again at once.
+func (s *Server) release(conn *websocket.Conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	for card, h := range s.holder {
 		if h == conn {
 			delete(s.holder, card)
 		}
 	}
-	s.mu.Unlock()
-	_ = conn.Close()
 }
 
 // session runs one user connection until it ends.
@@ -179,6 +188,7 @@ func (s *Server) session(conn *websocket.Conn) {
 			out = protocol.Error{Message: fmt.Sprintf("unexpected %s message", m.MsgType())}
 		}
 		if e, ok := out.(hangUp); ok {
+			s.release(conn)
 			msg := websocket.FormatCloseMessage(websocket.CloseInternalServerErr, e.err.Error())
 			_ = conn.WriteMessage(websocket.CloseMessage, msg)
 			return

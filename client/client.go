@@ -177,6 +177,7 @@ func handshakeError(resp *http.Response) error {
 }
 
 // ListCards returns the cards the server knows, in the server's order.
+// pySim's server answers it only before a card is selected.
 func (c *Client) ListCards(ctx context.Context) ([]protocol.CardInfo, error) {
 	ack, err := call[protocol.ListCardsAck](ctx, c, protocol.ListCards{})
 	if err != nil {

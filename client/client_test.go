@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/gorilla/websocket"
 	"go.uber.org/goleak"
@@ -590,5 +591,55 @@ func TestCloseThenReselect(t *testing.T) {
 			t.Fatal(err)
 		}
 		c.Close()
+	}
+}
+
+func TestTLS(t *testing.T) {
+	srv, c := startFakeTLS(t)
+	if !strings.HasPrefix(srv.URL, "wss://") {
+		t.Fatalf("URL %s", srv.URL)
+	}
+	if _, err := c.ListCards(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	// Without the server's certificate the handshake fails.
+	if _, err := client.Dial(t.Context(), srv.URL); err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Errorf("Dial without trust: %v", err)
+	}
+}
+
+func startFakeTLS(t *testing.T) (*clienttest.Server, *client.Client) {
+	srv := clienttest.Start(clienttest.Config{TLS: true, Cards: []*clienttest.Card{}})
+	t.Cleanup(srv.Close)
+	c, err := client.Dial(t.Context(), srv.URL, client.WithTLSConfig(srv.ClientTLSConfig()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return srv, c
+}
+
+// The server's keepalive pings are answered while the client is idle
+// (pySim's server drops a user whose pongs stop for 20 s).
+func TestAnswersPingsWhenIdle(t *testing.T) {
+	pong := make(chan string, 1)
+	url := scripted(t, func(conn *websocket.Conn) {
+		greet(t, conn)
+		conn.SetPongHandler(func(data string) error {
+			pong <- data
+			return nil
+		})
+		if err := conn.WriteControl(websocket.PingMessage, []byte("keepalive"), time.Now().Add(time.Second)); err != nil {
+			t.Errorf("ping: %v", err)
+		}
+		closeCode(conn)
+	})
+	c, err := client.Dial(t.Context(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if got := <-pong; got != "keepalive" {
+		t.Errorf("pong %q", got)
 	}
 }

@@ -10,6 +10,8 @@
 package clienttest
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/http"
@@ -56,6 +58,9 @@ type Config struct {
 	// Authorize, if set, vets each upgrade request; an error refuses it
 	// with 401 and the error's text as the body.
 	Authorize func(r *http.Request) error
+	// TLS serves wss:// with a self-signed certificate; dial with
+	// client.WithTLSConfig(srv.ClientTLSConfig()).
+	TLS bool
 }
 
 // Server is a running fake WSRC server (user port only).
@@ -83,9 +88,23 @@ func Start(cfg Config) *Server {
 		conns:  make(map[*websocket.Conn]struct{}),
 		holder: make(map[*Card]*websocket.Conn),
 	}
-	s.srv = httptest.NewServer(http.HandlerFunc(s.serveHTTP))
+	if cfg.TLS {
+		s.srv = httptest.NewTLSServer(http.HandlerFunc(s.serveHTTP))
+	} else {
+		s.srv = httptest.NewServer(http.HandlerFunc(s.serveHTTP))
+	}
 	s.URL = "ws" + strings.TrimPrefix(s.srv.URL, "http") + "/"
 	return s
+}
+
+// ClientTLSConfig returns a TLS configuration that trusts the server's
+// certificate (Config.TLS), for client.WithTLSConfig.
+func (s *Server) ClientTLSConfig() *tls.Config {
+	pool := x509.NewCertPool()
+	if cert := s.srv.Certificate(); cert != nil {
+		pool.AddCert(cert)
+	}
+	return &tls.Config{RootCAs: pool}
 }
 
 // Close closes every connection and waits for their handlers to end.

@@ -78,20 +78,27 @@ func (f *fakeTTY) String() string {
 	return f.out.String()
 }
 
-// The interactive loop: errors are shown and it goes on; the up arrow
-// brings back the previous line; Ctrl-D ends it.
-func TestShellInteractive(t *testing.T) {
-	card := clienttest.TranscriptCard()
-	card.Reset = func() ([]byte, error) { return nil, errors.New("reset refused by agent policy") }
+// selected serves card and returns a client that has selected it.
+func selected(t *testing.T, card *clienttest.Card) (*clienttest.Server, *client.Client) {
+	t.Helper()
 	srv, _ := fake(t, clienttest.Config{Cards: []*clienttest.Card{card}})
 	c, err := client.Dial(t.Context(), srv.URL)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	t.Cleanup(func() { c.Close() })
 	if _, err := c.Select(t.Context(), "iccid", clienttest.TranscriptICCID); err != nil {
 		t.Fatal(err)
 	}
+	return srv, c
+}
+
+// The interactive loop: errors are shown and it goes on; the up arrow
+// brings back the previous line; Ctrl-D ends it.
+func TestShellInteractive(t *testing.T) {
+	card := clienttest.TranscriptCard()
+	card.Reset = func() ([]byte, error) { return nil, errors.New("reset refused by agent policy") }
+	srv, c := selected(t, card)
 	keys := "00b000000a\r" + "zz\r" + "reset\r" + "\x1b[A\x1b[A\x1b[A\r" + "\x04"
 	tty := &fakeTTY{in: strings.NewReader(keys)}
 	tm := term.NewTerminal(tty, "wsrc> ")
@@ -126,19 +133,11 @@ func TestShellInteractive(t *testing.T) {
 func TestShellInteractiveConnectionLost(t *testing.T) {
 	card := clienttest.TranscriptCard()
 	card.Transmit = func([]byte) ([]byte, uint16, error) { return nil, 0, clienttest.ErrHangUp }
-	srv, _ := fake(t, clienttest.Config{Cards: []*clienttest.Card{card}})
-	c, err := client.Dial(t.Context(), srv.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if _, err := c.Select(t.Context(), "iccid", clienttest.TranscriptICCID); err != nil {
-		t.Fatal(err)
-	}
+	_, c := selected(t, card)
 	tty := &fakeTTY{in: strings.NewReader("00b000000a\r00b000000a\r")}
 	tm := term.NewTerminal(tty, "wsrc> ")
 	sh := &shell{c: c, out: tm, errOut: tm, interactive: true}
-	err = sh.run(t.Context(), tm)
+	err := sh.run(t.Context(), tm)
 	var ce *client.ConnectionError
 	if !errors.As(err, &ce) || ce.Code != 1011 {
 		t.Fatalf("run error %v, want the ConnectionError", err)

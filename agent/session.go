@@ -329,88 +329,95 @@ func (c *conn) hello(ctx context.Context) error {
 	}
 }
 
-// handle executes one message from the server. It returns nil to go on,
-// or why the connection must end.
+// handle executes one frame from the server and sends the answer. It
+// returns nil to go on, or why the connection must end.
 func (c *conn) handle(ctx context.Context, f frame) error {
-	log := c.s.log
+	reply, end := c.s.answer(ctx, f)
+	if reply != nil {
+		if err := c.send(reply); err != nil {
+			if end != nil {
+				c.s.log.Debug("sending last message", "err", err)
+				return end
+			}
+			return err
+		}
+	}
+	return end
+}
+
+// answer executes one frame from the server on the card. It returns the
+// message to send back (nil for none) and, when the connection must end
+// after it, why: errDisconnected, an error wrapping card.ErrRemoved, or
+// ctx's error. It knows nothing about sockets.
+func (s *Session) answer(ctx context.Context, f frame) (reply protocol.Message, end error) {
+	log := s.log
 	if f.typ != websocket.TextMessage {
 		log.Warn("binary frame from server")
-		return c.send(protocol.Error{Message: "binary frames are not supported: send JSON text frames"})
+		return protocol.Error{Message: "binary frames are not supported: send JSON text frames"}, nil
 	}
 	m, err := protocol.Decode(f.data)
 	if err != nil {
 		var de *protocol.DecodeError
 		if errors.As(err, &de) && errors.Is(err, protocol.ErrUnknownType) {
-			return c.unsupported(de.Type)
+			return s.unsupported(de.Type), nil
 		}
 		log.Warn("malformed message from server", "err", err)
-		return c.send(protocol.Error{Message: err.Error()})
+		return protocol.Error{Message: err.Error()}, nil
 	}
 	switch m := m.(type) {
 	case protocol.CAPDU:
-		return c.apdu(ctx, m.Command)
-	case protocol.ResetReq:
-		atr, err := c.s.card.Reset(ctx, card.WarmReset)
+		resp, err := card.TransmitFollow(ctx, s.card, m.Command)
 		if err != nil {
-			return c.cardFailed(ctx, "resetting card", err)
+			return s.cardFailed(ctx, "transmitting APDU", err)
+		}
+		if len(resp) < 2 { // TransmitFollow promises SW1 SW2; be sure
+			return protocol.Error{Message: fmt.Sprintf("card answered %d bytes, no status word", len(resp))}, nil
+		}
+		n := len(resp) - 2
+		return protocol.RAPDU{Response: resp[:n], SW: uint16(resp[n])<<8 | uint16(resp[n+1])}, nil
+	case protocol.ResetReq:
+		atr, err := s.card.Reset(ctx, card.WarmReset)
+		if err != nil {
+			return s.cardFailed(ctx, "resetting card", err)
 		}
 		log.Info("card reset", "atr", fmt.Sprintf("%x", atr))
-		return c.send(protocol.ResetResp{ATR: atr})
+		return protocol.ResetResp{ATR: atr}, nil
 	case protocol.StateNotification:
 		log.Info("state notification", "state", m.NewState)
-		return nil
+		return nil, nil
 	case protocol.Print:
 		log.Info("server message", "message", m.Message)
-		return nil
+		return nil, nil
 	case protocol.Disconnect:
-		if err := c.send(protocol.DisconnectAck{}); err != nil {
-			return err
-		}
-		return errDisconnected
+		return protocol.DisconnectAck{}, errDisconnected
 	case protocol.Error:
 		// Never answer an error with an error: two peers could loop.
 		log.Warn("error from server", "message", m.Message)
-		return nil
+		return nil, nil
 	default:
-		return c.unsupported(m.MsgType())
+		return s.unsupported(m.MsgType()), nil
 	}
 }
 
-func (c *conn) unsupported(msgType string) error {
-	c.s.log.Warn("unsupported message type from server", "msg_type", msgType)
-	return c.send(protocol.Error{Message: fmt.Sprintf("message type %q is not supported by a card agent", msgType)})
+func (s *Session) unsupported(msgType string) protocol.Message {
+	s.log.Warn("unsupported message type from server", "msg_type", msgType)
+	return protocol.Error{Message: fmt.Sprintf("message type %q is not supported by a card agent", msgType)}
 }
 
-// apdu executes one command APDU and sends the complete response.
-func (c *conn) apdu(ctx context.Context, cmd []byte) error {
-	resp, err := card.TransmitFollow(ctx, c.s.card, cmd)
-	if err != nil {
-		return c.cardFailed(ctx, "transmitting APDU", err)
-	}
-	if len(resp) < 2 {
-		return c.send(protocol.Error{Message: fmt.Sprintf("card answered %d bytes, no status word", len(resp))})
-	}
-	n := len(resp) - 2
-	return c.send(protocol.RAPDU{Response: resp[:n], SW: uint16(resp[n])<<8 | uint16(resp[n+1])})
-}
-
-// cardFailed reports a card error to the server. It returns the error
-// itself (ending the connection) when the card is gone or ctx is done,
-// nil (or a send error) otherwise.
-func (c *conn) cardFailed(ctx context.Context, what string, err error) error {
+// cardFailed turns a card error into the error message for the server.
+// The connection ends when the card is gone (card.ErrRemoved) or ctx is
+// done (then nothing is sent).
+func (s *Session) cardFailed(ctx context.Context, what string, err error) (protocol.Message, error) {
 	if ctx.Err() != nil {
-		return ctx.Err()
+		return nil, ctx.Err()
 	}
 	err = fmt.Errorf("%s: %w", what, err)
 	if errors.Is(err, card.ErrRemoved) {
-		c.s.log.Warn("card removed", "err", err)
-		if serr := c.send(protocol.Error{Message: err.Error()}); serr != nil {
-			c.s.log.Debug("sending error", "err", serr)
-		}
-		return err
+		s.log.Warn("card removed", "err", err)
+		return protocol.Error{Message: err.Error()}, err
 	}
-	c.s.log.Warn("card error", "err", err)
-	return c.send(protocol.Error{Message: err.Error()})
+	s.log.Warn("card error", "err", err)
+	return protocol.Error{Message: err.Error()}, nil
 }
 
 // send writes one message, bounded by WriteWait.

@@ -32,6 +32,28 @@ func expectError(t *testing.T, conn *agenttest.Conn, contains string) {
 	}
 }
 
+// malformedFrames are bad frames from a server and what the agent's error
+// message must say about each.
+var malformedFrames = []struct {
+	frame string
+	want  string
+}{
+	{`not json`, "not a JSON object"},
+	{`{"msg_type": "c_apdu", "command": "00a4"`, "malformed JSON"},
+	{`{"command": "00a40000023f00"}`, `missing field "msg_type"`},
+	{`{"msg_type": 7}`, `"msg_type" must be a string`},
+	{`{"msg_type": "frobnicate"}`, `message type "frobnicate" is not supported`},
+	{`{"msg_type": "c_apdu"}`, `invalid c_apdu message: missing field "command"`},
+	{`{"msg_type": "c_apdu", "command": "00a4000"}`, "odd number of hex digits"},
+	{`{"msg_type": "c_apdu", "command": "zz"}`, "invalid hex digit"},
+	{`{"msg_type": "c_apdu", "command": "00a4"}`, "at least 4 bytes"},
+	{`{"msg_type": "list_cards"}`, `message type "list_cards" is not supported`},
+	{`{"msg_type": "hello_ack"}`, `message type "hello_ack" is not supported`},
+	{`{"msg_type": "r_apdu", "response": "", "sw": "9000"}`, `message type "r_apdu" is not supported`},
+	{`[]`, "not a JSON object"},
+	{``, "not a JSON object"},
+}
+
 // TestMalformedFrames: every bad frame gets an error message with a
 // precise reason, and the session carries on.
 func TestMalformedFrames(t *testing.T) {
@@ -40,25 +62,7 @@ func TestMalformedFrames(t *testing.T) {
 	conn := srv.Accept()
 	conn.Hello()
 
-	for _, tc := range []struct {
-		frame string
-		want  string
-	}{
-		{`not json`, "not a JSON object"},
-		{`{"msg_type": "c_apdu", "command": "00a4"`, "malformed JSON"},
-		{`{"command": "00a40000023f00"}`, `missing field "msg_type"`},
-		{`{"msg_type": 7}`, `"msg_type" must be a string`},
-		{`{"msg_type": "frobnicate"}`, `message type "frobnicate" is not supported`},
-		{`{"msg_type": "c_apdu"}`, `invalid c_apdu message: missing field "command"`},
-		{`{"msg_type": "c_apdu", "command": "00a4000"}`, "odd number of hex digits"},
-		{`{"msg_type": "c_apdu", "command": "zz"}`, "invalid hex digit"},
-		{`{"msg_type": "c_apdu", "command": "00a4"}`, "at least 4 bytes"},
-		{`{"msg_type": "list_cards"}`, `message type "list_cards" is not supported`},
-		{`{"msg_type": "hello_ack"}`, `message type "hello_ack" is not supported`},
-		{`{"msg_type": "r_apdu", "response": "", "sw": "9000"}`, `message type "r_apdu" is not supported`},
-		{`[]`, "not a JSON object"},
-		{``, "not a JSON object"},
-	} {
+	for _, tc := range malformedFrames {
 		conn.SendRaw([]byte(tc.frame))
 		expectError(t, conn, tc.want)
 	}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -259,6 +260,8 @@ func (c *conn) serve(ctx context.Context) (up time.Duration, err error) {
 	if err := c.hello(ctx); err != nil {
 		if ctx.Err() != nil {
 			c.close(websocket.CloseGoingAway, "agent shutting down")
+		} else {
+			c.close(websocket.CloseProtocolError, err.Error())
 		}
 		return 0, err
 	}
@@ -431,11 +434,18 @@ func (c *conn) send(m protocol.Message) error {
 	return nil
 }
 
+// maxCloseReason is the longest reason a close frame can carry (125
+// bytes of payload less the 2-byte code), in bytes.
+const maxCloseReason = 123
+
 // close starts the close handshake and waits up to CloseWait for the
 // server's close frame (readLoop ends when it arrives). Frames still
 // arriving are dropped.
 func (c *conn) close(code int, reason string) {
 	t := c.s.timing
+	if len(reason) > maxCloseReason {
+		reason = strings.ToValidUTF8(reason[:maxCloseReason-3], "") + "..."
+	}
 	msg := websocket.FormatCloseMessage(code, reason)
 	if err := c.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(t.WriteWait)); err != nil {
 		return

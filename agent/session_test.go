@@ -258,8 +258,10 @@ func TestHelloRefused(t *testing.T) {
 	start(t, newTestSession(srv, newFakeCard()).Run)
 	conn := srv.Accept()
 	conn.Read()
-	conn.Send(protocol.Error{Message: "go away"})
-	conn.ExpectClose()
+	conn.Send(protocol.Error{Message: "go away " + strings.Repeat("x", 200)})
+	if code, _ := conn.ExpectClose(); code != websocket.CloseProtocolError {
+		t.Errorf("close code %d after refused hello, want 1002", code)
+	}
 	conn = srv.Accept()
 	conn.Read()
 	conn.Send(protocol.Print{Message: "not an ack"})

@@ -185,6 +185,11 @@ func TestConcurrentRequests(t *testing.T) {
 	if _, err := c.Select(ctx, "iccid", clienttest.TranscriptICCID); err != nil {
 		t.Fatal(err)
 	}
+	for _, cmd := range [][]byte{selectMF, {0x00, 0xa4, 0x00, 0x04, 0x02, 0x2f, 0xe2}} {
+		if _, sw, err := c.Transmit(ctx, cmd); err != nil || sw != 0x9000 {
+			t.Fatalf("Transmit(%x) = %04x, %v", cmd, sw, err)
+		}
+	}
 	var wg sync.WaitGroup
 	for i := range 8 {
 		wg.Go(func() {

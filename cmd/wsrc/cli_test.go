@@ -143,7 +143,7 @@ func TestAPDU(t *testing.T) {
 < 6a82 (file or application not found)
 `, ""})
 	// Flags may follow the APDUs.
-	check(t, runWith(t.Context(), env, "", "apdu", "00b000000a", "--eid", clienttest.TranscriptEID, "--json"), result{0, `{
+	check(t, runWith(t.Context(), env, "", "apdu", "00a40004027f20", "--eid", clienttest.TranscriptEID, "--json"), result{0, `{
   "identities": {
     "ATR": "3b9f96801fc78031e073fe211b575352435653494da3",
     "EID": "89049032123451234512345678901235",
@@ -151,10 +151,10 @@ func TestAPDU(t *testing.T) {
   },
   "apdus": [
     {
-      "command": "00b000000a",
-      "response": "989444000000115513f4",
-      "sw": "9000",
-      "meaning": "normal processing"
+      "command": "00a40004027f20",
+      "response": "",
+      "sw": "6a82",
+      "meaning": "file or application not found"
     }
   ]
 }
@@ -172,8 +172,8 @@ func TestSelectByATRAndID(t *testing.T) {
 		{"--id", "ICCID=" + clienttest.TranscriptICCID + "f"},
 	} {
 		args := append([]string{"apdu"}, sel...)
-		args = append(args, "00b000000a")
-		check(t, runWith(t.Context(), env, "", args...), result{0, "> 00b000000a\n< 989444000000115513f4 9000 (normal processing)\n", ""})
+		args = append(args, "00a40004027f20")
+		check(t, runWith(t.Context(), env, "", args...), result{0, "> 00a40004027f20\n< 6a82 (file or application not found)\n", ""})
 	}
 }
 

@@ -36,8 +36,8 @@ quit
 ATR 3b9f96801fc78031e073fe211b575352435653494da3
 ` + shellHelp, ""})
 	// End of input without quit, last line without newline.
-	check(t, runWith(t.Context(), env, "00b000000a", "shell", "--eid", clienttest.TranscriptEID), result{0,
-		"> 00b000000a\n< 989444000000115513f4 9000 (normal processing)\n", ""})
+	check(t, runWith(t.Context(), env, "00a40004027f20", "shell", "--eid", clienttest.TranscriptEID), result{0,
+		"> 00a40004027f20\n< 6a82 (file or application not found)\n", ""})
 }
 
 func TestShellScriptStopsAtFirstError(t *testing.T) {
@@ -45,8 +45,8 @@ func TestShellScriptStopsAtFirstError(t *testing.T) {
 	card.Reset = func() ([]byte, error) { return nil, errors.New("reset refused by agent policy") }
 	_, env := fake(t, clienttest.Config{Cards: []*clienttest.Card{card}})
 	sel := []string{"shell", "--iccid", clienttest.TranscriptICCID}
-	check(t, runWith(t.Context(), env, "00b000000a\n00b0 0\n00b000000a\n", sel...), result{2,
-		"> 00b000000a\n< 989444000000115513f4 9000 (normal processing)\n",
+	check(t, runWith(t.Context(), env, "00a40004027f20\n00b0 0\n00b000000a\n", sel...), result{2,
+		"> 00a40004027f20\n< 6a82 (file or application not found)\n",
 		"wsrc shell: line 2: odd number of hex digits (5) (type help for the commands)\nRun 'wsrc shell --help' for usage.\n"})
 	check(t, runWith(t.Context(), env, "reset\n00b000000a\n", sel...), result{1, "> reset\n",
 		"wsrc: line 1: resetting card: server: reset refused by agent policy\n"})
@@ -99,7 +99,7 @@ func TestShellInteractive(t *testing.T) {
 	card := clienttest.TranscriptCard()
 	card.Reset = func() ([]byte, error) { return nil, errors.New("reset refused by agent policy") }
 	srv, c := selected(t, card)
-	keys := "00b000000a\r" + "zz\r" + "reset\r" + "\x1b[A\x1b[A\x1b[A\r" + "\x04"
+	keys := "00a40004027f20\r" + "zz\r" + "reset\r" + "\x1b[A\x1b[A\x1b[A\r" + "\x04"
 	tty := &fakeTTY{in: strings.NewReader(keys)}
 	tm := term.NewTerminal(tty, "wsrc> ")
 	sh := &shell{c: c, out: tm, errOut: tm, interactive: true}
@@ -108,7 +108,7 @@ func TestShellInteractive(t *testing.T) {
 	}
 	shown := tty.String()
 	for _, want := range []string{
-		"< 989444000000115513f4 9000 (normal processing)\r\n",
+		"< 6a82 (file or application not found)\r\n",
 		"error: 'z' at character 1 is not a hex digit (type help for the commands)\r\n",
 		"error: resetting card: server: reset refused by agent policy\r\n",
 	} {
@@ -116,13 +116,13 @@ func TestShellInteractive(t *testing.T) {
 			t.Errorf("terminal lacks %q:\n%q", want, shown)
 		}
 	}
-	if n := strings.Count(shown, "989444000000115513f4 9000"); n != 2 {
-		t.Errorf("history recall: READ BINARY answered %d times, want 2:\n%q", n, shown)
+	if n := strings.Count(shown, "< 6a82"); n != 2 {
+		t.Errorf("history recall: SELECT answered %d times, want 2:\n%q", n, shown)
 	}
-	if strings.Contains(shown, "\n> 00b000000a") {
+	if strings.Contains(shown, "\n> 00a40004027f20") {
 		t.Errorf("interactive shell echoes commands:\n%q", shown)
 	}
-	want := []string{`{"command": "00b000000a", "msg_type": "c_apdu"}`, `{"msg_type": "reset_req"}`, `{"command": "00b000000a", "msg_type": "c_apdu"}`}
+	want := []string{`{"command": "00a40004027f20", "msg_type": "c_apdu"}`, `{"msg_type": "reset_req"}`, `{"command": "00a40004027f20", "msg_type": "c_apdu"}`}
 	got := srv.Received()
 	if got = got[len(got)-3:]; strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("frames %q, want %q", got, want)

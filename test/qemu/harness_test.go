@@ -1,0 +1,299 @@
+package qemu
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/wsrc-go/wsrc/internal/qemuvm"
+	"github.com/wsrc-go/wsrc/internal/qemuvm/initramfs"
+	"github.com/wsrc-go/wsrc/internal/qemuvm/vmscript"
+	"github.com/wsrc-go/wsrc/internal/vscard"
+)
+
+// vmTimeout bounds one VM from start to power-off; a healthy one needs
+// 3–10 s under TCG.
+const vmTimeout = 120 * time.Second
+
+// usbModules are what the guest needs for the emulated readers (qemu-xhci).
+var usbModules = []string{"xhci-pci"}
+
+var workDir string // the test binary's build directory, removed by TestMain
+
+func TestMain(m *testing.M) {
+	d, err := os.MkdirTemp("", "wsrc-qemu-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	workDir = d
+	code := 0
+	func() {
+		defer os.RemoveAll(d)
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			code = 1
+			return
+		}
+		code = m.Run()
+		if code == 0 {
+			if err := goleak.Find(); err != nil {
+				fmt.Fprintln(os.Stderr, "goroutine leak:", err)
+				code = 1
+			}
+		}
+	}()
+	os.Exit(code)
+}
+
+// prereqs are the host things a VM test needs.
+type prereqs struct {
+	qemu   string
+	kernel qemuvm.Kernel
+}
+
+// need returns the prerequisites or skips the test with the reason;
+// under CI=true a missing prerequisite fails it instead.
+func need(t *testing.T) prereqs {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("boots QEMU VMs; skipped with -short")
+	}
+	missing := func(err error) {
+		t.Helper()
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("prerequisite missing under CI: %v", err)
+		}
+		t.Skipf("skipping: %v", err)
+	}
+	var p prereqs
+	var err error
+	if p.qemu, err = qemuvm.FindQEMU(); err != nil {
+		missing(err)
+	}
+	cache, err := qemuvm.CacheDir()
+	if err != nil {
+		missing(err)
+	}
+	if p.kernel, err = qemuvm.FindKernel(cache); err != nil {
+		missing(err)
+	}
+	return p
+}
+
+// builds caches the binaries built by this test process.
+var builds struct {
+	mu   sync.Mutex
+	outs map[string]string // package -> binary
+}
+
+// goBuild builds pkg (an import path under the module) once per test
+// process; static unless cgo.
+func goBuild(t *testing.T, pkg string, cgo bool) string {
+	t.Helper()
+	builds.mu.Lock()
+	defer builds.mu.Unlock()
+	if out, ok := builds.outs[pkg]; ok {
+		return out
+	}
+	out := filepath.Join(workDir, "bin", filepath.Base(pkg))
+	gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	if _, err := os.Stat(gobin); err != nil {
+		gobin = "go"
+	}
+	start := time.Now()
+	defer func() { t.Logf("built %s in %.1fs", filepath.Base(pkg), time.Since(start).Seconds()) }()
+	cmd := exec.Command(gobin, "build", "-trimpath", "-o", out, pkg)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED="+map[bool]string{true: "1", false: "0"}[cgo])
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("building %s: %v\n%s", pkg, err, b)
+	}
+	if builds.outs == nil {
+		builds.outs = map[string]string{}
+	}
+	builds.outs[pkg] = out
+	return out
+}
+
+// image describes a base initramfs: vminit as /init, the USB modules, and
+// binaries installed as /bin/<name>.
+type image struct {
+	name     string
+	binaries map[string]string // guest name -> host binary
+}
+
+var images struct {
+	mu    sync.Mutex
+	files map[string]string // image name -> initrd
+}
+
+// buildImage writes the base initramfs once per test process.
+func buildImage(t *testing.T, p prereqs, img image) string {
+	t.Helper()
+	images.mu.Lock()
+	defer images.mu.Unlock()
+	if f, ok := images.files[img.name]; ok {
+		return f
+	}
+	vminit := goBuild(t, "github.com/wsrc-go/wsrc/internal/qemuvm/vminit", false)
+	start := time.Now()
+	out := filepath.Join(workDir, img.name+".cpio")
+	f, err := os.Create(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := initramfs.New(f, false)
+	must(t, b.CharDev("/dev/console", 0o600, 5, 1))
+	must(t, b.Dir("/tmp", 0o777))
+	must(t, b.CopyFile("/init", vminit))
+	if _, err := b.AddModules(p.kernel.Modules, p.kernel.Release, usbModules...); err != nil {
+		t.Fatal(err)
+	}
+	for name, bin := range img.binaries {
+		must(t, b.AddExecutable("/bin/"+name, bin))
+	}
+	must(t, b.Close())
+	must(t, f.Close())
+	if st, err := os.Stat(out); err == nil {
+		t.Logf("initramfs %s: %d MB in %.1fs", img.name, st.Size()>>20, time.Since(start).Seconds())
+	}
+	if images.files == nil {
+		images.files = map[string]string{}
+	}
+	images.files[img.name] = out
+	return out
+}
+
+// reader is one emulated reader as the test drives it.
+type reader struct {
+	client *vscard.Client
+	card   vscard.Card
+	runErr chan error // Run's result
+}
+
+// testVM is a booted VM with its readers' cards served.
+type testVM struct {
+	vm      *qemuvm.VM
+	readers []*reader
+}
+
+// boot starts a VM with one reader per card, runs script in it, and serves
+// each card over VSCard, inserted from the start. Cleanup kills what is
+// left and checks that the VSCard clients ended cleanly.
+func boot(t *testing.T, p prereqs, initrd string, script string, cards ...vscard.Card) *testVM {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), vmTimeout)
+	t.Cleanup(cancel)
+	start := time.Now()
+	vm, err := qemuvm.Start(ctx, qemuvm.Config{
+		QEMU:    p.qemu,
+		Kernel:  p.kernel.Image,
+		Initrd:  initrd,
+		Files:   map[string][]byte{"/vmscript": []byte(script)},
+		Readers: len(cards),
+		Stderr:  testWriter{t, "qemu: "},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tv := &testVM{vm: vm}
+	t.Cleanup(func() {
+		vm.Close()
+		for i, r := range tv.readers {
+			if err := <-r.runErr; err != nil {
+				t.Errorf("reader %d VSCard: %v", i, err)
+			}
+		}
+		if t.Failed() {
+			for _, l := range vm.Console().Lines() {
+				t.Log("console| " + l)
+			}
+		}
+		t.Logf("VM lived %.1fs", time.Since(start).Seconds())
+	})
+	for i, c := range cards {
+		conn, err := vm.Reader(ctx, i)
+		if err != nil {
+			t.Fatalf("reader %d: %v", i, err)
+		}
+		r := &reader{client: vscard.NewClient(conn, vscard.Options{ReaderName: fmt.Sprintf("test reader %d", i)}), card: c, runErr: make(chan error, 1)}
+		tv.readers = append(tv.readers, r)
+		go func() { r.runErr <- r.client.Run(ctx) }()
+		if err := r.client.Insert(ctx, c); err != nil {
+			t.Fatalf("reader %d: %v", i, err)
+		}
+	}
+	return tv
+}
+
+// exit waits for the process name and returns its output; it fails the
+// test unless it exited 0.
+func (tv *testVM) exit(t *testing.T, name string) []string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), vmTimeout)
+	defer cancel()
+	code, out, err := tv.vm.Console().AwaitExit(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code != "0" {
+		t.Fatalf("%s exited %s:\n%s", name, code, strings.Join(out, "\n"))
+	}
+	return out
+}
+
+// mark waits for a mark.
+func (tv *testVM) mark(t *testing.T, text string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), vmTimeout)
+	defer cancel()
+	if err := tv.vm.Console().AwaitMark(ctx, text); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// done waits for the guest to power off after a complete script.
+func (tv *testVM) done(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), vmTimeout)
+	defer cancel()
+	if err := tv.vm.Wait(ctx); err != nil {
+		t.Fatalf("QEMU: %v", err)
+	}
+	for _, e := range tv.vm.Console().Events() {
+		if e.Kind == vmscript.KindFail {
+			t.Fatalf("guest script failed at line %s: %s", e.Name, e.Text)
+		}
+	}
+	if _, err := tv.vm.Console().Await(ctx, func(e vmscript.Event) bool { return e.Kind == vmscript.KindDone }); err != nil {
+		t.Fatalf("guest script did not finish: %v", err)
+	}
+}
+
+// testWriter logs what QEMU writes to stderr.
+type testWriter struct {
+	t      *testing.T
+	prefix string
+}
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(w.prefix + strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}

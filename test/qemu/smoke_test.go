@@ -1,0 +1,49 @@
+package qemu
+
+import (
+	"bytes"
+	"encoding/hex"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/wsrc-go/wsrc/card/sim"
+	"github.com/wsrc-go/wsrc/internal/qemuvm/vmscript"
+	"github.com/wsrc-go/wsrc/internal/vscard"
+)
+
+// TestQEMUSmoke proves the harness: a static guest program sends one APDU
+// through usbfs to each of two emulated readers, and the simulated cards
+// served from here answer.
+func TestQEMUSmoke(t *testing.T) {
+	p := need(t)
+	initrd := buildImage(t, p, image{
+		name:     "smoke",
+		binaries: map[string]string{"usbapdu": goBuild(t, "github.com/wsrc-go/wsrc/test/qemu/guest/usbapdu", false)},
+	})
+	var s vmscript.Builder
+	s.Modules(usbModules...).
+		WaitUSB(2, 0x0b, 30*time.Second).
+		Run("apdu", "usbapdu", "00A40004022FE2") // SELECT EF.ICCID
+	cards := []vscard.Card{
+		sim.New(sim.Config{ICCID: "89882800000000000011"}),
+		sim.New(sim.Config{ICCID: "89882800000000000022", Protocol: sim.T1}),
+	}
+	tv := boot(t, p, initrd, s.String(), cards...)
+	out := tv.exit(t, "apdu")
+	tv.done(t)
+
+	for i, c := range cards {
+		want := fmt.Sprintf("reader %d atr %X", i, c.ATR())
+		if !contains(out, want) {
+			t.Errorf("missing %q in %q", want, out)
+		}
+	}
+	for i := range cards {
+		resp := value(out, fmt.Sprintf("reader %d resp ", i))
+		b, err := hex.DecodeString(resp)
+		if err != nil || len(b) < 2 || !bytes.HasSuffix(b, []byte{0x90, 0x00}) {
+			t.Errorf("reader %d: SELECT EF.ICCID answered %q", i, resp)
+		}
+	}
+}

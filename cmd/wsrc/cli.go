@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"strings"
 	"time"
 
@@ -214,8 +215,11 @@ func printCommandUsage(w io.Writer, cmd *command, fs *flag.FlagSet) {
 		if name != "" {
 			left += " " + name
 		}
-		if f.DefValue != "" && f.DefValue != "false" {
-			usage += fmt.Sprintf(" (default %s)", f.DefValue)
+		if def := f.DefValue; def != "" && def != "false" {
+			if u, err := url.Parse(def); err == nil && u.User != nil {
+				def = u.Redacted() // the URL may come from WSRC_SERVER
+			}
+			usage += fmt.Sprintf(" (default %s)", def)
 		}
 		fmt.Fprintf(w, "  %-22s %s\n", left, usage)
 	})

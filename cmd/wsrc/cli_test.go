@@ -313,4 +313,9 @@ func TestHelp(t *testing.T) {
 		}
 	}
 	check(t, runWith(t.Context(), nil, "", "version"), result{0, "wsrc dev\n", ""})
+	// A password in WSRC_SERVER is not shown as the default.
+	r := runWith(t.Context(), map[string]string{"WSRC_SERVER": "ws://bob:secret@relay:4220/"}, "", "list", "--help")
+	if !strings.Contains(r.stdout, "(default ws://bob:xxxxx@relay:4220/)") || strings.Contains(r.stdout, "secret") {
+		t.Errorf("list --help with a password in WSRC_SERVER:\n%s", r.stdout)
+	}
 }

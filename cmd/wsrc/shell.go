@@ -102,7 +102,7 @@ func runShell(cl *cli, ctx context.Context, o *options, args []string) error {
 			io.Reader
 			io.Writer
 		}{cl.stdin, cl.stdout}, "wsrc> ")
-		if w, h, err := term.GetSize(outFd); err == nil {
+		if w, h, err := term.GetSize(outFd); err == nil && w > 0 && h > 0 {
 			_ = t.SetSize(w, h)
 		}
 		// The Terminal is safe for concurrent writes and redraws the
@@ -110,7 +110,9 @@ func runShell(cl *cli, ctx context.Context, o *options, args []string) error {
 		sh.out, sh.errOut, sh.interactive, lines = t, t, true, t
 	}
 	notice := client.WithNoticeHandler(func(m string) { fmt.Fprintf(sh.errOut, "server: %s\n", m) })
-	c, ids, err := cl.selectCard(ctx, "shell", o, notice)
+	dialer := *cl
+	dialer.stderr = sh.errOut // the --verbose trace, through the Terminal if there is one
+	c, ids, err := dialer.selectCard(ctx, "shell", o, notice)
 	if err != nil {
 		return err
 	}

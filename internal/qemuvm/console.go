@@ -130,3 +130,15 @@ func (c *Console) Output(name string) []string {
 	}
 	return out
 }
+
+// AwaitOutput waits for an output line of the process name that match
+// accepts and returns it.
+func (c *Console) AwaitOutput(ctx context.Context, name string, match func(line string) bool) (string, error) {
+	e, err := c.Await(ctx, func(e vmscript.Event) bool {
+		return e.Kind == vmscript.KindOut && e.Name == name && match(e.Text)
+	})
+	if err != nil {
+		return "", fmt.Errorf("awaiting output of %s: %w", name, err)
+	}
+	return e.Text, nil
+}

@@ -110,6 +110,9 @@ func TestFakeVM(t *testing.T) {
 	if err != nil || exit != "0" || len(out) != 1 || out[0] != "line one" {
 		t.Fatalf("AwaitExit = %q %q %v", exit, out, err)
 	}
+	if l, err := vm.Console().AwaitOutput(ctx, "x", func(l string) bool { return strings.HasPrefix(l, "line") }); err != nil || l != "line one" {
+		t.Fatalf("AwaitOutput = %q, %v", l, err)
+	}
 	if err := vm.Wait(ctx); err != nil {
 		t.Fatalf("Wait: %v", err)
 	}

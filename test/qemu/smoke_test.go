@@ -27,7 +27,7 @@ func TestQEMUSmoke(t *testing.T) {
 		Run("apdu", "usbapdu", "00A40004022FE2") // SELECT EF.ICCID
 	cards := []vscard.Card{
 		sim.New(sim.Config{ICCID: "89882800000000000011"}),
-		sim.New(sim.Config{ICCID: "89882800000000000022", Protocol: sim.T1}),
+		sim.New(sim.Config{ICCID: "89882800000000000022"}),
 	}
 	tv := boot(t, p, initrd, s.String(), cards...)
 	out := tv.exit(t, "apdu")

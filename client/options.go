@@ -12,9 +12,11 @@ import (
 )
 
 // DefaultRequestTimeout is how long a request waits for its reply unless
-// [WithRequestTimeout] says otherwise. It is generous: a reset or a slow
-// card command (key generation, eUICC profile download) takes seconds.
-const DefaultRequestTimeout = 60 * time.Second
+// [WithRequestTimeout] says otherwise. It is a backstop for a server or
+// network that has gone silent, longer than our server's own card timeout
+// (120 s by default), so that a slow card (key generation, eUICC profile
+// download) is reported by the server with its precise error first.
+const DefaultRequestTimeout = 150 * time.Second
 
 // closeWait is how long Close waits for the server to answer its close
 // frame before it drops the connection.

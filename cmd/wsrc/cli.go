@@ -25,6 +25,10 @@ const (
 	exitInterrupted = 130 // interrupted by a signal
 )
 
+// dialTimeout bounds connecting and saying hello (--timeout, if shorter,
+// bounds it too).
+const dialTimeout = 30 * time.Second
+
 // defaultServer is the server URL when neither --server nor WSRC_SERVER
 // gives one: pySim's default user port on this host.
 const defaultServer = "ws://127.0.0.1:4220/"
@@ -285,7 +289,7 @@ func (cl *cli) dial(ctx context.Context, o *options, extra ...client.Option) (*c
 		})
 		opts = append(opts, client.WithLogger(slog.New(h)))
 	}
-	dctx, cancel := context.WithTimeout(ctx, o.timeout)
+	dctx, cancel := context.WithTimeout(ctx, min(o.timeout, dialTimeout))
 	defer cancel()
 	return client.Dial(dctx, serverURL(o.server), opts...)
 }

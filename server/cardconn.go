@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"sync"
@@ -23,14 +24,44 @@ type cardConn struct {
 
 	// Guarded by srv.hub.mu; written only while mu is held as well, so
 	// holders of either lock may read them:
-	state string              // protocol.StateInit, StateReady or StateAssociated
-	ids   protocol.Identities // never mutated: replaced as a whole
+	state string   // protocol.StateInit, StateReady or StateAssociated
+	id    identity // what users select the card by
 
 	mu      sync.Mutex // guards the fields below; lock order: mu, then hub.mu
 	user    *userConn  // the associated user; nil when none
 	waiter  *userConn  // the user waiting for a reply; nil when none
 	waitFor string     // the msg_type waiter expects (r_apdu or reset_resp)
 	gone    string     // why the connection ended; "" while it is up
+}
+
+// identity is what users select a card by; "" means not known.
+type identity struct{ atr, eid, iccid, imsi string }
+
+// get returns the identity with the given canonical key.
+func (id *identity) get(key string) string {
+	switch key {
+	case protocol.IdentityATR:
+		return id.atr
+	case protocol.IdentityEID:
+		return id.eid
+	case protocol.IdentityICCID:
+		return id.iccid
+	case protocol.IdentityIMSI:
+		return id.imsi
+	}
+	return ""
+}
+
+// identities returns the identities as the protocol shows them. (A
+// struct, not a map, is kept per card: idle cards should cost little.)
+func (id *identity) identities() protocol.Identities {
+	ids := make(protocol.Identities, 4)
+	for _, k := range identityKeys {
+		if v := id.get(k); v != "" {
+			ids[k] = v
+		}
+	}
+	return ids
 }
 
 // reply is what a waiting user gets from its card: a response, or why
@@ -41,34 +72,34 @@ type reply struct {
 	lost bool             // the card is gone; the user is no longer associated
 }
 
-// serveCard runs a card connection from hello to its end.
-func (s *Server) serveCard(c *conn) {
+// cardHandshake runs a card connection's hello and identification. It
+// returns the steady-state loop, or nil when the connection has ended.
+func (s *Server) cardHandshake(c *conn) func() {
 	hello, ok := c.readHello(protocol.ClientCard)
 	if !ok {
-		return
+		return nil
 	}
-	cc := &cardConn{c: c, hello: hello, state: protocol.StateInit,
-		ids: protocol.Identities{protocol.IdentityATR: hexString(hello.ATR)}}
-	c.log = c.log.With("atr", cc.ids[protocol.IdentityATR])
+	atr := hex.EncodeToString(hello.ATR)
+	hello.ATR = nil // kept as a string only
+	cc := &cardConn{c: c, hello: hello, state: protocol.StateInit, id: identity{atr: atr}}
+	c.atr = atr
 	if c.write(protocol.HelloAck{}) != nil {
-		return
+		return nil
 	}
 	s.hub.add(cc)
-	reason := "connection ended"
-	defer func() { cc.end(reason) }()
-
 	if !cc.identify() {
-		reason = "identification failed"
-		return
+		cc.end("identification failed")
+		return nil
 	}
 	c.setReadDeadline(time.Time{})
+	c.releaseBuffers()
 	c.startKeepalive()
-	reason = cc.serve()
-	c.log.Info("card connection ended", "reason", reason)
+	return func() {
+		reason := cc.serve()
+		c.log().Info("card connection ended", "reason", reason)
+		cc.end(reason)
+	}
 }
-
-// hexString is lower-case hex.
-func hexString(b []byte) string { return fmt.Sprintf("%x", b) }
 
 // identify runs the identification and moves the card to ready. It
 // returns false when the connection was ended instead.
@@ -78,26 +109,17 @@ func (cc *cardConn) identify() bool {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	tr := &identTransmitter{cc: cc}
-	id, err := identify(ctx, tr)
-	ids := protocol.Identities{protocol.IdentityATR: cc.ids[protocol.IdentityATR]}
-	if id.EID != "" {
-		ids[protocol.IdentityEID] = id.EID
-	}
-	if id.ICCID != "" {
-		ids[protocol.IdentityICCID] = id.ICCID
-	}
-	if id.IMSI != "" {
-		ids[protocol.IdentityIMSI] = id.IMSI
-	}
+	found, err := identify(ctx, tr)
+	id := identity{atr: cc.id.atr, eid: found.EID, iccid: found.ICCID, imsi: found.IMSI}
 	if err != nil {
 		var refused *cardRefused
 		switch {
 		case errors.As(err, &refused):
 			// The agent is alive and in step with us but its card could
 			// not answer: usable by ATR (and whatever was found).
-			c.log.Warn("identification incomplete: card agent answered with an error; card usable by its ATR", "err", err)
+			c.log().Warn("identification incomplete: card agent answered with an error; card usable by its ATR", "err", err)
 		case tr.lost != nil && endedByPeer(tr.lost):
-			c.log.Info("card agent left during identification", "err", tr.lost)
+			c.log().Info("card agent left during identification", "err", tr.lost)
 			return false
 		case tr.lost != nil && isTimeout(tr.lost):
 			msg := fmt.Sprintf("identification timed out: no answer within %v (the card agent must answer each c_apdu with r_apdu)", timeout)
@@ -108,7 +130,7 @@ func (cc *cardConn) identify() bool {
 			c.fail(websocket.CloseProtocolError, "invalid answer during identification", msg)
 			return false
 		case tr.lost != nil:
-			c.log.Info("identification failed", "err", tr.lost)
+			c.log().Info("identification failed", "err", tr.lost)
 			c.readFailed(tr.lost)
 			return false
 		default:
@@ -122,9 +144,9 @@ func (cc *cardConn) identify() bool {
 	defer cc.mu.Unlock()
 	cc.srv().hub.mu.Lock()
 	cc.state = protocol.StateReady
-	cc.ids = ids
+	cc.id = id
 	cc.srv().hub.mu.Unlock()
-	c.log.Info("card ready", "identities", ids)
+	c.log().Info("card ready", "identities", id.identities())
 	return c.write(protocol.StateNotification{NewState: protocol.StateReady}) == nil
 }
 
@@ -194,9 +216,9 @@ func (cc *cardConn) serve() string {
 			c.sendError("%s", msg)
 			continue
 		}
-		switch m := m.(type) {
+		switch mm := m.(type) {
 		case protocol.RAPDU:
-			if why := cc.deliver(protocol.TypeRAPDU, reply{msg: m}); why != "" {
+			if why := cc.deliver(protocol.TypeRAPDU, reply{msg: m}); why != "" { // m: no new interface value
 				c.sendError("unexpected r_apdu: %s", why)
 			}
 		case protocol.ResetResp:
@@ -206,11 +228,11 @@ func (cc *cardConn) serve() string {
 		case protocol.Error:
 			// Never answered: a peer that answers errors with errors
 			// (pySim's card client does) would loop forever.
-			if cc.deliver("", reply{err: "card agent error: " + m.Message}) != "" {
-				c.log.Warn("card agent sent an error", "message", m.Message)
+			if cc.deliver("", reply{err: "card agent error: " + mm.Message}) != "" {
+				c.log().Warn("card agent sent an error", "message", mm.Message)
 			}
 		case protocol.DisconnectAck:
-			c.log.Debug("disconnect_ack")
+			c.log().Debug("disconnect_ack")
 		case protocol.Hello:
 			c.sendError("duplicate hello: this connection has already said hello")
 		default:
@@ -261,13 +283,9 @@ func (cc *cardConn) deliver(msgType string, r reply) string {
 	cc.waiter = nil
 	if rr, ok := r.msg.(protocol.ResetResp); ok && len(rr.ATR) > 0 {
 		// pySim's server, too, takes the new ATR as the card's identity.
-		ids := make(protocol.Identities, len(cc.ids))
-		for k, v := range cc.ids {
-			ids[k] = v
-		}
-		ids[protocol.IdentityATR] = hexString(rr.ATR)
+		atr := hex.EncodeToString(rr.ATR)
 		cc.srv().hub.mu.Lock()
-		cc.ids = ids
+		cc.id.atr = atr
 		cc.srv().hub.mu.Unlock()
 	}
 	cc.mu.Unlock()

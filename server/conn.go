@@ -21,8 +21,9 @@ type conn struct {
 	srv    *Server
 	ws     *websocket.Conn // Close and WriteControl may be called from any goroutine
 	role   string          // roleCard or roleUser
+	addr   string          // the peer's address as http gave it ("ip:port")
 	remote protocol.RemoteAddr
-	log    *slog.Logger
+	atr    string // card connections: the hello ATR, for logs; set before the goroutine starts relaying
 
 	// Owned by the connection's goroutine, the only reader:
 	rbuf []byte // read buffer, reused across messages
@@ -39,10 +40,19 @@ type conn struct {
 }
 
 func newConn(s *Server, ws *websocket.Conn, role, remote string) *conn {
-	c := &conn{srv: s, ws: ws, role: role, remote: remoteAddr(remote)}
-	c.log = s.log.With("port", role, "remote", remote)
+	c := &conn{srv: s, ws: ws, role: role, addr: remote, remote: remoteAddr(remote)}
 	ws.SetPongHandler(c.pong)
 	return c
+}
+
+// log returns the server's logger with the connection's attributes. It
+// is built per call (logging is rare) so that idle connections do not
+// each keep a logger.
+func (c *conn) log() *slog.Logger {
+	if c.atr != "" {
+		return c.srv.log.With("port", c.role, "remote", c.addr, "atr", c.atr)
+	}
+	return c.srv.log.With("port", c.role, "remote", c.addr)
 }
 
 // errTooBig ends a connection that sent a message over MaxFrameSize.
@@ -125,7 +135,7 @@ func (c *conn) write(m protocol.Message) error {
 	}
 	c.wmu.Unlock()
 	if err != nil && !errors.Is(err, websocket.ErrCloseSent) {
-		c.log.Info("write failed; closing", "msg_type", m.MsgType(), "err", err)
+		c.log().Info("write failed; closing", "msg_type", m.MsgType(), "err", err)
 		c.ws.Close()
 	}
 	return err
@@ -137,7 +147,7 @@ func (c *conn) sendError(format string, args ...any) {
 	if len(args) > 0 {
 		msg = fmt.Sprintf(format, args...)
 	}
-	c.log.Debug("sending error", "message", msg)
+	c.log().Debug("sending error", "message", msg)
 	_ = c.write(protocol.Error{Message: msg})
 }
 
@@ -146,7 +156,7 @@ func (c *conn) sendError(format string, args ...any) {
 // message too big, 1011 keepalive timeout). Called by the connection's
 // goroutine, which must return afterwards.
 func (c *conn) fail(code int, reason string, message string) {
-	c.log.Info("closing connection", "code", code, "reason", message)
+	c.log().Info("closing connection", "code", code, "reason", message)
 	if message != "" {
 		_ = c.write(protocol.Error{Message: message})
 	}
@@ -204,6 +214,16 @@ func (c *conn) drain() {
 			return
 		}
 	}
+}
+
+// releaseBuffers drops the read and encoding buffers, so that a
+// connection about to idle (a card after identification) holds none; the
+// next message allocates them again. Called by the connection's goroutine.
+func (c *conn) releaseBuffers() {
+	c.rbuf = nil
+	c.wmu.Lock()
+	c.wbuf = nil
+	c.wmu.Unlock()
 }
 
 // startKeepalive arms the ping timer; called once the connection is in
@@ -298,7 +318,7 @@ func endedByPeer(err error) bool {
 // close code that fits, and returns why it ended, in words for the other
 // party (a user whose card this was).
 func (c *conn) readFailed(err error) string {
-	c.log.Debug("read failed", "err", err)
+	c.log().Debug("read failed", "err", err)
 	c.kmu.Lock()
 	keepalive, closing, why := c.awaitPong, c.closing, c.why
 	c.kmu.Unlock()

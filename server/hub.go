@@ -12,7 +12,7 @@ import (
 
 // hub is the registry of card connections that users list and select.
 type hub struct {
-	mu    sync.Mutex  // guards cards, and each card's state and ids
+	mu    sync.Mutex  // guards cards, and each card's state and id
 	cards []*cardConn // in connection order (list order, and select picks the first match)
 }
 
@@ -45,7 +45,7 @@ func (h *hub) list(showAddr bool) []protocol.CardInfo {
 	for i, cc := range h.cards {
 		out[i] = protocol.CardInfo{
 			RemoteAddr: hiddenAddr,
-			Identities: cc.ids, // never mutated, so shared
+			Identities: cc.id.identities(),
 			State:      cc.state,
 			Agent:      cc.hello.Agent,
 			Reader:     cc.hello.Reader,
@@ -91,8 +91,8 @@ func (h *hub) find(key, value string) (*cardConn, string) {
 		if cc.state == protocol.StateInit {
 			unidentified++
 		}
-		v, ok := cc.ids[key]
-		if !ok || normalizeID(key, v) != want {
+		v := cc.id.get(key)
+		if v == "" || normalizeID(key, v) != want {
 			continue
 		}
 		switch cc.state {

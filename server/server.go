@@ -138,7 +138,7 @@ type Server struct {
 	nCards  int                // card connections in conns
 	nUsers  int                // user connections in conns
 	closing bool               // set by Shutdown; no new connections
-	wg      sync.WaitGroup     // one count per connection goroutine
+	wg      sync.WaitGroup     // one count per connection, until its goroutine ends
 }
 
 // New returns a Server with cfg (defaults filled in) that logs to logger
@@ -151,10 +151,14 @@ func New(cfg Config, logger *slog.Logger) *Server {
 	s := &Server{cfg: cfg, log: logger, conns: make(map[*conn]struct{})}
 	s.upgrader = websocket.Upgrader{
 		// Small per-connection buffers: an idle card connection must stay
-		// within a few KiB. Larger messages are read and written through
-		// them in pieces (writes of big messages go out with writev).
+		// within a few KiB. The read buffer is the connection's own (a
+		// bigger message is read through it in pieces); write buffers
+		// are lent from a pool for the duration of one write, so idle
+		// connections hold none (at the price of one small allocation
+		// per write, inside gorilla/websocket).
 		ReadBufferSize:  512,
-		WriteBufferSize: 512,
+		WriteBufferSize: 1024,
+		WriteBufferPool: &sync.Pool{},
 		Error:           s.upgradeError,
 		// The default origin check stays: WSRC peers send no Origin, and
 		// a web page in a browser must not drive cards on a local server.
@@ -205,16 +209,32 @@ func (s *Server) accept(w http.ResponseWriter, r *http.Request, role string) {
 		c.closeNow(websocket.CloseGoingAway, "server shutting down")
 		return
 	}
+	handshake := s.userHandshake
+	if role == roleCard {
+		handshake = s.cardHandshake
+	}
 	go func() {
-		defer s.wg.Done()
-		defer s.unregister(c)
-		defer c.ws.Close()
-		if role == roleCard {
-			s.serveCard(c)
-		} else {
-			s.serveUser(c)
+		loop := handshake(c)
+		if loop == nil {
+			s.finish(c)
+			return
 		}
+		// The steady state runs on a fresh goroutine: the handshake's
+		// deeper calls (identification, logging) have grown this one's
+		// stack, and an idle connection should cost as little memory as
+		// possible. The connection's wg count passes on to it.
+		go func() {
+			loop()
+			s.finish(c)
+		}()
 	}()
+}
+
+// finish releases a connection whose goroutine is done.
+func (s *Server) finish(c *conn) {
+	c.ws.Close()
+	s.unregister(c)
+	s.wg.Done()
 }
 
 // admit reserves a connection slot for role, or says why not.

@@ -15,8 +15,9 @@ type userConn struct {
 	c *conn
 
 	// Owned by the user's goroutine:
-	card  *cardConn   // the selected card; nil when none
-	timer *time.Timer // request timeout, reused
+	card    *cardConn   // the selected card; nil when none
+	timer   *time.Timer // request timeout, reused (see await)
+	timerOn bool        // timer is armed and has not been received from
 
 	// reply receives the answer to the one outstanding request; sent to
 	// by the card's goroutine (or its end), received by the user's.
@@ -29,17 +30,26 @@ const (
 	errAlreadyAssoc = "a card is already selected on this connection; close the connection to release it before selecting another"
 )
 
-// serveUser runs a user connection from hello to its end.
-func (s *Server) serveUser(c *conn) {
+// userHandshake runs a user connection's hello. It returns the
+// steady-state loop, or nil when the connection has ended.
+func (s *Server) userHandshake(c *conn) func() {
 	if _, ok := c.readHello(protocol.ClientUser); !ok {
-		return
+		return nil
 	}
 	if c.write(protocol.HelloAck{}) != nil {
-		return
+		return nil
 	}
 	c.startKeepalive()
 	u := &userConn{c: c, reply: make(chan reply, 1)}
-	defer u.leave()
+	return func() {
+		u.serve()
+		u.leave()
+	}
+}
+
+// serve reads the user's requests until the connection ends.
+func (u *userConn) serve() {
+	c, s := u.c, u.c.srv
 	for {
 		m, err := c.next()
 		if err != nil {
@@ -47,23 +57,23 @@ func (s *Server) serveUser(c *conn) {
 				c.sendError("%s", describeBad(err))
 				continue
 			}
-			c.log.Info("user connection ended", "reason", c.readFailed(err))
+			c.log().Info("user connection ended", "reason", c.readFailed(err))
 			return
 		}
-		switch m := m.(type) {
+		switch mm := m.(type) {
 		case protocol.ListCards:
 			_ = c.write(protocol.ListCardsAck{Cards: s.hub.list(s.cfg.ShowRemoteAddr)})
 		case protocol.SelectCard:
-			u.selectCard(m)
+			u.selectCard(mm)
 		case protocol.CAPDU:
-			u.relay(m, protocol.TypeRAPDU)
+			u.relay(m, protocol.TypeRAPDU) // m, not mm: no new interface value
 		case protocol.ResetReq:
 			u.relay(m, protocol.TypeResetResp)
 		case protocol.Hello:
 			c.sendError("duplicate hello: this connection has already said hello")
 		case protocol.Error:
 			// Never answered, so that two peers cannot trade errors forever.
-			c.log.Info("user sent an error", "message", m.Message)
+			c.log().Info("user sent an error", "message", mm.Message)
 		default:
 			c.sendError("unexpected %s from a user: the user port accepts list_cards, select_card, c_apdu and reset_req", m.MsgType())
 		}
@@ -113,9 +123,9 @@ func (u *userConn) selectCard(m protocol.SelectCard) {
 	}
 	u.card = cc
 	c.srv.hub.mu.Lock()
-	ids := cc.ids
+	ids := cc.id.identities()
 	c.srv.hub.mu.Unlock()
-	c.log.Info("card selected", "identities", ids, "card_remote", cc.c.remote)
+	c.log().Info("card selected", "identities", ids, "card_remote", cc.c.remote)
 	_ = c.write(protocol.SelectCardAck{Identities: ids})
 }
 
@@ -151,24 +161,38 @@ func (u *userConn) relay(m protocol.Message, want string) {
 
 // await waits for the reply to the request just sent to cc, at most
 // RequestTimeout. A card that does not answer in time is disconnected.
+//
+// The timer is not reset for every request (that would cost two timer
+// operations per APDU): it keeps running, and when it fires early for a
+// request that started later, it is re-armed for the time left.
 func (u *userConn) await(cc *cardConn, m protocol.Message) reply {
 	d := u.c.srv.cfg.RequestTimeout
+	deadline := time.Now().Add(d)
 	if u.timer == nil {
 		u.timer = time.NewTimer(d)
-	} else {
+	} else if !u.timerOn {
 		u.timer.Reset(d)
 	}
-	select {
-	case r := <-u.reply:
-		u.timer.Stop()
-		return r
-	case <-u.timer.C:
+	u.timerOn = true
+	for {
+		select {
+		case r := <-u.reply:
+			return r
+		case now := <-u.timer.C:
+			u.timerOn = false
+			if left := deadline.Sub(now); left > 0 {
+				u.timer.Reset(left)
+				u.timerOn = true
+				continue
+			}
+		}
+		break
 	}
 	if !cc.cancel(u) {
 		return <-u.reply // the reply came just in time
 	}
 	msg := fmt.Sprintf("no reply to %s within %v", m.MsgType(), d)
-	cc.c.log.Warn("card agent did not answer in time; disconnecting it", "msg_type", m.MsgType(), "timeout", d)
+	cc.c.log().Warn("card agent did not answer in time; disconnecting it", "msg_type", m.MsgType(), "timeout", d)
 	cc.c.sendError("%s; closing the connection", msg)
 	cc.c.closeNow(websocket.ClosePolicyViolation, msg)
 	return reply{err: "card disconnected: " + msg, lost: true}

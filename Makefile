@@ -9,7 +9,7 @@ GO      ?= go
 BIN     := bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/wsrc-go/wsrc/internal/version.Version=$(VERSION)
-CMDS    := wsrc-server wsrc-agent wsrc wsrc-vcard
+CMDS    := wsrc-server wsrc-agent wsrc wsrc-vcard wsrc-bench
 # Go test flags for `make test`; TESTFLAGS adds to them (e.g. TESTFLAGS=-v).
 GOTESTFLAGS ?= -race -count=1 -timeout 20m
 
@@ -48,6 +48,10 @@ test: deps-test vet ## Run vet and every test with -race (incl. pcscd+vpcd and t
 .PHONY: bench
 bench: deps ## Run the Go benchmarks (relay, CCID, T=1, codec)
 	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+.PHONY: bench-relay
+bench-relay: build ## Relay benchmark (closed/open loop, idle memory); paste into docs/performance.md
+	$(BIN)/wsrc-bench
 
 .PHONY: fuzz
 fuzz: ## Run every fuzz target for 30 s each

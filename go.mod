@@ -11,6 +11,7 @@ require (
 
 require (
 	go.uber.org/goleak v1.3.0 // indirect
+	golang.org/x/sync v0.19.0 // indirect
 	golang.org/x/sys v0.50.0 // indirect
 	golang.org/x/term v0.48.0 // indirect
 )

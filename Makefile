@@ -9,7 +9,7 @@ GO      ?= go
 BIN     := bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/wsrc-go/wsrc/internal/version.Version=$(VERSION)
-CMDS    := wsrc-server wsrc-agent wsrc wsrc-vcard wsrc-bench
+CMDS    := $(notdir $(wildcard cmd/*))
 # Go test flags for `make test`; TESTFLAGS adds to them (e.g. TESTFLAGS=-v).
 GOTESTFLAGS ?= -race -count=1 -timeout 20m
 
@@ -28,7 +28,7 @@ deps-test: ## Install the system packages the tests need (pcscd, vpcd, QEMU, ...
 	@scripts/deps.sh test
 
 .PHONY: build
-build: deps ## Build wsrc-server, wsrc-agent, wsrc and wsrc-vcard into bin/
+build: deps ## Build every program in cmd/ into bin/
 	@mkdir -p $(BIN)
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ $(addprefix ./cmd/,$(CMDS))
 

@@ -26,6 +26,7 @@ var (
 // driver reports both changes and identifies it again.
 func TestQEMUCCIDDriver(t *testing.T) {
 	p := need(t)
+	t.Parallel()
 	initrd := buildImage(t, p, image{
 		name:     "ccid",
 		binaries: map[string]string{"ccidwatch": goBuild(t, "github.com/wsrc-go/wsrc/test/qemu/guest/ccidwatch", true)},

@@ -17,6 +17,7 @@ import (
 // served from here answer.
 func TestQEMUSmoke(t *testing.T) {
 	p := need(t)
+	t.Parallel()
 	initrd := buildImage(t, p, image{
 		name:     "smoke",
 		binaries: map[string]string{"usbapdu": goBuild(t, "github.com/wsrc-go/wsrc/test/qemu/guest/usbapdu", false)},

@@ -3,6 +3,7 @@ package qemu
 import (
 	"slices"
 	"strings"
+	"testing"
 )
 
 func contains(lines []string, want string) bool { return slices.Contains(lines, want) }
@@ -15,4 +16,19 @@ func value(lines []string, prefix string) string {
 		}
 	}
 	return ""
+}
+
+func TestCCIDBackendReady(t *testing.T) {
+	for _, tt := range []struct {
+		help string
+		want bool
+	}{
+		{"Backends:\n  sim    simulated\n  ccid   USB CCID readers   [not built in yet]\n", false},
+		{"Backends:\n  sim    simulated\n  ccid   USB CCID readers, directly over libusb\n", true},
+		{"no backends listed", false},
+	} {
+		if got := ccidBackendReady(tt.help); got != tt.want {
+			t.Errorf("ccidBackendReady(%q) = %v, want %v", tt.help, got, tt.want)
+		}
+	}
 }

@@ -117,7 +117,7 @@ func describePCB(pcb byte) string {
 		return s
 	}
 	names := [...]string{sResynch: "RESYNCH", sIFS: "IFS", sAbort: "ABORT", sWTX: "WTX"}
-	name := fmt.Sprintf("%#04x", pcb&sTypeMask)
+	name := fmt.Sprintf("0x%02X", pcb&sTypeMask)
 	if t := int(pcb & sTypeMask); t < len(names) {
 		name = names[t]
 	}
@@ -206,7 +206,7 @@ func parseBlock(b []byte, crc bool, maxINF int) (block, error) {
 			return block{}, blockErrorf(false, "%v with LEN %d", blk, ln)
 		}
 		if blk.pcb&sTypeMask == sIFS && (blk.inf[0] == 0 || blk.inf[0] == 0xFF) {
-			return block{}, blockErrorf(false, "%v with reserved IFS %#04x", blk, blk.inf[0])
+			return block{}, blockErrorf(false, "%v with reserved IFS 0x%02X", blk, blk.inf[0])
 		}
 	}
 	return blk, nil

@@ -233,7 +233,7 @@ func (c *Conn) iBlock(t *transfer) {
 func (c *Conn) parse(rx []byte) (block, error) {
 	b, err := parseBlock(rx, c.cfg.CRC, c.ifsd)
 	if err == nil && b.nad != c.wantNAD {
-		return block{}, blockErrorf(false, "%v with NAD %#04x, expected %#04x", b, b.nad, c.wantNAD)
+		return block{}, blockErrorf(false, "%v with NAD 0x%02X, expected 0x%02X", b, b.nad, c.wantNAD)
 	}
 	return b, err
 }

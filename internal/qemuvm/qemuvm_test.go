@@ -116,6 +116,9 @@ func TestFakeVM(t *testing.T) {
 	if err := vm.Wait(ctx); err != nil {
 		t.Fatalf("Wait: %v", err)
 	}
+	if vm.CPUTime() <= 0 {
+		t.Error("no CPU time after exit")
+	}
 	lines := strings.Join(vm.Console().Lines(), "\n")
 	for _, want := range []string{"@@vm log script found", "cmdline: console=ttyS0 panic=-1 quiet wsrc.test=1"} {
 		if !strings.Contains(lines, want) {

@@ -245,6 +245,21 @@ func (vm *VM) Reader(ctx context.Context, i int) (net.Conn, error) {
 	}
 }
 
+// CPUTime returns the CPU time QEMU used (user and system), a measure of
+// the VM's cost that, unlike wall time, does not depend on the host's
+// load; zero until QEMU has exited.
+func (vm *VM) CPUTime() time.Duration {
+	select {
+	case <-vm.exited:
+	default:
+		return 0
+	}
+	if st := vm.cmd.ProcessState; st != nil {
+		return st.UserTime() + st.SystemTime()
+	}
+	return 0
+}
+
 // Wait waits until QEMU exits (the guest powered off) and returns its
 // exit error; when ctx ends first it kills QEMU.
 func (vm *VM) Wait(ctx context.Context) error {

@@ -219,7 +219,7 @@ func boot(t *testing.T, p prereqs, initrd string, script string, cards ...vscard
 				t.Log("console| " + l)
 			}
 		}
-		t.Logf("VM lived %.1fs", time.Since(start).Seconds())
+		t.Logf("VM lived %.1fs, QEMU used %.1fs of CPU", time.Since(start).Seconds(), vm.CPUTime().Seconds())
 	})
 	for i, c := range cards {
 		conn, err := vm.Reader(ctx, i)

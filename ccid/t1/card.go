@@ -197,7 +197,7 @@ func (c *CardSide) HandleBlock(in []byte) []byte {
 }
 
 // invalid answers a block the card cannot accept: the last R-block or
-// S-request again (rules 7.2, 7.3), else an R-block naming the I-block the
+// S-request again (rule 7.2 and its S-block counterpart), else an R-block naming the I-block the
 // card expects.
 func (c *CardSide) invalid(bits byte) []byte {
 	c.stats.Invalid++

@@ -36,7 +36,7 @@ func TestCardSide(t *testing.T) {
 			{hostI0, cardI0},
 			{"00 40 05 00B0000002 F7", "00 40 04 12349000 F2"},
 		}},
-		{"invalid first block (rule 7.5)", CardConfig{}, nil, []cardExchange{
+		{"invalid first block: R(0) with NAD 0", CardConfig{}, nil, []cardExchange{
 			{"00 00 05 00B0000002 00", r0EDC},
 			{hostI0, cardI0},
 		}},

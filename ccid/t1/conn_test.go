@@ -153,6 +153,11 @@ func TestAnnexAScenarios(t *testing.T) {
 			{send: r1, recv: "00 40 02 9000 00"},
 			{send: r1, recv: "00 40 02 9000 D2"},
 		}, nil},
+		{"R-block from the card while it answers: repeat the acknowledgement", Config{}, []step{
+			{send: hostI0, recv: "00 20 02 1234 04"},
+			{send: r1, recv: "00 80 00 80"},
+			{send: r1, recv: "00 40 02 9000 D2"},
+		}, nil},
 		{"error after an error R-block repeats it", Config{}, []step{
 			{send: hostI0, recv: cardI0Bad},
 			{send: r0EDC, err: ErrNoBlock},
@@ -270,7 +275,7 @@ func TestNegotiateIFSD(t *testing.T) {
 		}
 		x.finished()
 	})
-	t.Run("repeated after an error (rule 7.3)", func(t *testing.T) {
+	t.Run("request repeated after an error", func(t *testing.T) {
 		x := &scripted{t: t, steps: []step{
 			{send: "00 C1 01 FE 3E", recv: "00 E1 01 FE 00"},
 			{send: "00 C1 01 FE 3E", recv: "00 E1 01 FD 1D"}, // wrong value
@@ -479,4 +484,55 @@ func TestErrorMessages(t *testing.T) {
 	if err == nil || err.Error() != want {
 		t.Errorf("error %q,\nwant  %q", err, want)
 	}
+}
+
+func TestResyncErrors(t *testing.T) {
+	x := &scripted{t: t, steps: []step{
+		{send: resynReq, err: ErrNoBlock},
+		{send: resynReq, recv: r0Other},
+		{send: resynReq, recv: cardI0},
+	}}
+	c := New(x, Config{})
+	err := c.Resync(context.Background())
+	if !errors.Is(err, ErrResyncFailed) || !strings.HasPrefix(err.Error(), "t1: ") {
+		t.Fatalf("error %v, want ErrResyncFailed", err)
+	}
+	x.finished()
+
+	errUSB := errors.New("usb: stall")
+	x = &scripted{t: t, steps: []step{{send: resynReq, err: errUSB}}}
+	c = New(x, Config{})
+	if err := c.Resync(context.Background()); !errors.Is(err, ErrResyncFailed) || !errors.Is(err, errUSB) {
+		t.Fatalf("error %v, want ErrResyncFailed wrapping the reader's", err)
+	}
+	// The resync is still due: NegotiateIFSD tries it first.
+	x.steps = append(x.steps, step{send: resynReq, err: errUSB})
+	if err := c.NegotiateIFSD(context.Background(), 254); !errors.Is(err, errUSB) {
+		t.Fatalf("NegotiateIFSD error %v, want the reader's", err)
+	}
+	x.steps = append(x.steps, step{send: resynReq, recv: resynResp}, step{send: "00 C1 01 FE 3E", err: errUSB})
+	if err := c.NegotiateIFSD(context.Background(), 254); !errors.Is(err, errUSB) || !c.needResync {
+		t.Fatalf("NegotiateIFSD error %v (needResync %v), want the reader's", err, c.needResync)
+	}
+	x.finished()
+}
+
+func TestAbortAnswerLost(t *testing.T) {
+	// The card's answer to S(ABORT response) does not matter, even if the
+	// reader reports an error for it.
+	_, err := runScript(t, Config{},
+		step{send: hostI0, recv: "00 C2 00 C2"},
+		step{send: "00 E2 00 E2", err: errors.New("usb: timeout")})
+	if !errors.Is(err, ErrAborted) {
+		t.Fatalf("error %v, want ErrAborted", err)
+	}
+}
+
+func TestCardSideConfigDefaults(t *testing.T) {
+	c := NewCardSide(func([]byte) []byte { return nil }, CardConfig{IFSC: 999, WTXEvery: -1})
+	if c.cfg.IFSC != MaxINF || c.cfg.WTXEvery != 0 || c.cfg.WTXMultiplier != 1 {
+		t.Errorf("normalised config %+v", c.cfg)
+	}
+	// An empty response is an empty I-block.
+	runCard(t, c, []cardExchange{{hostI0, "00 00 00 00"}})
 }

@@ -37,11 +37,14 @@ func Decode(data []byte) (Message, error) {
 	if len(data) == 0 || data[0] != '{' {
 		return nil, &DecodeError{Reason: "not a JSON object"}
 	}
-	var w wire
-	if !scanFlat(data, &w) {
+	// The wire struct lives inside d, not behind a pointer: escape
+	// analysis would otherwise move it to the heap (360 bytes per frame).
+	var d decoder
+	w := &d.w
+	if !scanFlat(data, w) {
 		// The general path. Keys are matched exactly, as pySim (Python
 		// dicts) does; encoding/json's struct decoding would fold case.
-		w = wire{}
+		*w = wire{}
 		var fields map[string]json.RawMessage
 		if err := json.Unmarshal(data, &fields); err != nil {
 			return nil, &DecodeError{Reason: "malformed JSON: " + jsonReason(err), Err: err}
@@ -55,8 +58,12 @@ func Decode(data []byte) (Message, error) {
 	if w.MsgType == nil {
 		return nil, &DecodeError{Reason: `missing field "msg_type"`}
 	}
-	d := decoder{w: &w}
-	t := d.str("msg_type", w.MsgType, true)
+	var t string
+	if p, ok := plainString(w.MsgType); ok {
+		t = knownType(p) // no allocation for the types we know
+	} else {
+		t = d.str("msg_type", w.MsgType, true)
+	}
 	if d.err != nil {
 		return nil, &DecodeError{Reason: `field "msg_type" must be a string`}
 	}
@@ -76,8 +83,45 @@ func jsonReason(err error) string {
 	return err.Error()
 }
 
+// knownType returns the msg_type constant spelled p, or p as a new string.
+func knownType(p []byte) string {
+	switch string(p) {
+	case TypeCAPDU:
+		return TypeCAPDU
+	case TypeRAPDU:
+		return TypeRAPDU
+	case TypeResetReq:
+		return TypeResetReq
+	case TypeResetResp:
+		return TypeResetResp
+	case TypeHello:
+		return TypeHello
+	case TypeHelloAck:
+		return TypeHelloAck
+	case TypeListCards:
+		return TypeListCards
+	case TypeListCardsAck:
+		return TypeListCardsAck
+	case TypeSelectCard:
+		return TypeSelectCard
+	case TypeSelectCardAck:
+		return TypeSelectCardAck
+	case TypeStateNotification:
+		return TypeStateNotification
+	case TypePrint:
+		return TypePrint
+	case TypeDisconnect:
+		return TypeDisconnect
+	case TypeDisconnectAck:
+		return TypeDisconnectAck
+	case TypeError:
+		return TypeError
+	}
+	return string(p)
+}
+
 type decoder struct {
-	w   *wire
+	w   wire
 	t   string
 	err *DecodeError
 }
@@ -89,7 +133,7 @@ func (d *decoder) fail(format string, args ...any) {
 }
 
 func (d *decoder) message() Message {
-	w := d.w
+	w := &d.w
 	switch d.t {
 	case TypeHello:
 		m := Hello{ClientType: d.str("client_type", w.ClientType, true)}

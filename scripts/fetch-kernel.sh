@@ -31,11 +31,12 @@ if [[ -f $out/.complete ]]; then
 fi
 
 tmp=$(mktemp -d -t wsrc-kernel.XXXXXX)
-chmod 755 "$tmp" # apt-get download drops privileges to _apt
 trap 'rm -rf "$tmp"' EXIT
-if ! (cd "$tmp" && apt-get download -qq "$pkg"); then
+# As root, apt-get would drop to the _apt user, who cannot write to $tmp.
+download() { (cd "$tmp" && apt-get download -qq -o APT::Sandbox::User=root "$pkg"); }
+if ! download; then
     apt-get update -qq
-    (cd "$tmp" && apt-get download -qq "$pkg")
+    download
 fi
 dpkg-deb -x "$tmp"/*.deb "$tmp/root"
 

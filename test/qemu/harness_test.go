@@ -84,10 +84,40 @@ func need(t *testing.T) prereqs {
 	if err != nil {
 		missing(err)
 	}
-	if p.kernel, err = qemuvm.FindKernel(cache); err != nil {
+	if p.kernel, err = qemuvm.FindKernel(cache); err != nil && (os.Getenv("CI") == "true" || os.Getenv(fetchEnv) == "1") {
+		// CI starts from a fresh clone: fetch the kernel once, as
+		// scripts/fetch-kernel.sh does for developers.
+		if ferr := fetchKernel(t, cache); ferr != nil {
+			missing(fmt.Errorf("%w; fetching it: %v", err, ferr))
+		}
+		p.kernel, err = qemuvm.FindKernel(cache)
+	}
+	if err != nil {
 		missing(err)
 	}
 	return p
+}
+
+// fetchEnv set to 1 lets the tests fetch a missing kernel (as under CI).
+const fetchEnv = "WSRC_QEMU_FETCH"
+
+var fetched struct {
+	once sync.Once
+	err  error
+}
+
+// fetchKernel runs scripts/fetch-kernel.sh once per test process.
+func fetchKernel(t *testing.T, cache string) error {
+	fetched.once.Do(func() {
+		start := time.Now()
+		out, err := exec.Command("../../scripts/fetch-kernel.sh", cache).CombinedOutput()
+		if err != nil {
+			fetched.err = fmt.Errorf("scripts/fetch-kernel.sh: %v\n%s", err, out)
+			return
+		}
+		t.Logf("fetched the kernel in %.1fs: %s", time.Since(start).Seconds(), strings.TrimSpace(string(out)))
+	})
+	return fetched.err
 }
 
 // builds caches the binaries built by this test process.

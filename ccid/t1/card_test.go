@@ -310,3 +310,21 @@ func FuzzLoopbackFaults(f *testing.F) {
 		}
 	})
 }
+
+// Faults can be injected and stats read while another goroutine drives
+// the card (run with -race).
+func TestCardSideConcurrent(t *testing.T) {
+	f := newFixture(t, 300, CardConfig{}, Config{})
+	done := make(chan struct{})
+	go func() { // owned by this test; ends when the transmits are done
+		defer close(done)
+		for range 20 {
+			f.card.InjectWTX(2)
+			_ = f.card.Stats()
+		}
+	}()
+	for range 5 {
+		f.transmit(t, 100)
+	}
+	<-done
+}

@@ -42,6 +42,8 @@ type fakeReader struct {
 	transmit func(cmd []byte) ([]byte, error)
 	// failNext makes the next Reconnect/Status/Transmit fail with it.
 	failNext error
+	// failStatus makes every Status fail with it.
+	failStatus error
 	// log records dispositions and share modes seen.
 	dispositions []disposition
 	shares       []shareMode
@@ -351,13 +353,8 @@ func (h *fakeCard) Reconnect(share shareMode, protocols Protocol, d disposition)
 func (h *fakeCard) Status() (cardStatus, error) {
 	h.sys.mu.Lock()
 	defer h.sys.mu.Unlock()
-	if h.disconnected {
-		return cardStatus{}, CodeInvalidHandle
-	}
-	r := h.sys.readers[h.name]
-	if r != nil && !r.present && r.failNext == nil {
-		// pcsc-lite reports the removal through the return code.
-		return cardStatus{}, CodeRemovedCard
+	if r := h.sys.readers[h.name]; r != nil && r.failStatus != nil && !h.disconnected {
+		return cardStatus{}, r.failStatus
 	}
 	r, err := h.state()
 	if err != nil {

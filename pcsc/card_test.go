@@ -1,0 +1,287 @@
+package pcsc
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/wsrc-go/wsrc/card"
+)
+
+func openFake(t *testing.T, sys *fakeSys, reader string, opts OpenOptions) *Card {
+	t.Helper()
+	c, err := open(context.Background(), sys, reader, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func TestOpenShareModeAndProtocols(t *testing.T) {
+	sys := newFakeSys()
+	sys.addReader("A")
+	sys.insert("A", atrA)
+
+	c := openFake(t, sys, "A", OpenOptions{})
+	if !bytes.Equal(c.ATR(), atrA) || c.Reader() != "A" || c.Protocol() != T1 {
+		t.Fatalf("ATR %x reader %q protocol %v", c.ATR(), c.Reader(), c.Protocol())
+	}
+	r := sys.reader("A")
+	if r.shares[0] != shareExclusive || r.protocols[0] != AnyProtocol {
+		t.Fatalf("default Open used share %v protocols %v", r.shares[0], r.protocols[0])
+	}
+	// Exclusive: a second client is refused.
+	_, err := open(context.Background(), sys, "A", OpenOptions{Shared: true})
+	if !errors.Is(err, CodeSharingViolation) || !strings.Contains(err.Error(), `"A"`) {
+		t.Fatalf("second Open = %v, want SCARD_E_SHARING_VIOLATION naming the reader", err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if d := r.dispositions; !slices.Equal(d, []disposition{unpowerCard}) {
+		t.Fatalf("exclusive Close dispositions %v, want unpower", d)
+	}
+
+	s1 := openFake(t, sys, "A", OpenOptions{Shared: true, Protocols: T0})
+	s2 := openFake(t, sys, "A", OpenOptions{Shared: true})
+	if s1.Protocol() != T0 {
+		t.Fatalf("Protocols: T0 gave %v", s1.Protocol())
+	}
+	s1.Close()
+	s2.Close()
+	if d := r.dispositions[1:]; !slices.Equal(d, []disposition{leaveCard, leaveCard}) {
+		t.Fatalf("shared Close dispositions %v, want leave", d)
+	}
+	if _, live, cards, _ := sys.counts(); live != 0 || cards != 0 {
+		t.Fatalf("%d contexts, %d cards left", live, cards)
+	}
+}
+
+func TestOpenErrors(t *testing.T) {
+	sys := newFakeSys()
+	sys.addReader("Empty")
+	sys.addReader("Mute")
+	sys.insert("Mute", nil)
+	down := newFakeSys()
+	down.setDown(true)
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+
+	for _, tt := range []struct {
+		name   string
+		ctx    context.Context
+		sys    *fakeSys
+		reader string
+		opts   OpenOptions
+		is     error
+	}{
+		{"no card", context.Background(), sys, "Empty", OpenOptions{}, card.ErrNoCard},
+		{"mute card", context.Background(), sys, "Mute", OpenOptions{}, card.ErrMute},
+		{"unknown reader", context.Background(), sys, "Nope", OpenOptions{}, ErrReaderUnavailable},
+		{"pcscd down", context.Background(), down, "Empty", OpenOptions{}, ErrServiceUnavailable},
+		{"cancelled", cancelled, sys, "Empty", OpenOptions{}, context.Canceled},
+		{"bad protocols", context.Background(), sys, "Empty", OpenOptions{Protocols: 4}, nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := open(tt.ctx, tt.sys, tt.reader, tt.opts)
+			if err == nil {
+				c.Close()
+				t.Fatal("Open succeeded")
+			}
+			if tt.is != nil && !errors.Is(err, tt.is) {
+				t.Fatalf("err = %v, want %v", err, tt.is)
+			}
+			if !strings.Contains(err.Error(), tt.reader) {
+				t.Fatalf("err %q does not name the reader", err)
+			}
+		})
+	}
+	if _, live, cards, _ := sys.counts(); live != 0 || cards != 0 {
+		t.Fatalf("failed Opens left %d contexts, %d cards", live, cards)
+	}
+}
+
+func TestOpenStatusFails(t *testing.T) {
+	sys := newFakeSys()
+	sys.addReader("A")
+	sys.insert("A", atrA)
+	sys.reader("A").failNext = CodeCommError
+	if _, err := open(context.Background(), sys, "A", OpenOptions{}); !errors.Is(err, CodeCommError) {
+		t.Fatalf("err = %v", err)
+	}
+	if _, live, cards, _ := sys.counts(); live != 0 || cards != 0 {
+		t.Fatalf("left %d contexts, %d cards", live, cards)
+	}
+}
+
+func TestTransmit(t *testing.T) {
+	sys := newFakeSys()
+	sys.addReader("A")
+	sys.insert("A", atrA)
+	r := sys.reader("A")
+	var got []byte
+	r.transmit = func(cmd []byte) ([]byte, error) {
+		got = cmd
+		rsp := make([]byte, 65536+2) // extended response: 65536 data bytes
+		rsp[65536], rsp[65537] = 0x90, 0x00
+		return rsp, nil
+	}
+	c := openFake(t, sys, "A", OpenOptions{})
+	ctx := context.Background()
+
+	ext := append([]byte{0x00, 0xd6, 0x00, 0x00, 0x00, 0xff, 0xff}, make([]byte, 65535)...)
+	ext = append(ext, 0x00, 0x00)
+	rsp, err := c.Transmit(ctx, ext)
+	if err != nil || len(rsp) != 65538 || !bytes.Equal(got, ext) {
+		t.Fatalf("extended transmit: %d bytes, %v", len(rsp), err)
+	}
+
+	for _, bad := range [][]byte{nil, {0x00, 0xa4, 0x00}, make([]byte, MaxCommand+1)} {
+		if _, err := c.Transmit(ctx, bad); err == nil {
+			t.Errorf("Transmit of %d bytes succeeded", len(bad))
+		}
+	}
+	r.transmit = func([]byte) ([]byte, error) { return []byte{0x90}, nil }
+	if _, err := c.Transmit(ctx, []byte{0, 0xa4, 0, 0}); err == nil {
+		t.Error("a 1-byte response was accepted")
+	}
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := c.Transmit(cancelled, []byte{0, 0xa4, 0, 0}); !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled Transmit = %v", err)
+	}
+	c.Close()
+	if _, err := c.Transmit(ctx, []byte{0, 0xa4, 0, 0}); !errors.Is(err, card.ErrClosed) {
+		t.Errorf("Transmit after Close = %v", err)
+	}
+	if err := c.Close(); err != nil {
+		t.Errorf("second Close = %v", err)
+	}
+	if c.Protocol() != 0 {
+		t.Error("closed card reports a protocol")
+	}
+}
+
+func TestTransmitRemoval(t *testing.T) {
+	apdu := []byte{0x00, 0xa4, 0x00, 0x00}
+	for _, tt := range []struct {
+		name    string
+		setup   func(sys *fakeSys)
+		removed bool
+		is      error
+	}{
+		{"removed card", func(s *fakeSys) { s.remove("A") }, true, CodeRemovedCard},
+		{"swapped card", func(s *fakeSys) { s.swap("A", atrB) }, true, CodeRemovedCard},
+		{"reader unplugged", func(s *fakeSys) { s.removeReader("A") }, true, ErrReaderUnavailable},
+		{"pcscd stopped", func(s *fakeSys) { s.setDown(true) }, true, ErrServiceUnavailable},
+		{"driver error, card gone", func(s *fakeSys) {
+			s.reader("A").transmit = func([]byte) ([]byte, error) {
+				s.remove("A") // pcscd notices only after the driver failed
+				return nil, CodeNotTransacted
+			}
+		}, true, CodeNotTransacted},
+		{"driver error, status fails", func(s *fakeSys) {
+			r := s.reader("A")
+			r.transmit = func([]byte) ([]byte, error) { return nil, CodeCommError }
+			r.failStatus = CodeNoSmartcard
+		}, true, CodeCommError},
+		{"driver error, card still there", func(s *fakeSys) {
+			r := s.reader("A")
+			r.transmit = func([]byte) ([]byte, error) { return nil, CodeNotTransacted }
+		}, false, CodeNotTransacted},
+		{"sharing reset", func(s *fakeSys) { s.reader("A").failNext = CodeResetCard }, false, CodeResetCard},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			sys := newFakeSys()
+			sys.addReader("A")
+			sys.insert("A", atrA)
+			c := openFake(t, sys, "A", OpenOptions{})
+			tt.setup(sys)
+			_, err := c.Transmit(context.Background(), apdu)
+			if err == nil {
+				t.Fatal("Transmit succeeded")
+			}
+			if got := errors.Is(err, card.ErrRemoved); got != tt.removed {
+				t.Fatalf("errors.Is(%v, card.ErrRemoved) = %v, want %v", err, got, tt.removed)
+			}
+			if !errors.Is(err, tt.is) || !strings.Contains(err.Error(), `"A"`) {
+				t.Fatalf("err = %v, want %v naming the reader", err, tt.is)
+			}
+			if err := c.Close(); err != nil {
+				t.Fatalf("Close after failure: %v", err)
+			}
+			if _, live, cards, _ := sys.counts(); live != 0 || cards != 0 {
+				t.Fatalf("left %d contexts, %d cards", live, cards)
+			}
+		})
+	}
+}
+
+func TestReset(t *testing.T) {
+	sys := newFakeSys()
+	sys.addReader("A")
+	sys.insert("A", atrA)
+	r := sys.reader("A")
+	r.atrs = [][]byte{atrB, atrA}
+	c := openFake(t, sys, "A", OpenOptions{})
+	ctx := context.Background()
+
+	atr, err := c.Reset(ctx, card.WarmReset)
+	if err != nil || !bytes.Equal(atr, atrB) || !bytes.Equal(c.ATR(), atrB) {
+		t.Fatalf("warm reset: %x, %v", atr, err)
+	}
+	atr, err = c.Reset(ctx, card.ColdReset)
+	if err != nil || !bytes.Equal(atr, atrA) {
+		t.Fatalf("cold reset: %x, %v", atr, err)
+	}
+	if !slices.Equal(r.dispositions, []disposition{resetCard, unpowerCard}) {
+		t.Fatalf("dispositions %v", r.dispositions)
+	}
+	if r.shares[1] != shareExclusive {
+		t.Fatalf("Reconnect share mode %v", r.shares[1])
+	}
+	atr[0] = 0
+	if c.ATR()[0] == 0 {
+		t.Fatal("Reset returned the Card's own ATR slice")
+	}
+
+	sys.remove("A")
+	if _, err := c.Reset(ctx, card.WarmReset); !errors.Is(err, card.ErrRemoved) || !strings.Contains(err.Error(), "warm reset") {
+		t.Fatalf("reset of removed card = %v", err)
+	}
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := c.Reset(cancelled, card.ColdReset); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled reset = %v", err)
+	}
+	c.Close()
+	if _, err := c.Reset(ctx, card.ColdReset); !errors.Is(err, card.ErrClosed) {
+		t.Fatalf("reset after Close = %v", err)
+	}
+}
+
+func TestResetStatusFails(t *testing.T) {
+	sys := newFakeSys()
+	sys.addReader("A")
+	sys.insert("A", atrA)
+	c := openFake(t, sys, "A", OpenOptions{})
+	sys.reader("A").failStatus = CodeRemovedCard
+	if _, err := c.Reset(context.Background(), card.ColdReset); !errors.Is(err, card.ErrRemoved) || !strings.Contains(err.Error(), "SCardStatus") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestCloseWhenPcscdGone(t *testing.T) {
+	sys := newFakeSys()
+	sys.addReader("A")
+	sys.insert("A", atrA)
+	c := openFake(t, sys, "A", OpenOptions{})
+	sys.setDown(true)
+	if err := c.Close(); err != nil {
+		t.Fatalf("Close with pcscd gone = %v, want nil (nothing to release)", err)
+	}
+}

@@ -1,0 +1,281 @@
+package pcsc
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+var (
+	atrA = []byte{0x3b, 0x9f, 0x96, 0x80, 0x1f}
+	atrB = []byte{0x3b, 0x9f, 0x96, 0x81, 0x31}
+)
+
+// watchRun is a Watch over a fake, inside a synctest bubble.
+type watchRun struct {
+	t      *testing.T
+	events chan ReaderEvent
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func startWatch(t *testing.T, sys *fakeSys, opts WatchOptions) *watchRun {
+	t.Helper()
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	w, err := newWatcher(sys, opts, nil)
+	if err == nil {
+		t.Fatal("newWatcher accepted a nil function")
+	}
+	r := &watchRun{t: t, events: make(chan ReaderEvent, 100), done: make(chan struct{})}
+	w, err = newWatcher(sys, opts, func(ev ReaderEvent) { r.events <- ev })
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r.cancel = cancel
+	go func() {
+		defer close(r.done)
+		w.run(ctx)
+	}()
+	return r
+}
+
+// expect waits until the watcher is idle and checks the events since the
+// last call.
+func (r *watchRun) expect(want ...ReaderEvent) {
+	r.t.Helper()
+	synctest.Wait()
+	var got []ReaderEvent
+	for len(r.events) > 0 {
+		got = append(got, <-r.events)
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		r.t.Fatalf("events:\n got %v\nwant %v", got, want)
+	}
+}
+
+func (r *watchRun) stop() {
+	r.cancel()
+	<-r.done
+}
+
+func present(reader string, atr []byte) ReaderEvent {
+	return ReaderEvent{Reader: reader, CardPresent: true, ATR: atr}
+}
+func absent(reader string) ReaderEvent { return ReaderEvent{Reader: reader} }
+func gone(reader string) ReaderEvent   { return ReaderEvent{Reader: reader, Gone: true} }
+
+func TestWatchInitialStateAndChanges(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		sys := newFakeSys()
+		sys.addReader("A")
+		sys.addReader("B")
+		sys.insert("A", atrA)
+		w := startWatch(t, sys, WatchOptions{})
+		w.expect(present("A", atrA), absent("B"))
+
+		sys.insert("B", atrB)
+		w.expect(present("B", atrB))
+		sys.remove("A")
+		w.expect(absent("A"))
+		sys.insert("A", atrB)
+		w.expect(present("A", atrB))
+
+		// Swapped between two looks: removal, then the new card.
+		sys.swap("A", atrA)
+		w.expect(absent("A"), present("A", atrA))
+
+		// Connecting changes the reader's flags (in use), not the card.
+		sctx, _ := sys.EstablishContext()
+		h, err := sctx.Connect("A", shareExclusive, AnyProtocol)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.expect()
+		h.Disconnect(leaveCard)
+		sctx.Release()
+		w.expect()
+
+		// A mute card.
+		sys.remove("B")
+		sys.insert("B", nil)
+		w.expect(absent("B"), ReaderEvent{Reader: "B", CardPresent: true, Mute: true})
+
+		w.stop()
+		w.expect(gone("A"), gone("B"))
+		if _, live, cards, _ := sys.counts(); live != 0 || cards != 0 {
+			t.Fatalf("%d contexts and %d cards left open", live, cards)
+		}
+	})
+}
+
+func TestWatchReadersComeAndGo(t *testing.T) {
+	for _, unknownErr := range []bool{false, true} {
+		t.Run(fmt.Sprintf("unknownReaderErr=%v", unknownErr), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				sys := newFakeSys()
+				sys.unknownReaderErr = unknownErr
+				w := startWatch(t, sys, WatchOptions{})
+				w.expect() // no readers: no events, no error
+
+				sys.addReader("A")
+				w.expect(absent("A"))
+				sys.addReader("B")
+				sys.insert("B", atrB)
+				w.expect(present("B", atrB))
+				sys.removeReader("A")
+				w.expect(gone("A"))
+				sys.addReader("A")
+				w.expect(absent("A"))
+				w.stop()
+				w.expect(gone("A"), gone("B"))
+			})
+		})
+	}
+}
+
+func TestWatchFilter(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		sys := newFakeSys()
+		for _, r := range []string{"Virtual PCD 00 00", "Virtual PCD 00 01", "Yubico YubiKey 00 00"} {
+			sys.addReader(r)
+		}
+		w := startWatch(t, sys, WatchOptions{Filter: Filter{Include: []string{"Virtual*"}, Exclude: []string{"/01$/"}}})
+		w.expect(absent("Virtual PCD 00 00"))
+		sys.insert("Yubico YubiKey 00 00", atrA)
+		sys.insert("Virtual PCD 00 01", atrA)
+		w.expect()
+		w.stop()
+		w.expect(gone("Virtual PCD 00 00"))
+	})
+	if err := Watch(context.Background(), WatchOptions{Filter: Filter{Include: []string{"["}}}, func(ReaderEvent) {}); err == nil {
+		t.Fatal("Watch accepted a bad pattern")
+	}
+}
+
+func TestWatchSurvivesPcscdRestart(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		sys := newFakeSys()
+		sys.addReader("A")
+		sys.insert("A", atrA)
+		w := startWatch(t, sys, WatchOptions{MinBackoff: time.Second, MaxBackoff: 4 * time.Second})
+		w.expect(present("A", atrA))
+
+		sys.setDown(true)
+		w.expect(gone("A"))
+		est0, _, _, _ := sys.counts()
+		// Backoff doubles from 1s (with jitter in [d/2, d]) up to 4s.
+		start := time.Now()
+		time.Sleep(30 * time.Second)
+		est1, _, _, _ := sys.counts()
+		if n := est1 - est0; n < 7 || n > 30/0.5 {
+			t.Fatalf("%d attempts in 30s of outage with backoff 1s..4s", n)
+		}
+		sys.setDown(false)
+		time.Sleep(4 * time.Second) // at most one maximal backoff
+		w.expect(present("A", atrA))
+		if time.Since(start) > 35*time.Second {
+			t.Fatal("recovery took too long")
+		}
+
+		// pcscd restarts with the card gone and a new reader.
+		sys.setDown(true)
+		sys.remove("A")
+		sys.addReader("B")
+		w.expect(gone("A"))
+		sys.setDown(false)
+		time.Sleep(time.Second)
+		w.expect(absent("A"), absent("B"))
+		w.stop()
+		w.expect(gone("A"), gone("B"))
+		if _, live, _, _ := sys.counts(); live != 0 {
+			t.Fatalf("%d contexts left", live)
+		}
+	})
+}
+
+func TestWatchStartsWithoutPcscd(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		sys := newFakeSys()
+		sys.setDown(true)
+		sys.addReader("A")
+		w := startWatch(t, sys, WatchOptions{})
+		w.expect()
+		sys.setDown(false)
+		time.Sleep(10 * time.Second) // default MaxBackoff
+		w.expect(absent("A"))
+		w.stop()
+		w.expect(gone("A"))
+	})
+}
+
+func TestWatchCancelInterruptsWait(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		sys := newFakeSys()
+		sys.addReader("A")
+		w := startWatch(t, sys, WatchOptions{})
+		w.expect(absent("A"))
+		start := time.Now()
+		w.stop()
+		if d := time.Since(start); d != 0 {
+			t.Fatalf("stop took %v of fake time; Cancel should interrupt at once", d)
+		}
+		if _, _, _, cancels := sys.counts(); cancels != 1 {
+			t.Fatalf("%d Cancel calls, want 1", cancels)
+		}
+		w.expect(gone("A"))
+	})
+}
+
+func TestWatchLostCancelBoundedByPollTimeout(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		sys := newFakeSys()
+		sys.dropCancel = true
+		sys.addReader("A")
+		w := startWatch(t, sys, WatchOptions{})
+		w.expect(absent("A"))
+		start := time.Now()
+		w.stop()
+		if d := time.Since(start); d > pollTimeout {
+			t.Fatalf("stop took %v with a lost Cancel, want <= %v", d, pollTimeout)
+		}
+	})
+}
+
+func TestWatchCancelledBeforeStart(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	sys := newFakeSys()
+	sys.addReader("A")
+	w, err := newWatcher(sys, WatchOptions{}, func(ev ReaderEvent) { t.Errorf("event %v after cancel", ev) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.run(ctx)
+}
+
+func TestWatchATRIsACopy(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		sys := newFakeSys()
+		sys.addReader("A")
+		sys.insert("A", atrA)
+		w := startWatch(t, sys, WatchOptions{})
+		synctest.Wait()
+		ev := <-w.events
+		ev.ATR[0] = 0
+		sys.swap("A", atrA)
+		synctest.Wait()
+		<-w.events
+		if ev2 := <-w.events; !bytes.Equal(ev2.ATR, atrA) {
+			t.Fatalf("ATR %x changed by the consumer's edit", ev2.ATR)
+		}
+		w.stop()
+	})
+}

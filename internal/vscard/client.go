@@ -12,6 +12,8 @@ import (
 // Card is what a Client serves behind the emulated reader: the ATR sent on
 // insertion and an APDU processor. *sim.Card (package card/sim) fits.
 // Process is called from the Client's read loop, one command at a time.
+// A nil response plays a mute card: the Client answers with an Error,
+// which QEMU turns into a failed XfrBlock.
 type Card interface {
 	ATR() []byte
 	Process(command []byte) []byte
@@ -206,6 +208,9 @@ func (c *Client) answer(command []byte) error {
 		return c.write(MsgError, id, ErrorPayload(CodeGeneral))
 	}
 	resp := card.Process(command)
+	if resp == nil {
+		return c.write(MsgError, id, ErrorPayload(CodeGeneral))
+	}
 	if len(resp) > MaxPayloadLen {
 		c.log.Warn("vscard: response too large for VSCard", "len", len(resp))
 		return c.write(MsgError, id, ErrorPayload(CodeGeneral))

@@ -180,6 +180,33 @@ func TestInsertAPDURemove(t *testing.T) {
 	}
 }
 
+// muteCard answers nothing; bigCard answers more than VSCard can carry.
+type (
+	muteCard struct{ echoCard }
+	bigCard  struct{ echoCard }
+)
+
+func (muteCard) Process([]byte) []byte { return nil }
+func (bigCard) Process([]byte) []byte  { return make([]byte, MaxPayloadLen+1) }
+
+func TestCardWithoutAnswer(t *testing.T) {
+	for _, card := range []Card{muteCard{testCard()}, bigCard{testCard()}} {
+		c, h, _ := start(t)
+		h.handshake(c)
+		ins := async(func() error { return c.Insert(context.Background(), card) })
+		h.expect(MsgATR)
+		h.send(MsgError, 0, ErrorPayload(CodeSuccess))
+		if err := wait(t, ins); err != nil {
+			t.Fatal(err)
+		}
+		h.send(MsgAPDU, 0, []byte{0x00, 0xB0, 0x00, 0x00})
+		e := h.expect(MsgError)
+		if code, err := ParseError(e.Payload); err != nil || code != CodeGeneral {
+			t.Fatalf("%T: answered %v %v, want a general Error", card, code, err)
+		}
+	}
+}
+
 func TestInsertRefused(t *testing.T) {
 	c, h, _ := start(t)
 	h.handshake(c)

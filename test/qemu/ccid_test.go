@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -49,6 +50,9 @@ func TestQEMUCCIDDriver(t *testing.T) {
 	identified(t, out, "iccid="+cardB.ICCID+" eid=")
 	if got := value(out, "apdu "+whereA+" "); got != "9000" {
 		t.Errorf("SELECT MF on card A answered %q", got)
+	}
+	if got := value(out, "reset "+whereA+" atr "); got != fmt.Sprintf("%X", sim.ATRT0) {
+		t.Errorf("cold reset of card A gave ATR %q, want %X", got, sim.ATRT0)
 	}
 
 	if err := tv.readers[0].client.Remove(ctx); err != nil {

@@ -6,6 +6,7 @@
 //	inserted <name>/<slot> atr <hex>    a card came and was powered up
 //	identified <name>/<slot> iccid=<ICCID> eid=<EID>
 //	apdu <name>/<slot> <hex>            the answer to SELECT MF
+//	reset <name>/<slot> atr <hex>       after a cold reset, then SELECT MF again
 //	removed <name>/<slot>               a card left
 //	count <n>                           after every identification
 //
@@ -84,7 +85,7 @@ func watch(ctx context.Context, log *slog.Logger, want int) error {
 }
 
 // identify opens the card, prints its ATR, identity and the answer to
-// SELECT MF, and closes it.
+// SELECT MF, resets it and selects again, and closes it.
 func identify(ctx context.Context, ev ccid.Event, where string) error {
 	c, err := ev.Open(ctx)
 	if err != nil {
@@ -100,6 +101,15 @@ func identify(ctx context.Context, ev ccid.Event, where string) error {
 	resp, err := c.Transmit(ctx, []byte{0x00, 0xA4, 0x00, 0x0C, 0x02, 0x3F, 0x00})
 	if err != nil {
 		return fmt.Errorf("SELECT MF: %w", err)
+	}
+	fmt.Printf("apdu %s %X\n", where, resp)
+	atr, err := c.Reset(ctx, card.ColdReset)
+	if err != nil {
+		return fmt.Errorf("reset: %w", err)
+	}
+	fmt.Printf("reset %s atr %X\n", where, atr)
+	if resp, err = c.Transmit(ctx, []byte{0x00, 0xA4, 0x00, 0x0C, 0x02, 0x3F, 0x00}); err != nil {
+		return fmt.Errorf("SELECT MF after reset: %w", err)
 	}
 	fmt.Printf("apdu %s %X\n", where, resp)
 	return nil

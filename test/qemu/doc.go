@@ -11,5 +11,7 @@
 // They skip (with the reason) when qemu-system-x86_64 or the kernel is
 // missing, and fail instead when CI=true. -short skips them too.
 //
-// Guest programs live in guest/: usbapdu (raw usbfs, proves the harness).
+// Guest programs live in guest/: usbapdu (raw usbfs, proves the harness),
+// loopcheck (the guest's loopback network), ccidwatch (the ccid package
+// over gousb and libusb). The full-stack test runs the real cmd/ binaries.
 package qemu

@@ -14,24 +14,31 @@ import (
 
 // TestQEMUSmoke proves the harness: a static guest program sends one APDU
 // through usbfs to each of two emulated readers, and the simulated cards
-// served from here answer.
+// served from here answer; and the guest's loopback network works.
 func TestQEMUSmoke(t *testing.T) {
 	p := need(t)
 	t.Parallel()
 	initrd := buildImage(t, p, image{
-		name:     "smoke",
-		binaries: map[string]string{"usbapdu": goBuild(t, "github.com/wsrc-go/wsrc/test/qemu/guest/usbapdu", false)},
+		name: "smoke",
+		binaries: map[string]string{
+			"usbapdu":   goBuild(t, "github.com/wsrc-go/wsrc/test/qemu/guest/usbapdu", false),
+			"loopcheck": goBuild(t, "github.com/wsrc-go/wsrc/test/qemu/guest/loopcheck", false),
+		},
 	})
 	var s vmscript.Builder
 	s.Modules(usbModules...).
 		WaitUSB(2, 0x0b, 30*time.Second).
-		Run("apdu", "usbapdu", "00A40004022FE2") // SELECT EF.ICCID
+		Run("apdu", "usbapdu", "00A40004022FE2"). // SELECT EF.ICCID
+		Run("loop", "loopcheck")
 	cards := []vscard.Card{
 		sim.New(sim.Config{ICCID: "89882800000000000011"}),
 		sim.New(sim.Config{ICCID: "89882800000000000022"}),
 	}
 	tv := boot(t, p, initrd, s.String(), cards...)
 	out := tv.exit(t, "apdu")
+	if loop := tv.exit(t, "loop"); !contains(loop, "loopback ok") {
+		t.Errorf("guest loopback: %q", loop)
+	}
 	tv.done(t)
 
 	for i, c := range cards {

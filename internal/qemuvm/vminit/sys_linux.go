@@ -65,9 +65,6 @@ func ioctl(fd int, req uintptr, arg unsafe.Pointer) error {
 	return nil
 }
 
-// sysFinitModule is finit_module(2) on x86-64; the syscall package lacks it.
-const sysFinitModule = 313
-
 // finitModule loads a module file; one that is already loaded is fine.
 func finitModule(path string) error {
 	f, err := os.Open(path)

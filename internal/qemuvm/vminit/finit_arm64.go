@@ -1,4 +1,4 @@
 package main
 
 // sysFinitModule is finit_module(2); the syscall package lacks it.
-const sysFinitModule = 273
+const sysFinitModule int = 273

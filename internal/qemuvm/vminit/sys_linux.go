@@ -72,8 +72,11 @@ func finitModule(path string) error {
 		return err
 	}
 	defer f.Close()
+	if sysFinitModule < 0 {
+		return syscall.ENOSYS
+	}
 	params := []byte{0}
-	_, _, e := syscall.Syscall(sysFinitModule, f.Fd(), uintptr(unsafe.Pointer(&params[0])), 0)
+	_, _, e := syscall.Syscall(uintptr(sysFinitModule), f.Fd(), uintptr(unsafe.Pointer(&params[0])), 0)
 	if e != 0 && !errors.Is(e, syscall.EEXIST) {
 		return e
 	}

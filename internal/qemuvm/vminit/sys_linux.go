@@ -72,11 +72,12 @@ func finitModule(path string) error {
 		return err
 	}
 	defer f.Close()
-	if sysFinitModule < 0 {
+	nr := sysFinitModule // a variable: -1 must not be converted as a constant
+	if nr < 0 {
 		return syscall.ENOSYS
 	}
 	params := []byte{0}
-	_, _, e := syscall.Syscall(uintptr(sysFinitModule), f.Fd(), uintptr(unsafe.Pointer(&params[0])), 0)
+	_, _, e := syscall.Syscall(uintptr(nr), f.Fd(), uintptr(unsafe.Pointer(&params[0])), 0)
 	if e != 0 && !errors.Is(e, syscall.EEXIST) {
 		return e
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/wsrc-go/wsrc/card"
 )
@@ -213,16 +214,43 @@ func (c *Card) cardErr(op string, err error) error {
 		pe.Removed = true
 	case CodeNotTransacted, CodeCommError, CodeUnknownError, CodeUnresponsiveCard,
 		CodeCommDataLost, CodeNotReady:
-		// The reader driver may fail before pcscd notices the removal:
-		// ask pcscd what it knows now.
-		st, serr := c.h.Status()
-		if serr != nil {
-			pe.Removed = isGone(serr) || isCode(serr, CodeNoSmartcard)
-		} else if st.State&statusPresent == 0 {
-			pe.Removed = true
-		}
+		pe.Removed = c.cardGone()
 	}
 	return pe
+}
+
+// removalGrace is how long cardGone waits for pcscd to notice a removal
+// that the reader driver already ran into: pcscd polls readers without
+// card-event interrupts (vpcd, serial readers) about every 400 ms.
+var removalGrace = 1500 * time.Millisecond
+
+// cardGone asks pcscd whether the card is still there after a vague
+// transport error. The driver can fail before pcscd's next presence poll,
+// so a card still reported present gets removalGrace to change state.
+func (c *Card) cardGone() bool {
+	st, err := c.h.Status()
+	if err != nil {
+		return isGone(err) || isCode(err, CodeNoSmartcard)
+	}
+	if st.State&statusPresent == 0 {
+		return true
+	}
+	rs := []readerState{{Reader: c.reader, Current: stateUnaware}}
+	if err := c.ctx.GetStatusChange(rs, 0); err != nil {
+		return isGone(err)
+	}
+	if rs[0].Event&statePresent == 0 {
+		return true
+	}
+	was := rs[0].Event &^ stateChanged
+	rs[0].Current = was
+	switch err := c.ctx.GetStatusChange(rs, removalGrace); {
+	case err == nil:
+		ev := rs[0].Event
+		return ev&statePresent == 0 || ev&stateCounterMask != was&stateCounterMask
+	default:
+		return isGone(err)
+	}
 }
 
 // isGone reports whether err means the handle is dead because the card,

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"testing/synctest"
+	"time"
 
 	"github.com/wsrc-go/wsrc/card"
 )
@@ -193,30 +195,50 @@ func TestTransmitRemoval(t *testing.T) {
 			r := s.reader("A")
 			r.transmit = func([]byte) ([]byte, error) { return nil, CodeNotTransacted }
 		}, false, CodeNotTransacted},
+		{"driver error, pcscd notices at its next poll", func(s *fakeSys) {
+			s.reader("A").transmit = func([]byte) ([]byte, error) {
+				go func() {
+					time.Sleep(400 * time.Millisecond)
+					s.remove("A")
+				}()
+				return nil, CodeNotTransacted
+			}
+		}, true, CodeNotTransacted},
+		{"driver error, card swapped meanwhile", func(s *fakeSys) {
+			s.reader("A").transmit = func([]byte) ([]byte, error) {
+				go func() {
+					time.Sleep(400 * time.Millisecond)
+					s.swap("A", atrB)
+				}()
+				return nil, CodeCommError
+			}
+		}, true, CodeCommError},
 		{"sharing reset", func(s *fakeSys) { s.reader("A").failNext = CodeResetCard }, false, CodeResetCard},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			sys := newFakeSys()
-			sys.addReader("A")
-			sys.insert("A", atrA)
-			c := openFake(t, sys, "A", OpenOptions{})
-			tt.setup(sys)
-			_, err := c.Transmit(context.Background(), apdu)
-			if err == nil {
-				t.Fatal("Transmit succeeded")
-			}
-			if got := errors.Is(err, card.ErrRemoved); got != tt.removed {
-				t.Fatalf("errors.Is(%v, card.ErrRemoved) = %v, want %v", err, got, tt.removed)
-			}
-			if !errors.Is(err, tt.is) || !strings.Contains(err.Error(), `"A"`) {
-				t.Fatalf("err = %v, want %v naming the reader", err, tt.is)
-			}
-			if err := c.Close(); err != nil {
-				t.Fatalf("Close after failure: %v", err)
-			}
-			if _, live, cards, _ := sys.counts(); live != 0 || cards != 0 {
-				t.Fatalf("left %d contexts, %d cards", live, cards)
-			}
+			synctest.Test(t, func(t *testing.T) {
+				sys := newFakeSys()
+				sys.addReader("A")
+				sys.insert("A", atrA)
+				c := openFake(t, sys, "A", OpenOptions{})
+				tt.setup(sys)
+				_, err := c.Transmit(context.Background(), apdu)
+				if err == nil {
+					t.Fatal("Transmit succeeded")
+				}
+				if got := errors.Is(err, card.ErrRemoved); got != tt.removed {
+					t.Fatalf("errors.Is(%v, card.ErrRemoved) = %v, want %v", err, got, tt.removed)
+				}
+				if !errors.Is(err, tt.is) || !strings.Contains(err.Error(), `"A"`) {
+					t.Fatalf("err = %v, want %v naming the reader", err, tt.is)
+				}
+				if err := c.Close(); err != nil {
+					t.Fatalf("Close after failure: %v", err)
+				}
+				if _, live, cards, _ := sys.counts(); live != 0 || cards != 0 {
+					t.Fatalf("left %d contexts, %d cards", live, cards)
+				}
+			})
 		})
 	}
 }

@@ -44,6 +44,7 @@ func startWatch(t *testing.T, sys *fakeSys, opts WatchOptions) *watchRun {
 		defer close(r.done)
 		w.run(ctx)
 	}()
+	t.Cleanup(r.stop) // also on failure, so the bubble can end
 	return r
 }
 
@@ -128,6 +129,7 @@ func TestWatchReadersComeAndGo(t *testing.T) {
 				sys.addReader("A")
 				w.expect(absent("A"))
 				sys.addReader("B")
+				w.expect(absent("B"))
 				sys.insert("B", atrB)
 				w.expect(present("B", atrB))
 				sys.removeReader("A")
@@ -254,7 +256,8 @@ func TestWatchCancelledBeforeStart(t *testing.T) {
 	cancel()
 	sys := newFakeSys()
 	sys.addReader("A")
-	w, err := newWatcher(sys, WatchOptions{}, func(ev ReaderEvent) { t.Errorf("event %v after cancel", ev) })
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	w, err := newWatcher(sys, WatchOptions{Logger: quiet}, func(ev ReaderEvent) { t.Errorf("event %v after cancel", ev) })
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -329,6 +329,7 @@ func (r *Reader) handle(c *conn, b []byte) {
 		}
 		st := byte(2)
 		if s := r.slotOf(c.iface, int(m.Slot)); s != nil {
+			s.abortBusy()
 			st = s.iccStatus()
 		}
 		if r.p.QEMU { // QEMU does not implement Abort: "command not supported"

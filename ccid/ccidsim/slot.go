@@ -64,6 +64,8 @@ type Slot struct {
 	ppsAllowed bool   // no exchange since the ATR: PPS may come
 	t1         *t1.CardSide
 	busy       bool
+	abort      chan struct{} // closed by an Abort of the busy command
+	endBusy    func()        // ends the busy command (once)
 	removeNext bool
 	chain      []byte // extended APDU command being assembled
 	rsp        []byte // extended APDU response not yet sent
@@ -485,11 +487,24 @@ func (s *Slot) xfrBlock(c *conn, m ccid.Message, reply func(status, code, param 
 		return
 	}
 	s.busy = true
+	abort := make(chan struct{})
+	var once sync.Once
+	end := func() {
+		once.Do(func() {
+			s.busy, s.abort, s.endBusy = false, nil, nil
+			s.r.releaseBusy()
+		})
+	}
+	s.abort, s.endBusy = abort, end
 	s.mu.Unlock()
 	c.spawn(func() {
-		defer s.r.releaseBusy()
-		end := time.NewTimer(q.Delay)
-		defer end.Stop()
+		defer func() {
+			s.mu.Lock()
+			end()
+			s.mu.Unlock()
+		}()
+		done := time.NewTimer(q.Delay)
+		defer done.Stop()
 		var tick <-chan time.Time
 		if q.WTX > 0 {
 			t := time.NewTicker(q.WTX)
@@ -498,19 +513,32 @@ func (s *Slot) xfrBlock(c *conn, m ccid.Message, reply func(status, code, param 
 		}
 		for {
 			select {
-			case <-end.C:
+			case <-done.C:
 				s.mu.Lock()
-				s.busy = false
+				end()
 				s.mu.Unlock()
 				s.finish(work, reply)
 				return
 			case <-tick:
 				reply(timeExt, 1, 0, nil)
+			case <-abort:
+				reply(failed|s.iccStatus(), 0xFF, 0, nil) // CMD_ABORTED
+				return
 			case <-c.closed:
 				return
 			}
 		}
 	})
+}
+
+// abortBusy stops a command in progress (PC_to_RDR_Abort).
+func (s *Slot) abortBusy() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.busy && s.abort != nil {
+		close(s.abort)
+		s.endBusy()
+	}
 }
 
 // result is what the card (through the reader) answers.
@@ -549,7 +577,7 @@ func (s *Slot) work(level ccid.ExchangeLevel, m ccid.Message) result {
 	// Extended APDU level: wLevelParameter chaining.
 	lp := uint16(m.Param[1]) | uint16(m.Param[2])<<8
 	maxBlock := int(d.MaxMessageLength) - ccid.HeaderLen
-	if lp != ccid.ChainNone {
+	if lp != ccid.ChainNone && lp != ccid.ChainMore {
 		s.r.record(func(st *Stats) { st.ChainedBlocks++ })
 	}
 	switch lp {

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
@@ -152,4 +153,12 @@ func BenchmarkRelay(b *testing.B) {
 			agents.Wait()
 		})
 	}
+}
+
+func websocketDial(url string) (*websocket.Conn, *http.Response, error) {
+	c, resp, err := websocket.DefaultDialer.Dial(url, nil)
+	if c != nil {
+		c.Close()
+	}
+	return c, resp, err
 }

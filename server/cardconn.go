@@ -27,11 +27,20 @@ type cardConn struct {
 	state string   // protocol.StateInit, StateReady or StateAssociated
 	id    identity // what users select the card by
 
-	mu      sync.Mutex // guards the fields below; lock order: mu, then hub.mu
-	user    *userConn  // the associated user; nil when none
-	waiter  *userConn  // the user waiting for a reply; nil when none
-	waitFor string     // the msg_type waiter expects (r_apdu or reset_resp)
-	gone    string     // why the connection ended; "" while it is up
+	mu      sync.Mutex  // guards the fields below; lock order: mu, then hub.mu
+	user    *userConn   // the associated user; nil when none
+	pending request     // the request in flight; pending.from == nil when none
+	gone    string      // why the connection ended; "" while it is up
+	timer   *time.Timer // request timeout (see checkTimeout); nil until the first request
+	timerOn bool        // timer is armed
+}
+
+// request is a user's c_apdu or reset_req waiting for the card's reply.
+type request struct {
+	from     *userConn // who asked; the reply goes there
+	want     string    // the reply's msg_type: r_apdu or reset_resp
+	sent     string    // the request's msg_type, for messages
+	deadline time.Time // RequestTimeout after it was sent
 }
 
 // identity is what users select a card by; "" means not known.
@@ -62,14 +71,6 @@ func (id *identity) identities() protocol.Identities {
 		}
 	}
 	return ids
-}
-
-// reply is what a waiting user gets from its card: a response, or why
-// there is none.
-type reply struct {
-	msg  protocol.Message // protocol.RAPDU or protocol.ResetResp; nil on error
-	err  string           // error text for the user when msg is nil
-	lost bool             // the card is gone; the user is no longer associated
 }
 
 // cardHandshake runs a card connection's hello and identification. It
@@ -211,24 +212,24 @@ func (cc *cardConn) serve() string {
 			}
 			msg := describeBad(err)
 			if replyLike(err) {
-				cc.deliver("", reply{err: "card agent sent an invalid reply: " + msg})
+				cc.complete("", nil, "card agent sent an invalid reply: "+msg)
 			}
 			c.sendError("%s", msg)
 			continue
 		}
 		switch mm := m.(type) {
 		case protocol.RAPDU:
-			if why := cc.deliver(protocol.TypeRAPDU, reply{msg: m}); why != "" { // m: no new interface value
+			if why := cc.complete(protocol.TypeRAPDU, m, ""); why != "" { // m: no new interface value
 				c.sendError("unexpected r_apdu: %s", why)
 			}
 		case protocol.ResetResp:
-			if why := cc.deliver(protocol.TypeResetResp, reply{msg: m}); why != "" {
+			if why := cc.complete(protocol.TypeResetResp, m, ""); why != "" {
 				c.sendError("unexpected reset_resp: %s", why)
 			}
 		case protocol.Error:
 			// Never answered: a peer that answers errors with errors
 			// (pySim's card client does) would loop forever.
-			if cc.deliver("", reply{err: "card agent error: " + mm.Message}) != "" {
+			if cc.complete("", nil, "card agent error: "+mm.Message) != "" {
 				c.log().Warn("card agent sent an error", "message", mm.Message)
 			}
 		case protocol.DisconnectAck:
@@ -266,22 +267,24 @@ func replyLike(err error) bool {
 	return false
 }
 
-// deliver hands r to the waiting user if it expects msgType ("" matches
-// any request). It returns "" when delivered, else why not.
-func (cc *cardConn) deliver(msgType string, r reply) string {
+// complete answers the pending request with m (an r_apdu or reset_resp
+// of type msgType), or with an error text when m is nil (msgType "" then
+// matches any request). It runs on the card's goroutine and writes to the
+// user directly. It returns "" when done, else why there was nothing to
+// answer.
+func (cc *cardConn) complete(msgType string, m protocol.Message, errText string) string {
 	cc.mu.Lock()
-	w := cc.waiter
+	p := cc.pending
 	switch {
-	case w == nil:
+	case p.from == nil:
 		cc.mu.Unlock()
 		return "no request is outstanding"
-	case msgType != "" && msgType != cc.waitFor:
-		want := cc.waitFor
+	case msgType != "" && msgType != p.want:
 		cc.mu.Unlock()
-		return "the server is waiting for " + want
+		return "the server is waiting for " + p.want
 	}
-	cc.waiter = nil
-	if rr, ok := r.msg.(protocol.ResetResp); ok && len(rr.ATR) > 0 {
+	cc.pending = request{}
+	if rr, ok := m.(protocol.ResetResp); ok && len(rr.ATR) > 0 {
 		// pySim's server, too, takes the new ATR as the card's identity.
 		atr := hex.EncodeToString(rr.ATR)
 		cc.srv().hub.mu.Lock()
@@ -289,22 +292,87 @@ func (cc *cardConn) deliver(msgType string, r reply) string {
 		cc.srv().hub.mu.Unlock()
 	}
 	cc.mu.Unlock()
-	w.reply <- r // one slot, one outstanding request: never blocks
+	if m != nil {
+		_ = p.from.c.write(m)
+	} else {
+		p.from.c.sendError("%s", errText)
+	}
+	p.from.done(false)
 	return ""
 }
 
 // end runs when the card connection is over: the card leaves the list and
-// a waiting user learns at once that it is gone.
+// a user waiting for a reply learns at once that it is gone.
 func (cc *cardConn) end(reason string) {
 	cc.mu.Lock()
 	cc.gone = reason
-	w := cc.waiter
-	cc.waiter = nil
+	p := cc.pending
+	cc.pending = request{}
+	if cc.timer != nil {
+		cc.timer.Stop()
+	}
 	cc.srv().hub.remove(cc)
 	cc.mu.Unlock()
-	if w != nil {
-		w.reply <- reply{err: "card disconnected: " + reason, lost: true}
+	if p.from != nil {
+		p.from.c.sendError("card disconnected: %s", reason)
+		p.from.done(true)
 	}
+}
+
+// send starts u's request m, which the card answers with a message of
+// type want. It returns "" or, when the card is gone, the error for the
+// user. On success the reply (or its failure) reaches the user later,
+// from the card's goroutine or the timeout, followed by u.done.
+func (cc *cardConn) send(u *userConn, m protocol.Message, want string) string {
+	d := cc.srv().cfg.RequestTimeout
+	cc.mu.Lock()
+	if cc.gone != "" {
+		cc.mu.Unlock()
+		return "card disconnected: " + cc.gone
+	}
+	cc.pending = request{from: u, want: want, sent: m.MsgType(), deadline: time.Now().Add(d)}
+	// The timer is not reset for every request (two timer operations per
+	// APDU); it keeps running and, when it fires early for a request sent
+	// later, is re-armed for the time left.
+	switch {
+	case cc.timer == nil:
+		cc.timer = time.AfterFunc(d, cc.checkTimeout)
+		cc.timerOn = true
+	case !cc.timerOn:
+		cc.timer.Reset(d)
+		cc.timerOn = true
+	}
+	cc.mu.Unlock()
+	// A failed write closes the card connection; end then answers.
+	_ = cc.c.write(m)
+	return ""
+}
+
+// checkTimeout runs on the request timer. A card agent that has not
+// answered within RequestTimeout is disconnected.
+func (cc *cardConn) checkTimeout() {
+	cc.mu.Lock()
+	cc.timerOn = false
+	p := cc.pending
+	if p.from == nil || cc.gone != "" {
+		cc.mu.Unlock()
+		return
+	}
+	if left := time.Until(p.deadline); left > 0 {
+		cc.timer.Reset(left)
+		cc.timerOn = true
+		cc.mu.Unlock()
+		return
+	}
+	cc.pending = request{}
+	cc.mu.Unlock()
+	d := cc.srv().cfg.RequestTimeout
+	msg := fmt.Sprintf("no reply to %s within %v", p.sent, d)
+	cc.c.log().Warn("card agent did not answer in time; disconnecting it", "msg_type", p.sent, "timeout", d)
+	cc.c.sendError("%s; closing the connection", msg)
+	cc.c.closeNow(websocket.ClosePolicyViolation, msg)
+	p.from.c.sendError("card disconnected: %s", msg)
+	p.from.done(true)
 }
 
 // associate makes u the card's user. It returns "" on success, else the
@@ -349,27 +417,3 @@ func (cc *cardConn) release(u *userConn) {
 	_ = cc.c.write(protocol.StateNotification{NewState: protocol.StateReady})
 }
 
-// request registers u as waiting for a reply of type want. It returns ""
-// or, when the card is gone, the error for the user.
-func (cc *cardConn) request(u *userConn, want string) string {
-	cc.mu.Lock()
-	defer cc.mu.Unlock()
-	if cc.gone != "" {
-		return "card disconnected: " + cc.gone
-	}
-	cc.waiter = u
-	cc.waitFor = want
-	return ""
-}
-
-// cancel withdraws u's request after a timeout. It returns false when a
-// reply was delivered meanwhile (it is then in u.reply).
-func (cc *cardConn) cancel(u *userConn) bool {
-	cc.mu.Lock()
-	defer cc.mu.Unlock()
-	if cc.waiter != u {
-		return false
-	}
-	cc.waiter = nil
-	return true
-}

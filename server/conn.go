@@ -311,7 +311,9 @@ func isTimeout(err error) bool {
 // connection (as opposed to our deadline or a protocol failure).
 func endedByPeer(err error) bool {
 	var ce *websocket.CloseError
-	return errors.As(err, &ce) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed)
+	var oe *net.OpError // connection reset, broken pipe, ...
+	return errors.As(err, &ce) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, net.ErrClosed) || (errors.As(err, &oe) && !oe.Timeout())
 }
 
 // readFailed ends the connection after a fatal error from next, with the

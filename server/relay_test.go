@@ -394,3 +394,78 @@ func TestSlowCard(t *testing.T) {
 		other.roundTrip(t, "00b0000001", "02")
 	})
 }
+
+// A client that does not wait for replies (pySim's clients always do)
+// still gets its replies one by one, in order: the next request goes to
+// the card only once the previous one is answered.
+func TestPipelinedRequests(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e := newEnv(t, Config{})
+		p := e.pair("3b0010")
+		// From a goroutine: over the unbuffered pipe each send waits for
+		// the server to read it, and the server reads the third only
+		// after the first is answered.
+		sent := make(chan error, 1)
+		go func() {
+			var err error
+			for _, m := range []string{`{"msg_type": "c_apdu", "command": "00b0000001"}`, `{"msg_type": "bogus"}`,
+				`{"msg_type": "c_apdu", "command": "00b0000002"}`, `{"msg_type": "list_cards"}`} {
+				if err == nil {
+					err = p.user.TrySend(m)
+				}
+			}
+			sent <- err
+		}()
+		expectCAPDU(t, p.card, "00b0000001")
+		synctest.Wait()
+		if got := p.card.Pending(); len(got) != 0 {
+			t.Fatalf("card got %q before answering the first request", got)
+		}
+		if got := p.user.Pending(); len(got) != 0 {
+			t.Fatalf("user got %q before the first reply", got)
+		}
+		p.card.Send(`{"response": "01", "sw": "9000", "msg_type": "r_apdu"}`)
+		expectJSON(t, p.user.Recv(), `{"response": "01", "sw": "9000", "msg_type": "r_apdu"}`)
+		expectError(t, p.user.Recv(), `unknown msg_type "bogus"`)
+		expectCAPDU(t, p.card, "00b0000002")
+		p.card.Send(`{"response": "02", "sw": "9000", "msg_type": "r_apdu"}`)
+		expectJSON(t, p.user.Recv(), `{"response": "02", "sw": "9000", "msg_type": "r_apdu"}`)
+		if got := p.user.Recv(); !strings.Contains(got, "list_cards_ack") {
+			t.Fatalf("got %s, want list_cards_ack", got)
+		}
+		if err := <-sent; err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// A user that leaves with a request in flight: the card becomes ready
+// only once it has answered (its late reply must not reach the next
+// user), or is dropped when it never answers.
+func TestUserLeavesMidRequest(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e := newEnv(t, Config{RequestTimeout: 30 * time.Second})
+		p := e.pair("3b0011")
+		p.user.Send(`{"msg_type": "c_apdu", "command": "00b0000001"}`)
+		expectCAPDU(t, p.card, "00b0000001")
+		p.user.Drop()
+		synctest.Wait()
+		u2 := e.helloUser()
+		u2.Send(`{"msg_type": "select_card", "id_type": "atr", "id_str": "3b0011"}`)
+		expectError(t, u2.Recv(), "in use by another user")
+		if got := p.card.Pending(); len(got) != 0 {
+			t.Fatalf("card got %q before answering", got)
+		}
+		p.card.Send(`{"response": "01", "sw": "9000", "msg_type": "r_apdu"}`)
+		expectJSON(t, p.card.Recv(), stateReady)
+		selectCard(t, u2, "atr", "3b0011", `{"ATR": "3b0011"}`)
+		expectJSON(t, p.card.Recv(), stateAssoc)
+
+		// And when the card never answers: dropped at the timeout.
+		u2.Send(`{"msg_type": "reset_req"}`)
+		expectJSON(t, p.card.Recv(), `{"msg_type": "reset_req"}`)
+		u2.Close(websocket.CloseNormalClosure, "")
+		expectError(t, p.card.Recv(), "no reply to reset_req within 30s")
+		expectClosed(t, p.card, websocket.ClosePolicyViolation, "no reply to reset_req within 30s")
+	})
+}

@@ -15,13 +15,37 @@ type userConn struct {
 	c *conn
 
 	// Owned by the user's goroutine:
-	card    *cardConn   // the selected card; nil when none
-	timer   *time.Timer // request timeout, reused (see await)
-	timerOn bool        // timer is armed and has not been received from
+	card *cardConn // the selected card; nil when none
 
-	// reply receives the answer to the one outstanding request; sent to
-	// by the card's goroutine (or its end), received by the user's.
-	reply chan reply
+	// turn is a token that orders everything written to the user: the
+	// user's goroutine takes it before handling each message and gives it
+	// back when done, except for a relayed request, whose reply (written
+	// by the card's goroutine, or an error from the timeout or the card's
+	// end) gives it back through done. So there is at most one request in
+	// flight and replies go out in the order of the requests, while the
+	// user's goroutine need not wake up for the reply. The value is true
+	// when the request found its card gone.
+	turn chan bool
+}
+
+// done ends the request in flight; lost says that its card is gone.
+func (u *userConn) done(lost bool) { u.turn <- lost }
+
+// takeTurn waits for the previous request, if any, to be answered. A
+// client that does not wait for replies (pySim's never do that) blocks
+// here; the keepalive is paused meanwhile, since no pong can be read.
+func (u *userConn) takeTurn() {
+	var lost bool
+	select {
+	case lost = <-u.turn:
+	default:
+		u.c.setBusy(true)
+		lost = <-u.turn
+		u.c.setBusy(false)
+	}
+	if lost {
+		u.card = nil
+	}
 }
 
 // Error texts users get for requests in the wrong state.
@@ -40,7 +64,8 @@ func (s *Server) userHandshake(c *conn) func() {
 		return nil
 	}
 	c.startKeepalive()
-	u := &userConn{c: c, reply: make(chan reply, 1)}
+	u := &userConn{c: c, turn: make(chan bool, 1)}
+	u.turn <- false
 	return func() {
 		u.serve()
 		u.leave()
@@ -52,23 +77,26 @@ func (u *userConn) serve() {
 	c, s := u.c, u.c.srv
 	for {
 		m, err := c.next()
-		if err != nil {
-			if recoverable(err) {
-				c.sendError("%s", describeBad(err))
-				continue
-			}
+		if err != nil && !recoverable(err) {
 			c.log().Info("user connection ended", "reason", c.readFailed(err))
 			return
 		}
+		u.takeTurn()
+		if err != nil {
+			c.sendError("%s", describeBad(err))
+			u.done(false)
+			continue
+		}
+		inFlight := false
 		switch mm := m.(type) {
 		case protocol.ListCards:
 			_ = c.write(protocol.ListCardsAck{Cards: s.hub.list(s.cfg.ShowRemoteAddr)})
 		case protocol.SelectCard:
 			u.selectCard(mm)
 		case protocol.CAPDU:
-			u.relay(m, protocol.TypeRAPDU) // m, not mm: no new interface value
+			inFlight = u.relay(m, protocol.TypeRAPDU) // m, not mm: no new interface value
 		case protocol.ResetReq:
-			u.relay(m, protocol.TypeResetResp)
+			inFlight = u.relay(m, protocol.TypeResetResp)
 		case protocol.Hello:
 			c.sendError("duplicate hello: this connection has already said hello")
 		case protocol.Error:
@@ -77,14 +105,17 @@ func (u *userConn) serve() {
 		default:
 			c.sendError("unexpected %s from a user: the user port accepts list_cards, select_card, c_apdu and reset_req", m.MsgType())
 		}
+		if !inFlight {
+			u.done(false)
+		}
 	}
 }
 
-// leave releases the selected card when the user goes.
+// leave releases the selected card when the user goes, once the
+// request in flight (if any) has been answered or has timed out: the card
+// must not be handed to another user while it may still answer.
 func (u *userConn) leave() {
-	if u.timer != nil {
-		u.timer.Stop()
-	}
+	u.takeTurn()
 	if u.card != nil {
 		u.card.release(u)
 		u.card = nil
@@ -129,73 +160,21 @@ func (u *userConn) selectCard(m protocol.SelectCard) {
 	_ = c.write(protocol.SelectCardAck{Identities: ids})
 }
 
-// relay sends m (c_apdu or reset_req) to the selected card and the reply
-// (of type want) back to the user.
-func (u *userConn) relay(m protocol.Message, want string) {
-	c := u.c
+// relay sends m (c_apdu or reset_req) to the selected card, whose reply
+// (of type want) goes to the user from the card's goroutine. It returns
+// true when the request is in flight (the turn passes to it).
+func (u *userConn) relay(m protocol.Message, want string) bool {
 	cc := u.card
 	if cc == nil {
-		c.sendError(errNoCard)
-		return
+		u.c.sendError(errNoCard)
+		return false
 	}
-	if why := cc.request(u, want); why != "" {
+	if why := cc.send(u, m, want); why != "" {
 		u.card = nil
-		c.sendError("%s", why)
-		return
+		u.c.sendError("%s", why)
+		return false
 	}
-	c.setBusy(true)
-	// A failed write closes the card connection; its goroutine's end
-	// then tells us through u.reply.
-	_ = cc.c.write(m)
-	r := u.await(cc, m)
-	c.setBusy(false)
-	if r.lost {
-		u.card = nil
-	}
-	if r.msg == nil {
-		c.sendError("%s", r.err)
-		return
-	}
-	_ = c.write(r.msg)
-}
-
-// await waits for the reply to the request just sent to cc, at most
-// RequestTimeout. A card that does not answer in time is disconnected.
-//
-// The timer is not reset for every request (that would cost two timer
-// operations per APDU): it keeps running, and when it fires early for a
-// request that started later, it is re-armed for the time left.
-func (u *userConn) await(cc *cardConn, m protocol.Message) reply {
-	d := u.c.srv.cfg.RequestTimeout
-	deadline := time.Now().Add(d)
-	if u.timer == nil {
-		u.timer = time.NewTimer(d)
-	} else if !u.timerOn {
-		u.timer.Reset(d)
-	}
-	u.timerOn = true
-	for {
-		select {
-		case r := <-u.reply:
-			return r
-		case now := <-u.timer.C:
-			u.timerOn = false
-			if left := deadline.Sub(now); left > 0 {
-				u.timer.Reset(left)
-				u.timerOn = true
-				continue
-			}
-		}
-		break
-	}
-	if !cc.cancel(u) {
-		return <-u.reply // the reply came just in time
-	}
-	msg := fmt.Sprintf("no reply to %s within %v", m.MsgType(), d)
-	cc.c.log().Warn("card agent did not answer in time; disconnecting it", "msg_type", m.MsgType(), "timeout", d)
-	cc.c.sendError("%s; closing the connection", msg)
-	cc.c.closeNow(websocket.ClosePolicyViolation, msg)
-	return reply{err: "card disconnected: " + msg, lost: true}
+	return true
 }
 
 // readHello reads a connection's first message, which must be a hello

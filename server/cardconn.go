@@ -416,4 +416,3 @@ func (cc *cardConn) release(u *userConn) {
 	cc.setState(protocol.StateReady)
 	_ = cc.c.write(protocol.StateNotification{NewState: protocol.StateReady})
 }
-

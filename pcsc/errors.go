@@ -151,10 +151,14 @@ type Error struct {
 // Error renders e.g. `SCardTransmit on reader "Virtual PCD 00 00":
 // SCARD_W_REMOVED_CARD (0x80100069)`.
 func (e *Error) Error() string {
-	if e.Reader == "" {
-		return fmt.Sprintf("%s: %v", e.Op, e.Code)
+	msg := fmt.Sprintf("%s: %v", e.Op, e.Code)
+	if e.Reader != "" {
+		msg = fmt.Sprintf("%s on reader %q: %v", e.Op, e.Reader, e.Code)
 	}
-	return fmt.Sprintf("%s on reader %q: %v", e.Op, e.Reader, e.Code)
+	if e.Removed && e.Code != CodeRemovedCard {
+		msg += ": " + card.ErrRemoved.Error()
+	}
+	return msg
 }
 
 // Unwrap returns the Code and the sentinels it stands for.

@@ -78,6 +78,9 @@ func TestErrorRemovedFlag(t *testing.T) {
 	if !errors.Is(err, card.ErrRemoved) || !errors.Is(err, CodeNotTransacted) {
 		t.Fatalf("Removed error does not match both ErrRemoved and its code: %v", err)
 	}
+	if want := `SCardTransmit on reader "r": SCARD_E_NOT_TRANSACTED (0x80100016): card removed`; err.Error() != want {
+		t.Fatalf("message %q, want %q", err.Error(), want)
+	}
 }
 
 func TestWrapErrNonCode(t *testing.T) {

@@ -2,8 +2,8 @@ package ccid_test
 
 import (
 	"bytes"
-	"encoding/hex"
 	"context"
+	"encoding/hex"
 	"errors"
 	"strings"
 	"sync"

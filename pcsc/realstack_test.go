@@ -417,3 +417,60 @@ func TestRealPcscdRestart(t *testing.T) {
 		t.Fatalf("Identify after restart: %+v, %v", id, err)
 	}
 }
+
+// sizeCard answers every command with as many data bytes as its extended
+// Le asks for (0000 = 65536), and 6700 to a command it cannot parse.
+type sizeCard struct{}
+
+func (sizeCard) ATR() []byte { return sim.ATRT1 }
+func (sizeCard) Process(cmd []byte) []byte {
+	c, err := card.ParseCommand(cmd)
+	if err != nil {
+		return []byte{0x67, 0x00}
+	}
+	rsp := make([]byte, c.Ne+2)
+	for i := range c.Ne {
+		rsp[i] = byte(i)
+	}
+	rsp[c.Ne], rsp[c.Ne+1] = 0x90, 0x00
+	return rsp
+}
+
+// TestRealAPDUSizeLimits finds what the stack carries: vpcd's 2-byte
+// length field caps both directions at 65535 bytes, so the largest
+// response is 65533 data bytes + SW, and the largest command 65535 bytes.
+func TestRealAPDUSizeLimits(t *testing.T) {
+	s := startStack(t)
+	ctx := context.Background()
+	w := s.watch()
+	s.insert(0, sizeCard{})
+	w.present(s.d.Reader(0))
+	c := openCard(t, s.d.Reader(0), OpenOptions{})
+
+	rsp, err := c.Transmit(ctx, []byte{0x00, 0xb0, 0x00, 0x00, 0x00, 0xff, 0xfd})
+	if err != nil || len(rsp) != 65535 || rsp[65532] != byte(65532%256) {
+		t.Fatalf("65533-byte response: %d bytes, %v", len(rsp), err)
+	}
+	big := append([]byte{0x00, 0xd6, 0x00, 0x00, 0x00, 0xff, 0xf8}, make([]byte, 0xfff8)...)
+	if len(big) != 65535 {
+		t.Fatalf("test command is %d bytes", len(big))
+	}
+	if rsp, err := c.Transmit(ctx, big); err != nil || !bytes.Equal(rsp, []byte{0x90, 0x00}) {
+		t.Fatalf("65535-byte command: %x, %v", rsp, err)
+	}
+	// One byte more does not fit vpcd's frame: internal/vpcd answers
+	// 6700 instead (wrong length: ask for less).
+	rsp, err = c.Transmit(ctx, []byte{0x00, 0xb0, 0x00, 0x00, 0x00, 0xff, 0xfe})
+	if err != nil || !bytes.Equal(rsp, []byte{0x67, 0x00}) {
+		t.Fatalf("65534-byte response: %x, %v; want 6700", rsp, err)
+	}
+	// A command of 65536 bytes: vpcd refuses to send it and drops the
+	// virtual card's connection, so the card counts as removed.
+	big = append(big, 0x00)
+	big[5], big[6] = 0xff, 0xf9
+	_, err = c.Transmit(ctx, big)
+	t.Logf("65536-byte command: %v", err)
+	if err == nil {
+		t.Fatal("a 65536-byte command passed vpcd")
+	}
+}

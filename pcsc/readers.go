@@ -1,6 +1,7 @@
 package pcsc
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"path"
@@ -133,6 +134,52 @@ func readersOf(sctx scardContext, m *matcher) ([]string, error) {
 		if m.match(r) {
 			out = append(out, r)
 		}
+	}
+	return out, nil
+}
+
+// Snapshot returns the current state of every reader f selects, one
+// ReaderEvent per reader (never Gone), without watching. It is what a
+// one-off listing such as `wsrc-agent readers` needs.
+func Snapshot(ctx context.Context, f Filter) ([]ReaderEvent, error) {
+	return snapshot(ctx, realSystem, f)
+}
+
+func snapshot(ctx context.Context, sys system, f Filter) ([]ReaderEvent, error) {
+	m, err := f.compile()
+	if err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("reading reader states: %w", err)
+	}
+	sctx, err := sys.EstablishContext()
+	if err != nil {
+		return nil, wrapErr("SCardEstablishContext", "", err)
+	}
+	defer sctx.Release()
+	readers, err := readersOf(sctx, m)
+	if err != nil || len(readers) == 0 {
+		return []ReaderEvent{}, err
+	}
+	states := make([]readerState, len(readers))
+	for i, r := range readers {
+		states[i] = readerState{Reader: r, Current: stateUnaware}
+	}
+	if err := sctx.GetStatusChange(states, 0); err != nil {
+		return nil, wrapErr("SCardGetStatusChange", "", err)
+	}
+	out := make([]ReaderEvent, 0, len(states))
+	for _, st := range states {
+		if st.Event&stateUnknown != 0 {
+			continue // vanished since the listing
+		}
+		ev := ReaderEvent{Reader: st.Reader, CardPresent: st.Event&statePresent != 0}
+		ev.Mute = ev.CardPresent && st.Event&stateMute != 0
+		if ev.CardPresent && !ev.Mute {
+			ev.ATR = bytes.Clone(st.ATR)
+		}
+		out = append(out, ev)
 	}
 	return out, nil
 }

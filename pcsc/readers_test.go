@@ -3,6 +3,7 @@ package pcsc
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"testing"
 )
@@ -102,5 +103,39 @@ func TestReadersCancelledContext(t *testing.T) {
 	cancel()
 	if _, err := listReaders(ctx, newFakeSys(), Filter{}); !errors.Is(err, context.Canceled) {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestSnapshot(t *testing.T) {
+	sys := newFakeSys()
+	ctx := context.Background()
+	got, err := snapshot(ctx, sys, Filter{})
+	if err != nil || got == nil || len(got) != 0 {
+		t.Fatalf("snapshot without readers = %v, %v", got, err)
+	}
+	sys.addReader("A")
+	sys.addReader("B")
+	sys.addReader("C")
+	sys.insert("A", atrA)
+	sys.insert("C", nil)
+	got, err = snapshot(ctx, sys, Filter{})
+	want := []ReaderEvent{present("A", atrA), absent("B"), {Reader: "C", CardPresent: true, Mute: true}}
+	if err != nil || fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("snapshot = %v, %v; want %v", got, err, want)
+	}
+	if _, live, _, _ := sys.counts(); live != 0 {
+		t.Fatalf("%d contexts left", live)
+	}
+	sys.setDown(true)
+	if _, err := snapshot(ctx, sys, Filter{}); !errors.Is(err, ErrServiceUnavailable) {
+		t.Fatalf("snapshot with pcscd down = %v", err)
+	}
+	if _, err := snapshot(ctx, sys, Filter{Include: []string{"["}}); err == nil {
+		t.Fatal("bad filter accepted")
+	}
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := snapshot(cancelled, sys, Filter{}); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled snapshot = %v", err)
 	}
 }

@@ -150,6 +150,10 @@ func TestRealReadersAndEvents(t *testing.T) {
 	if ev := w.present(r0); !bytes.Equal(ev.ATR, sim.ATRT1) {
 		t.Fatalf("ATR %x, want %x", ev.ATR, sim.ATRT1)
 	}
+	snap, err := Snapshot(ctx, Filter{})
+	if err != nil || len(snap) != 2 || !snap[0].CardPresent || !bytes.Equal(snap[0].ATR, sim.ATRT1) || snap[1].CardPresent {
+		t.Fatalf("Snapshot = %v, %v", snap, err)
+	}
 	s.remove(0)
 	w.absent(r0)
 	s.insert(0, sim.New(sim.Config{Protocol: sim.T0}))

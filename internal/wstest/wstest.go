@@ -206,6 +206,22 @@ func (p *Peer) WaitClosed() (code int, reason string) {
 	return p.CloseStatus()
 }
 
+// DrainClosed waits until the connection ends, like WaitClosed, but
+// returns the frames that arrived first instead of failing on them.
+func (p *Peer) DrainClosed() (code int, reason string, frames []string) {
+	p.t.Helper()
+	for {
+		f, ok := p.next()
+		if !ok {
+			break
+		}
+		frames = append(frames, string(f.Data))
+	}
+	<-p.done
+	code, reason = p.CloseStatus()
+	return code, reason, frames
+}
+
 // CloseStatus returns the close code and reason of an ended connection
 // (see WaitClosed), or 0 while it is still open.
 func (p *Peer) CloseStatus() (code int, reason string) {

@@ -115,6 +115,8 @@ func (cc *cardConn) identify() bool {
 	if err != nil {
 		var refused *cardRefused
 		switch {
+		case c.isClosing(): // shutting down
+			return false
 		case errors.As(err, &refused):
 			// The agent is alive and in step with us but its card could
 			// not answer: usable by ATR (and whatever was found).
@@ -122,7 +124,7 @@ func (cc *cardConn) identify() bool {
 		case tr.lost != nil && endedByPeer(tr.lost):
 			c.log().Info("card agent left during identification", "err", tr.lost)
 			return false
-		case tr.lost != nil && isTimeout(tr.lost):
+		case tr.lost != nil && isTimeout(tr.lost), errors.Is(err, context.DeadlineExceeded):
 			msg := fmt.Sprintf("identification timed out: no answer within %v (the card agent must answer each c_apdu with r_apdu)", timeout)
 			c.fail(websocket.ClosePolicyViolation, "identification timed out", msg)
 			return false

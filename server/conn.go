@@ -6,8 +6,10 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gorilla/websocket"
 
@@ -164,13 +166,25 @@ func (c *conn) fail(code int, reason string, message string) {
 	c.drain()
 }
 
-// closeReason shortens s to fit a close frame (123 bytes).
+// closeReason makes s fit a close frame: valid UTF-8, at most 123 bytes.
 func closeReason(s string) string {
 	const max = 123
+	s = strings.ToValidUTF8(s, "?")
 	if len(s) <= max {
 		return s
 	}
-	return s[:max-3] + "..."
+	cut := max - 3
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "..."
+}
+
+// isClosing reports whether a close frame has been sent.
+func (c *conn) isClosing() bool {
+	c.kmu.Lock()
+	defer c.kmu.Unlock()
+	return c.closing
 }
 
 // closeGently sends a close frame (once) and makes the reader give up

@@ -106,6 +106,7 @@ var common = []want{
 	{"Service", "WatchdogSec", "30s"},
 	{"Service", "Restart", "on-failure"},
 	{"Service", "RestartPreventExitStatus", "2"},
+	{"Unit", "StartLimitIntervalSec", "0"},
 	{"Service", "User", "wsrc"},
 	{"Service", "Group", "wsrc"},
 	{"Service", "ConfigurationDirectory", "wsrc"},

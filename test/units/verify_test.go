@@ -137,3 +137,25 @@ func TestSecurityExposure(t *testing.T) {
 		})
 	}
 }
+
+// TestEnable: `systemctl enable` of the two services (in a --root) wires
+// the server to multi-user.target and, through Also=, both sockets to
+// sockets.target.
+func TestEnable(t *testing.T) {
+	sc := need(t, "systemctl", "systemd")
+	root := unitRoot(t, readUnits(t))
+	out, err := run(t, sc, "--root="+root, "enable", "wsrc-server.service", "wsrc-agent.service")
+	if err != nil {
+		t.Fatalf("systemctl enable: %v\n%s", err, out)
+	}
+	for _, link := range []string{
+		"multi-user.target.wants/wsrc-server.service",
+		"multi-user.target.wants/wsrc-agent.service",
+		"sockets.target.wants/wsrc-server-user.socket",
+		"sockets.target.wants/wsrc-server-card.socket",
+	} {
+		if _, err := os.Lstat(filepath.Join(root, "etc/systemd/system", link)); err != nil {
+			t.Errorf("after enable: %v\n%s", err, out)
+		}
+	}
+}

@@ -86,18 +86,32 @@ const (
 	cmdReadICCID  = "00b0000000"
 )
 
+// helloCard says hello from card agent c with atr and expects hello_ack
+// and the first identification APDU (SELECT ISD-R).
+func helloCard(t *testing.T, c *wstest.Peer, atr string) {
+	t.Helper()
+	c.Send(`{"msg_type":"hello","client_type":"card","atr":"` + atr + `"}`)
+	expectJSON(t, c.Recv(), `{"msg_type": "hello_ack"}`)
+	expectCAPDU(t, c, cmdSelectISDR)
+}
+
+// identifyATROnly answers the rest of the identification after SELECT
+// ISD-R as a card with neither ISD-R nor MF does.
+func identifyATROnly(t *testing.T, c *wstest.Peer) {
+	t.Helper()
+	c.Send(`{"response": "", "sw": "6a82", "msg_type": "r_apdu"}`)
+	expectCAPDU(t, c, cmdSelectMF)
+	c.Send(`{"response": "", "sw": "6a82", "msg_type": "r_apdu"}`)
+	expectJSON(t, c.Recv(), `{"new_state": "ready", "msg_type": "state_notification"}`)
+}
+
 // atrCard connects a card agent with an ATR-only card (no ISD-R, no MF)
 // and plays its identification, as error-probes P4 does.
 func (e *env) atrCard(atr string) *wstest.Peer {
 	e.t.Helper()
 	c := e.card("")
-	c.Send(`{"msg_type":"hello","client_type":"card","atr":"` + atr + `"}`)
-	expectJSON(e.t, c.Recv(), `{"msg_type": "hello_ack"}`)
-	expectCAPDU(e.t, c, cmdSelectISDR)
-	c.Send(`{"response": "", "sw": "6a82", "msg_type": "r_apdu"}`)
-	expectCAPDU(e.t, c, cmdSelectMF)
-	c.Send(`{"response": "", "sw": "6a82", "msg_type": "r_apdu"}`)
-	expectJSON(e.t, c.Recv(), `{"new_state": "ready", "msg_type": "state_notification"}`)
+	helloCard(e.t, c, atr)
+	identifyATROnly(e.t, c)
 	return c
 }
 
@@ -106,9 +120,7 @@ func (e *env) atrCard(atr string) *wstest.Peer {
 func (e *env) uiccCard(atr, efICCID string) *wstest.Peer {
 	e.t.Helper()
 	c := e.card("")
-	c.Send(`{"msg_type":"hello","client_type":"card","atr":"` + atr + `"}`)
-	expectJSON(e.t, c.Recv(), `{"msg_type": "hello_ack"}`)
-	expectCAPDU(e.t, c, cmdSelectISDR)
+	helloCard(e.t, c, atr)
 	c.Send(`{"response": "", "sw": "6a82", "msg_type": "r_apdu"}`)
 	for _, cmd := range []string{cmdSelectMF, cmdSelectICC} {
 		expectCAPDU(e.t, c, cmd)

@@ -15,13 +15,8 @@ import (
 func TestLoopbackTCPDropMidAPDU(t *testing.T) {
 	l := newLoopback(t, Config{ShowRemoteAddr: true})
 	c := wstest.Dial(t, wsURL(l.card))
-	c.Send(`{"msg_type":"hello","client_type":"card","atr":"3b7f"}`)
-	expectJSON(t, c.Recv(), `{"msg_type": "hello_ack"}`)
-	expectCAPDU(t, c, cmdSelectISDR)
-	c.Send(rapdu6a82)
-	expectCAPDU(t, c, cmdSelectMF)
-	c.Send(rapdu6a82)
-	expectJSON(t, c.Recv(), stateReady)
+	helloCard(t, c, "3b7f")
+	identifyATROnly(t, c)
 
 	u := wstest.Dial(t, wsURL(l.user))
 	u.Send(`{"msg_type": "hello", "client_type": "user"}`)

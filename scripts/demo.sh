@@ -77,7 +77,13 @@ step "wsrc list"
 
 iccid=$("$BIN/wsrc" list --json | grep -o '"ICCID": *"[0-9a-fA-F]*"' | head -n1 | sed 's/.*"\([0-9a-fA-F]*\)"$/\1/')
 step "wsrc apdu --iccid $iccid: SELECT MF, SELECT EF.ICCID, READ BINARY"
-"$BIN/wsrc" apdu --iccid "$iccid" 00a40004023f00 00a40004022fe2 00b000000a
+out=$("$BIN/wsrc" apdu --iccid "$iccid" 00a40004023f00 00a40004022fe2 00b000000a)
+echo "$out"
+# EF.ICCID holds the ICCID as BCD with swapped nibbles, padded with f.
+raw=$(echo "$out" | tail -n1 | awk '{print $2}')
+decoded=""
+for ((i = 0; i < ${#raw}; i += 2)); do decoded+="${raw:i+1:1}${raw:i:1}"; done
+echo "EF.ICCID decoded: ${decoded%%f*} (the card was selected by $iccid)"
 
 step "wsrc reset --iccid $iccid"
 "$BIN/wsrc" reset --iccid "$iccid"

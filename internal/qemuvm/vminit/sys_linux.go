@@ -9,8 +9,12 @@ import (
 	"unsafe"
 )
 
+// hostname is the guest's name (programs that report it, like wsrc-agent,
+// would otherwise say "(none)").
+const hostname = "wsrc-vm"
+
 // setupSystem does what init must before running anything: kernel file
-// systems, a few directories, loopback up. It returns the problems it met
+// systems, a few directories, the host name, loopback up. It returns the problems it met
 // (each is reported, none is fatal).
 func setupSystem() []error {
 	var errs []error
@@ -32,6 +36,9 @@ func setupSystem() []error {
 		}
 	}
 	os.Setenv("HOME", "/root")
+	if err := syscall.Sethostname([]byte(hostname)); err != nil {
+		errs = append(errs, fmt.Errorf("setting the host name: %w", err))
+	}
 	if err := loopbackUp(); err != nil {
 		errs = append(errs, fmt.Errorf("bringing up lo: %w", err))
 	}

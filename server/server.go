@@ -10,22 +10,22 @@
 //
 // Data flow of one APDU:
 //
-//	user ──c_apdu──► user goroutine ──c_apdu──► card agent
-//	                      ▲                         │
-//	                      └── reply chan ◄── card goroutine ◄──r_apdu──┘
-//	user ◄──r_apdu── user goroutine
+//	user ──c_apdu──► user's goroutine ──c_apdu──► card agent
+//	user ◄──r_apdu── card's goroutine ◄──r_apdu── card agent
 //
-// Concurrency: every connection has exactly one goroutine, which is its
-// only reader and lives from the upgrade to the end of the connection. The
-// HTTP handler returns right after the upgrade, so net/http's per-request
-// state is not kept alive by idle connections. A user's goroutine relays
-// its own requests and waits for each reply (so requests are naturally
-// one at a time); the card's goroutine reads the card agent continuously
-// and hands each reply to the waiting user through a one-slot channel.
-// Writes are serialised by a mutex per connection and bounded by a write
-// deadline, so a slow peer delays only the party talking to it and is
-// disconnected when the deadline passes. Keepalive pings run on a timer,
-// not a goroutine.
+// Concurrency: every connection has exactly one goroutine reading it: a
+// first one for the handshake (hello, and a card's identification), then
+// a fresh one with a small stack for the steady state, so an idle
+// connection costs little memory. The HTTP handler returns right after
+// the upgrade, so net/http's per-request state is not kept alive either.
+// The card's goroutine reads the agent continuously and writes each reply
+// straight to the waiting user; a one-slot token per user keeps the
+// user's requests one at a time and its replies in order, without waking
+// the user's goroutine for each reply. Writes are serialised by a mutex
+// per connection and bounded by a write deadline, so a slow peer delays
+// only the party talking to it and is disconnected when the deadline
+// passes. Keepalive pings and request timeouts run on timers, not
+// goroutines.
 //
 // The server never listens: cmd/wsrc-server (or a test) creates the
 // listeners and serves UserHandler and CardHandler on them, which leaves

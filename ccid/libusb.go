@@ -180,9 +180,14 @@ type libusbConn struct {
 	closeOnce sync.Once
 }
 
-func (c *libusbConn) BulkOut(ctx context.Context, msg []byte) error {
-	n, err := c.out.WriteContext(ctx, msg)
+func (c *libusbConn) BulkOut(ctx context.Context, msg []byte, timeout time.Duration) error {
+	tctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	n, err := c.out.WriteContext(tctx, msg)
 	if err != nil {
+		if ctx.Err() == nil && tctx.Err() != nil {
+			return usbio.ErrTimeout
+		}
 		return mapCtxErr(ctx, err)
 	}
 	if n != len(msg) {

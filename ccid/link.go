@@ -84,6 +84,9 @@ type route struct {
 	want  int // awaited bSeq, -1 when no command is outstanding
 	stale int // frames dropped while awaiting want
 	ch    chan frame
+	// timer times the outstanding command; used only by the command's
+	// goroutine (the slot lock's holder), reused to spare an allocation.
+	timer *time.Timer
 }
 
 // frame is one routed bulk-in message; err is set for a message that
@@ -105,6 +108,8 @@ func newLink(name string, ci ccidInterface, conn usbio.Conn, log *slog.Logger) *
 	for i := range l.routes {
 		l.routes[i].want = -1
 		l.routes[i].ch = make(chan frame, routeDepth)
+		l.routes[i].timer = time.NewTimer(time.Hour)
+		l.routes[i].timer.Stop()
 	}
 	bufLen := int(ci.Desc.MaxMessageLength)
 	if bufLen < maxResponse {
@@ -244,9 +249,7 @@ func (l *link) arm(slot int) byte {
 }
 
 func (l *link) write(msg []byte) error {
-	ctx, cancel := context.WithTimeout(l.ctx, writeTimeout)
-	defer cancel()
-	if err := l.conn.BulkOut(ctx, msg); err != nil {
+	if err := l.conn.BulkOut(l.ctx, msg, writeTimeout); err != nil {
 		if l.ctx.Err() != nil {
 			return l.gone()
 		}
@@ -298,7 +301,8 @@ func (l *link) transact(ctx context.Context, slot int, m Message, timeout time.D
 		return Message{}, err
 	}
 	r := &l.routes[slot]
-	timer := time.NewTimer(timeout)
+	timer := r.timer
+	timer.Reset(timeout)
 	defer timer.Stop()
 	for {
 		select {

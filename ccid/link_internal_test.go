@@ -29,7 +29,7 @@ func newFakeConn() *fakeConn {
 		closed: make(chan struct{}), ctrl: make(chan [3]uint16, 16)}
 }
 
-func (f *fakeConn) BulkOut(ctx context.Context, msg []byte) error {
+func (f *fakeConn) BulkOut(ctx context.Context, msg []byte, timeout time.Duration) error {
 	f.out <- append([]byte(nil), msg...)
 	return nil
 }

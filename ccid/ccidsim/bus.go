@@ -154,6 +154,7 @@ type conn struct {
 	intr   chan []byte
 	closed chan struct{}
 	once   sync.Once
+	timer  *time.Timer // BulkIn's, reused (one reader at a time)
 
 	mu      sync.Mutex
 	closing bool           // guarded by mu
@@ -176,7 +177,7 @@ func (c *conn) spawn(f func()) bool {
 	return true
 }
 
-func (c *conn) BulkOut(ctx context.Context, msg []byte) error {
+func (c *conn) BulkOut(ctx context.Context, msg []byte, timeout time.Duration) error {
 	if err := c.alive(); err != nil {
 		return err
 	}
@@ -188,7 +189,12 @@ func (c *conn) BulkIn(ctx context.Context, buf []byte, timeout time.Duration) (i
 	if err := c.alive(); err != nil {
 		return 0, err
 	}
-	t := time.NewTimer(timeout)
+	if c.timer == nil {
+		c.timer = time.NewTimer(timeout)
+	} else {
+		c.timer.Reset(timeout)
+	}
+	t := c.timer
 	defer t.Stop()
 	select {
 	case f := <-c.bulkIn:

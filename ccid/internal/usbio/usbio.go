@@ -95,8 +95,10 @@ type Endpoints struct {
 // concurrently with each other and with InterruptIn and Control, but
 // each of them by one goroutine at a time.
 type Conn interface {
-	// BulkOut writes one whole message to the bulk-out endpoint.
-	BulkOut(ctx context.Context, msg []byte) error
+	// BulkOut writes one whole message to the bulk-out endpoint,
+	// failing with ErrTimeout (wrapped) when the device has not taken it
+	// within timeout.
+	BulkOut(ctx context.Context, msg []byte, timeout time.Duration) error
 	// BulkIn reads one transfer from the bulk-in endpoint into buf,
 	// returning ErrTimeout (wrapped) after timeout with nothing read.
 	BulkIn(ctx context.Context, buf []byte, timeout time.Duration) (int, error)

@@ -15,6 +15,7 @@ import (
 	"github.com/wsrc-go/wsrc/card/sim"
 	"github.com/wsrc-go/wsrc/ccid"
 	"github.com/wsrc-go/wsrc/ccid/ccidsim"
+	"github.com/wsrc-go/wsrc/ccid/t1"
 )
 
 // single plugs one reader with one card and opens it.
@@ -487,4 +488,31 @@ func unhexMust(s string) []byte {
 		panic(err)
 	}
 	return b
+}
+
+// TestT1Recovery: on a TPDU reader the T=1 engine answers the card's
+// S(WTX) (passing bBWI in the next XfrBlock, which multiplies the wait)
+// and retransmits after a block the reader reports lost.
+func TestT1Recovery(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		_, r, c := single(t, ccidsim.CT30, newCard(sim.T1), ccidsim.CardQuirks{
+			T1: t1.CardConfig{WTXEvery: 2, WTXMultiplier: 3}})
+		ctx := context.Background()
+		for range 4 {
+			if got := transmit(t, ctx, c, "00a40004023f0000"); sw(got) != "9000" {
+				t.Fatalf("SELECT: %s", got)
+			}
+		}
+		if st := r.Stats(); !bytes.Contains(st.BWI, []byte{3}) {
+			t.Errorf("bBWI seen: % X", st.BWI)
+		}
+		side := r.Slot(0).T1()
+		side.InjectMute(1)
+		if got := transmit(t, ctx, c, "00a4000c023f00"); got != "9000" {
+			t.Errorf("after a lost block: %s", got)
+		}
+		if st := side.Stats(); st.Muted != 1 || st.WTXRequests < 2 {
+			t.Errorf("card side %+v", st)
+		}
+	})
 }

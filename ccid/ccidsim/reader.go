@@ -31,6 +31,9 @@ type Stats struct {
 	ChainedBlocks int
 	// Resets counts USB port resets.
 	Resets int
+	// BWI holds every non-zero bBWI of an XfrBlock (block waiting time
+	// extensions the host passed on after S(WTX)).
+	BWI []byte
 }
 
 // Reader is one simulated reader device: its slots, its fault
@@ -99,6 +102,7 @@ func (r *Reader) Stats() Stats {
 	s.PPS = append([][]byte(nil), s.PPS...)
 	s.SetParameters = append([][]byte(nil), s.SetParameters...)
 	s.Voltages = append([]byte(nil), s.Voltages...)
+	s.BWI = append([]byte(nil), s.BWI...)
 	return s
 }
 

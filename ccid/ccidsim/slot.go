@@ -196,6 +196,9 @@ func (s *Slot) handle(c *conn, m ccid.Message, rt ccid.MessageType) {
 		s.mu.Unlock()
 		reply(st, code, byte(proto), p)
 	case ccid.PCToRDRXfrBlock:
+		if m.Param[0] != 0 {
+			s.r.record(func(st *Stats) { st.BWI = append(st.BWI, m.Param[0]) })
+		}
 		s.xfrBlock(c, m, reply)
 	case ccid.PCToRDRSetDataRateAndClockFrequency:
 		st := s.iccLocked()

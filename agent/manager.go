@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"sync"
 	"time"
+
+	"github.com/wsrc-go/wsrc/card"
 )
 
 // OpenTimeout bounds SlotEvent.Open (card power-up and ATR) for one card.
@@ -21,17 +23,30 @@ var ErrNoBackends = errors.New("no backends")
 // runs a Session for it (a worker already running for that slot is stopped
 // first: the new one waits until the old session has closed its WebSocket
 // and its card); not Present stops the slot's worker, which closes the
-// WebSocket cleanly and then the card. A session that ends by itself (the
-// card failed with card.ErrRemoved, or Open failed) leaves the slot idle
-// until the backend reports the card again.
+// WebSocket cleanly (close reason "card removed") and then the card.
+//
+// A worker keeps its slot served for as long as the backend has not
+// reported the card removed: when Open fails (the card is held by another
+// application, is not ready yet, ...) or the session ends by itself (the
+// card failed with card.ErrRemoved: it was pulled, or only its handle died,
+// as when pcscd restarts or another application resets a shared card), the
+// worker waits (Timing.MinBackoff doubling up to Timing.MaxBackoff, reset
+// after a session that stood for Timing.StableAfter) and opens the card
+// again, each time with a fresh session and so a fresh identification by
+// the server. A card that was really pulled fails to open until the
+// backend's not-Present event stops the worker.
 //
 // Ownership: Run's goroutine owns the worker table; each worker goroutine
 // owns its card from Open to Close. Run waits for every backend and every
 // worker before it returns.
 type Manager struct {
+	// Immutable after NewManager.
 	cfg      Config
+	timing   Timing
 	backends []Backend
 	log      *slog.Logger
+	// jitter returns a random duration in [0, d]; tests replace it.
+	jitter func(d time.Duration) time.Duration
 }
 
 // NewManager returns a Manager that puts the cards of backends on the
@@ -41,12 +56,20 @@ func NewManager(cfg Config, backends ...Backend) *Manager {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Manager{cfg: cfg, backends: backends, log: log}
+	return &Manager{cfg: cfg, timing: cfg.Timing.withDefaults(), backends: backends, log: log, jitter: randJitter}
 }
+
+// Why a worker is stopped: the cause of its context, which the Session
+// gives as the reason when it closes its WebSocket.
+var (
+	errCardRemoved   = errors.New("card removed")
+	errCardReplaced  = errors.New("card removed and another inserted")
+	errBackendFailed = errors.New("card backend stopped")
+)
 
 // worker is the goroutine that serves one slot.
 type worker struct {
-	cancel context.CancelFunc
+	cancel context.CancelCauseFunc
 	done   chan struct{} // closed when the worker has closed its card
 }
 
@@ -80,9 +103,9 @@ func (m *Manager) Run(ctx context.Context) error {
 
 	var wg sync.WaitGroup
 	workers := make(map[SlotID]*worker)
-	stop := func(id SlotID) {
+	stop := func(id SlotID, why error) {
 		if w, ok := workers[id]; ok {
-			w.cancel()
+			w.cancel(why)
 			delete(workers, id)
 		}
 	}
@@ -94,7 +117,7 @@ func (m *Manager) Run(ctx context.Context) error {
 				if _, ok := workers[ev.Slot]; ok {
 					m.log.Info("card removed", "slot", ev.Slot.String())
 				}
-				stop(ev.Slot)
+				stop(ev.Slot, errCardRemoved)
 				continue
 			}
 			if ev.Open == nil {
@@ -102,7 +125,7 @@ func (m *Manager) Run(ctx context.Context) error {
 				continue
 			}
 			prev := workers[ev.Slot]
-			stop(ev.Slot)
+			stop(ev.Slot, errCardReplaced)
 			m.log.Info("card present", "slot", ev.Slot.String())
 			workers[ev.Slot] = m.start(ctx, &wg, ev, prev)
 		case r := <-results:
@@ -118,13 +141,13 @@ func (m *Manager) Run(ctx context.Context) error {
 			errs = append(errs, err)
 			for id := range workers {
 				if id.Backend == r.backend {
-					stop(id)
+					stop(id, errBackendFailed)
 				}
 			}
 		}
 	}
 	for id := range workers {
-		stop(id)
+		stop(id, context.Canceled)
 	}
 	wg.Wait()
 	if parent.Err() != nil {
@@ -136,11 +159,11 @@ func (m *Manager) Run(ctx context.Context) error {
 // start runs a worker for the card of ev. It waits for prev (the slot's
 // previous worker, if any) to finish before it opens the card.
 func (m *Manager) start(ctx context.Context, wg *sync.WaitGroup, ev SlotEvent, prev *worker) *worker {
-	wctx, cancel := context.WithCancel(ctx)
+	wctx, cancel := context.WithCancelCause(ctx)
 	w := &worker{cancel: cancel, done: make(chan struct{})}
 	wg.Go(func() {
 		defer close(w.done)
-		defer cancel()
+		defer cancel(context.Canceled)
 		if prev != nil {
 			<-prev.done
 		}
@@ -149,26 +172,49 @@ func (m *Manager) start(ctx context.Context, wg *sync.WaitGroup, ev SlotEvent, p
 	return w
 }
 
-// serveSlot opens the card of ev and runs its Session until ctx is done or
-// the session ends.
+// serveSlot serves the card of ev until ctx is done: it opens the card and
+// runs its Session, and does both again after a backoff whenever Open fails
+// or the session ends by itself.
 func (m *Manager) serveSlot(ctx context.Context, ev SlotEvent) {
 	log := m.log.With("slot", ev.Slot.String())
+	failures := 0
+	for {
+		up, err := m.serveOnce(ctx, ev, log)
+		if ctx.Err() != nil {
+			return
+		}
+		if errors.Is(err, ErrBadServerURL) {
+			log.Error("giving up on the card", "err", err)
+			return
+		}
+		if up >= m.timing.StableAfter {
+			failures = 0
+		}
+		delay := m.timing.backoff(failures, m.jitter)
+		failures++
+		log.Warn("card session ended; opening the card again unless it is removed", "err", err, "retry_in", delay.Round(time.Millisecond))
+		if !sleep(ctx.Done(), delay) {
+			return
+		}
+	}
+}
+
+// serveOnce opens the card of ev and runs one Session for it until ctx is
+// done or the session ends. It returns how long the session ran and why it
+// ended (nil when ctx ended it).
+func (m *Manager) serveOnce(ctx context.Context, ev SlotEvent, log *slog.Logger) (time.Duration, error) {
 	octx, ocancel := context.WithTimeout(ctx, OpenTimeout)
 	c, err := ev.Open(octx)
 	ocancel()
 	if err != nil {
-		if ctx.Err() == nil {
-			log.Error("opening card", "err", err)
-		}
-		return
+		return 0, fmt.Errorf("opening card: %w", err)
 	}
 	defer func() {
-		if err := c.Close(); err != nil {
+		if err := c.Close(); err != nil && !errors.Is(err, card.ErrRemoved) {
 			log.Warn("closing card", "err", err)
 		}
 	}()
-	s := NewSession(m.cfg, c, ev.Slot.ReaderName())
-	if err := s.Run(ctx); err != nil {
-		log.Warn("session ended", "err", err)
-	}
+	start := time.Now()
+	err = NewSession(m.cfg, c, ev.Slot.ReaderName()).Run(ctx)
+	return time.Since(start), err
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -177,7 +178,18 @@ func TestManagerCardRemovedMidSession(t *testing.T) {
 	start(t, newTestManager(srv, b).Run)
 	c0 := cardWithATR(0)
 	c0.setTransmit(func(context.Context, []byte) ([]byte, error) { return nil, card.ErrRemoved })
-	b.insert(t, "r", c0)
+	// The card is gone: opening it again fails until the backend says so.
+	var opens atomic.Int32
+	b.send(t, SlotEvent{
+		Slot:    SlotID{Backend: "fake", Reader: "r"},
+		Present: true,
+		Open: func(context.Context) (card.Card, error) {
+			if opens.Add(1) == 1 {
+				return c0, nil
+			}
+			return nil, card.ErrNoCard
+		},
+	})
 	conn := srv.Accept()
 	conn.Hello()
 	conn.Send(protocol.CAPDU{Command: []byte{0, 0xb0, 0, 0}})
@@ -197,12 +209,15 @@ func TestManagerOpenFails(t *testing.T) {
 	srv := agenttest.NewServer(t)
 	b := newFakeBackend("fake")
 	start(t, newTestManager(srv, b).Run)
-	opened := make(chan struct{})
+	opened := make(chan struct{}, 1)
 	b.send(t, SlotEvent{
 		Slot:    SlotID{Backend: "fake", Reader: "r"},
 		Present: true,
 		Open: func(context.Context) (card.Card, error) {
-			close(opened)
+			select {
+			case opened <- struct{}{}:
+			default:
+			}
 			return nil, fmt.Errorf("powering up: %w", card.ErrMute)
 		},
 	})
@@ -250,5 +265,109 @@ func TestManagerBadConfig(t *testing.T) {
 	}
 	if err := NewManager(Config{Server: "nope"}, newFakeBackend("x")).Run(context.Background()); !errors.Is(err, ErrBadServerURL) {
 		t.Errorf("bad URL: %v", err)
+	}
+}
+
+// expectCloseReason reads until the agent closes the connection and returns
+// the close code and reason.
+func expectCloseReason(t *testing.T, conn *agenttest.Conn) (int, string) {
+	t.Helper()
+	ws := conn.WS()
+	ws.SetReadDeadline(time.Now().Add(agenttest.Timeout))
+	for {
+		if _, _, err := ws.ReadMessage(); err != nil {
+			var ce *websocket.CloseError
+			if !errors.As(err, &ce) {
+				t.Fatalf("connection ended without a close frame: %v", err)
+			}
+			ws.Close()
+			return ce.Code, ce.Text
+		}
+	}
+}
+
+// TestManagerCloseReasons: the close frame says why the session ended.
+func TestManagerCloseReasons(t *testing.T) {
+	srv := agenttest.NewServer(t)
+	b1, b2 := newFakeBackend("one"), newFakeBackend("two")
+	r := start(t, newTestManager(srv, b1, b2).Run)
+	check := func(conn *agenttest.Conn, want string) {
+		t.Helper()
+		if code, reason := expectCloseReason(t, conn); code != websocket.CloseGoingAway || reason != want {
+			t.Errorf("closed with %d %q, want 1001 %q", code, reason, want)
+		}
+	}
+
+	b1.insert(t, "r", cardWithATR(0))
+	conn := srv.Accept()
+	conn.Hello()
+	b1.remove(t, "r")
+	check(conn, "card removed")
+
+	b1.insert(t, "r", cardWithATR(1))
+	conn = srv.Accept()
+	conn.Hello()
+	b1.insert(t, "r", cardWithATR(2))
+	check(conn, "card removed and another inserted")
+	conn = srv.Accept()
+	conn.Hello()
+
+	b2.insert(t, "r", cardWithATR(3))
+	conn2 := srv.Accept()
+	conn2.Hello()
+	b2.fail <- errors.New("gone")
+	check(conn2, "card backend stopped")
+
+	r.cancel()
+	check(conn, "agent shutting down")
+	r.wait(t)
+}
+
+// TestManagerReopensCard: a session whose card handle died while the card
+// stayed in (pcscd restarted, say) is followed by a fresh session on a
+// freshly opened card, without a new event from the backend; so is an
+// Open that failed at first (card held by another application).
+func TestManagerReopensCard(t *testing.T) {
+	srv := agenttest.NewServer(t)
+	b := newFakeBackend("fake")
+	start(t, newTestManager(srv, b).Run)
+	dead := cardWithATR(0)
+	dead.setTransmit(func(context.Context, []byte) ([]byte, error) {
+		return nil, fmt.Errorf("transmitting: %w", card.ErrRemoved)
+	})
+	fresh := cardWithATR(1)
+	var opens atomic.Int32
+	b.send(t, SlotEvent{
+		Slot:    SlotID{Backend: "fake", Reader: "r"},
+		Present: true,
+		Open: func(context.Context) (card.Card, error) {
+			switch opens.Add(1) {
+			case 1:
+				return nil, errors.New("SCARD_E_SHARING_VIOLATION")
+			case 2:
+				return dead, nil
+			case 3:
+				return nil, errors.New("SCARD_E_SHARING_VIOLATION")
+			default:
+				return fresh, nil
+			}
+		},
+	})
+	conn := srv.Accept()
+	if h := conn.Hello(); !bytes.Equal(h.ATR, dead.atr) {
+		t.Fatalf("first session's ATR %x", h.ATR)
+	}
+	conn.Send(protocol.CAPDU{Command: []byte{0, 0xb0, 0, 0}})
+	expectError(t, conn, "card removed")
+	conn.ExpectClose()
+	dead.waitClosed(t)
+
+	conn = srv.Accept()
+	if h := conn.Hello(); !bytes.Equal(h.ATR, fresh.atr) {
+		t.Fatalf("second session's ATR %x", h.ATR)
+	}
+	conn.Transmit([]byte{0, 0xb0, 0, 0})
+	if n := opens.Load(); n != 4 {
+		t.Errorf("%d opens, want 4", n)
 	}
 }

@@ -69,8 +69,9 @@ var errDisconnected = errors.New("server sent disconnect")
 //   - Every wait is on a timer that also watches ctx: cancelling ctx ends
 //     a wait, a dial or a card operation at once.
 //   - When ctx is done, Run closes the WebSocket cleanly (close frame 1001
-//     "going away", waiting up to Timing.CloseWait for the server's close)
-//     and returns nil.
+//     "going away", with context.Cause(ctx) as the reason when ctx was
+//     cancelled with a cause, else "agent shutting down"; waiting up to
+//     Timing.CloseWait for the server's close) and returns nil.
 //   - When the card is removed (an error wrapping card.ErrRemoved), Run
 //     sends an error message, closes the WebSocket and returns that error:
 //     a session never outlives its card. Whoever owns the card decides what
@@ -259,7 +260,7 @@ func (c *conn) serve(ctx context.Context) (up time.Duration, err error) {
 
 	if err := c.hello(ctx); err != nil {
 		if ctx.Err() != nil {
-			c.close(websocket.CloseGoingAway, "agent shutting down")
+			c.close(websocket.CloseGoingAway, goingAwayReason(ctx))
 		} else {
 			c.close(websocket.CloseProtocolError, err.Error())
 		}
@@ -272,7 +273,7 @@ func (c *conn) serve(ctx context.Context) (up time.Duration, err error) {
 	for {
 		select {
 		case <-ctx.Done():
-			c.close(websocket.CloseGoingAway, "agent shutting down")
+			c.close(websocket.CloseGoingAway, goingAwayReason(ctx))
 			return time.Since(start), ctx.Err()
 		case f, ok := <-c.in:
 			if !ok {
@@ -285,7 +286,7 @@ func (c *conn) serve(ctx context.Context) (up time.Duration, err error) {
 				case errors.Is(err, card.ErrRemoved):
 					c.close(websocket.CloseGoingAway, "card removed")
 				case ctx.Err() != nil:
-					c.close(websocket.CloseGoingAway, "agent shutting down")
+					c.close(websocket.CloseGoingAway, goingAwayReason(ctx))
 				}
 				return time.Since(start), err
 			}
@@ -432,6 +433,16 @@ func (c *conn) send(m protocol.Message) error {
 		return fmt.Errorf("sending %s: %w", m.MsgType(), err)
 	}
 	return nil
+}
+
+// goingAwayReason is the close reason when ctx ended the connection: the
+// cause the Manager gave (e.g. "card removed"), or "agent shutting down".
+func goingAwayReason(ctx context.Context) string {
+	cause := context.Cause(ctx)
+	if cause == nil || errors.Is(cause, context.Canceled) || errors.Is(cause, context.DeadlineExceeded) {
+		return "agent shutting down"
+	}
+	return cause.Error()
 }
 
 // maxCloseReason is the longest reason a close frame can carry (125

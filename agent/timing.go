@@ -27,10 +27,12 @@ type Timing struct {
 	// MinBackoff and MaxBackoff bound the delay between connection
 	// attempts: it doubles from MinBackoff after each failed attempt up to
 	// MaxBackoff, each delay drawn at random from its upper half (jitter).
+	// The Manager waits the same way before it opens a card again (see
+	// Manager).
 	MinBackoff time.Duration
 	MaxBackoff time.Duration
-	// StableAfter: a connection that stayed up at least this long resets
-	// the backoff to MinBackoff.
+	// StableAfter: a connection (or, for the Manager, a card session) that
+	// stayed up at least this long resets the backoff to MinBackoff.
 	StableAfter time.Duration
 	// DisconnectHoldoff is how long the agent stays away after the server
 	// sent disconnect.

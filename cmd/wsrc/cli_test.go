@@ -319,3 +319,19 @@ func TestHelp(t *testing.T) {
 		t.Errorf("list --help with a password in WSRC_SERVER:\n%s", r.stdout)
 	}
 }
+
+func TestAddressHidden(t *testing.T) {
+	for _, c := range []struct {
+		in   protocol.RemoteAddr
+		want string
+	}{
+		{protocol.RemoteAddr{}, ""},
+		{protocol.RemoteAddr{IP: "0.0.0.0"}, ""},
+		{protocol.RemoteAddr{IP: "127.0.0.1", Port: 4711}, "127.0.0.1:4711"},
+		{protocol.RemoteAddr{IP: "::1", Port: 4711}, "[::1]:4711"},
+	} {
+		if got := address(c.in); got != c.want {
+			t.Errorf("address(%+v) = %q, want %q", c.in, got, c.want)
+		}
+	}
+}

@@ -80,8 +80,11 @@ func listJSON(cards []protocol.CardInfo) []cardJSON {
 	return out
 }
 
+// address formats a card agent's address; "" when there is none or the
+// server hides it (wsrc-server sends ["0.0.0.0", 0] unless started with
+// --show-remote-addr).
 func address(a protocol.RemoteAddr) string {
-	if a.IP == "" && a.Port == 0 {
+	if (a.IP == "" || a.IP == "0.0.0.0") && a.Port == 0 {
 		return ""
 	}
 	return net.JoinHostPort(a.IP, strconv.Itoa(a.Port))

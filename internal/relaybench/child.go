@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -37,6 +38,16 @@ type ServerStats struct {
 // until in reaches EOF.
 func ServeChild(in io.Reader, out io.Writer) error {
 	raiseFileLimit()
+	if path := os.Getenv("WSRC_BENCH_CPUPROFILE"); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	srv := server.New(server.Config{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	ul, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

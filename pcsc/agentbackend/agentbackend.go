@@ -107,10 +107,12 @@ func (b *Backend) Run(ctx context.Context, events chan<- agent.SlotEvent) error 
 	})
 }
 
-// Probe lists pcscd's readers and their cards; see agent.Backend.
+// Probe lists pcscd's readers and their cards; see agent.Backend. Readers
+// that the reader filter leaves out are listed too, skipped with the
+// pattern that excluded them, and their cards are never opened.
 func (b *Backend) Probe(ctx context.Context) agent.BackendReport {
 	r := agent.BackendReport{Backend: Name, Status: agent.StatusLoaded}
-	states, err := b.snapshot(ctx, b.cfg.Filter)
+	states, err := b.snapshot(ctx, pcsc.Filter{})
 	switch {
 	case errors.Is(err, pcsc.ErrServiceUnavailable):
 		r.Status, r.Reason = agent.StatusSkipped, "pcscd not running"
@@ -120,25 +122,55 @@ func (b *Backend) Probe(ctx context.Context) agent.BackendReport {
 		return r
 	case len(states) == 0:
 		r.Status, r.Reason = agent.StatusSkipped, "pcscd has no readers"
-		if len(b.cfg.Filter.Include)+len(b.cfg.Filter.Exclude) > 0 {
-			r.Reason = "pcscd has no readers that the reader filter selects"
-		}
 		return r
 	}
+	selected := 0
 	for _, st := range states {
+		rr := agent.ReaderReport{Name: st.Reader, Status: agent.StatusLoaded, Details: "PC/SC"}
 		s := agent.SlotReport{Present: st.CardPresent && !st.Mute, ATR: st.ATR}
-		if s.Present {
-			s.Open = b.openFunc(st.Reader)
+		if why := b.excluded(st.Reader); why != "" {
+			rr.Status, rr.Reason = agent.StatusSkipped, why
+		} else {
+			selected++
+			if s.Present {
+				s.Open = b.probeOpenFunc(st.Reader)
+			}
 		}
 		if st.Mute {
 			s.Err = "card does not answer to reset"
 		}
-		r.Readers = append(r.Readers, agent.ReaderReport{
-			Name:    st.Reader,
-			Status:  agent.StatusLoaded,
-			Details: "PC/SC",
-			Slots:   []agent.SlotReport{s},
-		})
+		rr.Slots = []agent.SlotReport{s}
+		r.Readers = append(r.Readers, rr)
+	}
+	if selected == 0 {
+		r.Status, r.Reason = agent.StatusSkipped, "the reader filter selects none of pcscd's readers"
 	}
 	return r
+}
+
+// excluded says why the reader filter leaves reader out, "" if it does not.
+func (b *Backend) excluded(reader string) string {
+	f := b.cfg.Filter
+	if f.Match(reader) {
+		return ""
+	}
+	for _, p := range f.Exclude {
+		if (pcsc.Filter{Include: []string{p}}).Match(reader) {
+			return fmt.Sprintf("excluded by reader exclude pattern %q", p)
+		}
+	}
+	return "matches no reader include pattern"
+}
+
+// probeOpenFunc is openFunc with a hint for the usual reason a listing
+// cannot open a card.
+func (b *Backend) probeOpenFunc(reader string) func(context.Context) (card.Card, error) {
+	open := b.openFunc(reader)
+	return func(ctx context.Context) (card.Card, error) {
+		c, err := open(ctx)
+		if errors.Is(err, pcsc.CodeSharingViolation) {
+			return nil, fmt.Errorf("%w (the card is in use by another application, such as a running wsrc-agent)", err)
+		}
+		return c, err
+	}
 }

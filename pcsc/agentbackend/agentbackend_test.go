@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -109,6 +110,61 @@ func TestProbeStatuses(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestProbeFilter: readers the filter leaves out are listed as skipped,
+// with the reason, and their cards are not opened.
+func TestProbeFilter(t *testing.T) {
+	b, err := New(Config{Filter: pcsc.Filter{Include: []string{"A*", "/^B/"}, Exclude: []string{"*2"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	atr := []byte{0x3b, 0}
+	states := []pcsc.ReaderEvent{
+		{Reader: "A1", CardPresent: true, ATR: atr},
+		{Reader: "A2", CardPresent: true, ATR: atr},
+		{Reader: "B", CardPresent: true, ATR: atr},
+		{Reader: "C", CardPresent: true, ATR: atr},
+	}
+	b.snapshot = func(_ context.Context, f pcsc.Filter) ([]pcsc.ReaderEvent, error) {
+		if len(f.Include)+len(f.Exclude) != 0 {
+			t.Errorf("snapshot with filter %+v, want every reader", f)
+		}
+		return states, nil
+	}
+	b.open = func(ctx context.Context, reader string, _ pcsc.OpenOptions) (*pcsc.Card, error) {
+		return nil, &pcsc.Error{Op: "SCardConnect", Reader: reader, Code: pcsc.CodeSharingViolation}
+	}
+	r := b.Probe(context.Background())
+	if r.Status != agent.StatusLoaded || len(r.Readers) != 4 {
+		t.Fatalf("report %+v", r)
+	}
+	want := []struct {
+		status agent.Status
+		reason string
+	}{
+		{agent.StatusLoaded, ""},
+		{agent.StatusSkipped, `excluded by reader exclude pattern "*2"`},
+		{agent.StatusLoaded, ""},
+		{agent.StatusSkipped, "matches no reader include pattern"},
+	}
+	for i, rr := range r.Readers {
+		s := rr.Slots[0]
+		if rr.Status != want[i].status || rr.Reason != want[i].reason || !s.Present || !bytes.Equal(s.ATR, atr) ||
+			(s.Open != nil) != (want[i].status == agent.StatusLoaded) {
+			t.Errorf("reader %s: %+v, want %+v", rr.Name, rr, want[i])
+		}
+	}
+	if _, err := r.Readers[0].Slots[0].Open(context.Background()); !errors.Is(err, pcsc.CodeSharingViolation) ||
+		!strings.Contains(err.Error(), "in use by another application") {
+		t.Errorf("Open in a listing = %v, want a sharing violation with a hint", err)
+	}
+
+	states = states[3:]
+	if r := b.Probe(context.Background()); r.Status != agent.StatusSkipped || len(r.Readers) != 1 ||
+		r.Reason != "the reader filter selects none of pcscd's readers" {
+		t.Errorf("nothing selected: report %+v", r)
 	}
 }
 

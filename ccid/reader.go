@@ -217,7 +217,12 @@ func openReader(bus usbio.Bus, info usbio.DeviceInfo, o *Options, log *slog.Logg
 		lvl := ci.Desc.Features.ExchangeLevel()
 		ri.Interfaces = append(ri.Interfaces, InterfaceInfo{Number: ci.Number, Descriptor: ci.Desc, Level: lvl,
 			Interrupt: ci.Endpoints.IntIn != 0})
-		if lvl == LevelCharacter || lvl == LevelInvalid {
+		switch {
+		case ci.Protocol != 0:
+			skipped = append(skipped, fmt.Sprintf("interface %d: ICCD (bInterfaceProtocol %d) is not supported",
+				ci.Number, ci.Protocol))
+			continue
+		case lvl == LevelCharacter || lvl == LevelInvalid:
 			skipped = append(skipped, fmt.Sprintf("interface %d: %v exchange is not supported", ci.Number, lvl))
 			continue
 		}

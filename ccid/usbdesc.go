@@ -138,8 +138,11 @@ func candidate(info usbio.DeviceInfo) bool {
 // ccidInterface is a CCID interface found in a configuration.
 type ccidInterface struct {
 	Number, Alt int
-	Desc        Descriptor
-	Endpoints   usbio.Endpoints
+	// Protocol is bInterfaceProtocol: 0 for CCID; 1 and 2 are ICCD
+	// (control-pipe readers), which the driver does not speak.
+	Protocol  int
+	Desc      Descriptor
+	Endpoints usbio.Endpoints
 	// IntMaxPacket is the interrupt endpoint's wMaxPacketSize.
 	IntMaxPacket int
 }
@@ -172,7 +175,7 @@ func findCCID(ifs []usbInterface, vid, pid uint16) (found []ccidInterface, errs 
 			errs = append(errs, fmt.Errorf("interface %d: %w", it.Number, err))
 			continue
 		}
-		ci := ccidInterface{Number: int(it.Number), Alt: int(it.Alt), Desc: d}
+		ci := ccidInterface{Number: int(it.Number), Alt: int(it.Alt), Protocol: int(it.Protocol), Desc: d}
 		for _, e := range it.Endpoints {
 			switch {
 			case e.bulk() && e.in() && ci.Endpoints.BulkIn == 0:

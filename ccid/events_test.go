@@ -258,3 +258,36 @@ func TestReadersSnapshot(t *testing.T) {
 		<-h.done
 	})
 }
+
+// TestWatchAndProtocolRefusal: ccid.Watch runs a driver until ctx ends;
+// a T=1-only card in the T=0-only sysmoOCTSIM is refused with a clear
+// error.
+func TestWatchAndProtocolRefusal(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		bus := ccidsim.NewBus()
+		r := bus.Plug(ccidsim.OCTSIM)
+		r.Slot(2).Insert(newCard(sim.T1), ccidsim.CardQuirks{})
+		ctx, cancel := context.WithCancel(context.Background())
+		events := make(chan ccid.Event)
+		done := make(chan error, 1)
+		go func() { done <- ccid.Watch(ctx, ccid.Options{Bus: bus, Logger: quiet()}, events) }()
+		if ev := <-events; ev.Kind != ccid.ReaderAdded || ev.Kind.String() != "reader added" || ev.Reader.Status.String() != "claimed" {
+			t.Fatalf("%v %v", ev.Kind, ev.Reader.Status)
+		}
+		ev := <-events
+		_, err := ev.Open(ctx)
+		if !errors.Is(err, ccid.ErrUnsupported) || !strings.Contains(err.Error(), "the card offers T=[1], the reader supports T=0") {
+			t.Errorf("T=1 card in a T=0 reader: %v", err)
+		}
+		if r.Slot(2).Powered() {
+			t.Error("refused card left powered")
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+		if r.Claimed() != 0 {
+			t.Error("Watch left the reader claimed")
+		}
+	})
+}

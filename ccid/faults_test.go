@@ -379,9 +379,12 @@ func TestQEMUQuirks(t *testing.T) {
 		if !errors.Is(err, card.ErrRemoved) || !strings.Contains(err.Error(), "bStatus 0x02") {
 			t.Errorf("XfrBlock without card: %v", err)
 		}
+		h.next(ccid.CardRemoved) // the failed command made the monitor look
 		// IccPowerOn without a card: QEMU sends the old ATR with ICC mute.
-		_, err = c.Reset(context.Background(), card.ColdReset)
-		if !errors.Is(err, card.ErrNoCard) {
+		r.Slot(0).Insert(bigCard{}, ccidsim.CardQuirks{})
+		ev = h.next(ccid.CardInserted)
+		r.Slot(0).Remove()
+		if _, err := ev.Open(context.Background()); !errors.Is(err, card.ErrNoCard) {
 			t.Errorf("power-on without card: %v", err)
 		}
 	})

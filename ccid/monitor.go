@@ -186,10 +186,11 @@ func (m *monitor) checkAll(ctx context.Context) {
 	}
 }
 
-// check polls one slot with GetSlotStatus, unless a command is running
-// on it (that command sees a removal itself and pokes the monitor).
+// check polls one slot with GetSlotStatus. When a command is running on
+// it, the check is put off until the slot is unlocked.
 func (m *monitor) check(ctx context.Context, s *slot) {
 	if !s.tryLock() {
+		s.recheck.Store(true)
 		return
 	}
 	st, err := s.status(ctx)

@@ -45,6 +45,10 @@ type slot struct {
 	active atomic.Bool
 	// poke asks the link's monitor to check presence now.
 	poke func()
+	// recheck asks for a presence check once the slot is unlocked: set
+	// by a command that saw the card go inactive, and by the monitor when
+	// it found the slot busy.
+	recheck atomic.Bool
 
 	// Guarded by lock.
 	powered bool
@@ -85,7 +89,13 @@ func (s *slot) tryLock() bool {
 	}
 }
 
-func (s *slot) unlock() { <-s.lock }
+// unlock releases the slot and pokes the monitor if a check is due.
+func (s *slot) unlock() {
+	<-s.lock
+	if s.recheck.Swap(false) {
+		s.poke()
+	}
+}
 
 // slotErr turns a response into a *SlotError.
 func (s *slot) slotErr(cmd MessageType, r Message) *SlotError {
@@ -390,7 +400,7 @@ func (s *slot) xfr(ctx context.Context, bwi byte, level uint16, data []byte, tim
 		e := s.slotErr(PCToRDRXfrBlock, r)
 		if r.ICC() != ICCActive {
 			s.powered, s.t1 = false, nil
-			s.poke()
+			s.recheck.Store(true)
 		}
 		return r, e
 	}

@@ -8,29 +8,32 @@ import (
 	"github.com/wsrc-go/wsrc/agent"
 	"github.com/wsrc-go/wsrc/agent/simbackend"
 	"github.com/wsrc-go/wsrc/card/sim"
+	"github.com/wsrc-go/wsrc/pcsc"
+	"github.com/wsrc-go/wsrc/pcsc/agentbackend"
 )
 
 // backendFactory builds one backend from the command line.
 type backendFactory func(o *options) (agent.Backend, error)
 
-// factories lists every backend name --backend accepts. The hardware
-// backends take their place here when their packages (pcsc/, ccid/) are
-// wired in; until then they fail with a clear message.
+// factories lists every backend name --backend accepts. The ccid backend
+// takes its place here when its package (ccid/) has an agent adapter;
+// until then it fails with a clear message.
 var factories = map[string]backendFactory{
 	"sim":  newSimBackend,
-	"pcsc": notBuilt("pcsc", "PC/SC"),
+	"pcsc": newPCSCBackend,
 	"ccid": notBuilt("ccid", "USB CCID"),
-	"auto": func(*options) (agent.Backend, error) {
-		return nil, usagef("backend \"auto\" picks ccid, then pcsc, and neither is built into this wsrc-agent yet; use --sim N for simulated cards")
-	},
 }
+
+// autoBackends is what --backend auto stands for. It becomes ccid, pcsc
+// (pcsc taking the readers ccid cannot claim) once ccid is built in.
+var autoBackends = []string{"pcsc"}
 
 // knownBackends is the list shown in errors.
 const knownBackends = "sim, pcsc, ccid, auto"
 
 func notBuilt(name, what string) backendFactory {
 	return func(*options) (agent.Backend, error) {
-		return nil, usagef("backend %q (%s readers) is not built into this wsrc-agent yet; use --sim N for simulated cards", name, what)
+		return nil, usagef("backend %q (%s readers) is not built into this wsrc-agent yet; use --backend pcsc for readers under pcscd, or --sim N for simulated cards", name, what)
 	}
 }
 
@@ -50,17 +53,33 @@ func (o *options) backends() ([]agent.Backend, error) {
 	} else if o.simSet && !slices.Contains(names, "sim") {
 		names = append(names, "sim")
 	}
-	var out []agent.Backend
 	seen := map[string]bool{}
+	var expanded []string
 	for _, n := range names {
-		f, ok := factories[n]
-		if !ok {
-			return nil, usagef("unknown backend %q (known: %s)", n, knownBackends)
-		}
 		if seen[n] {
 			return nil, usagef("backend %q given twice", n)
 		}
 		seen[n] = true
+		if n == "auto" {
+			expanded = append(expanded, autoBackends...)
+			continue
+		}
+		if _, ok := factories[n]; !ok {
+			return nil, usagef("unknown backend %q (known: %s)", n, knownBackends)
+		}
+		expanded = append(expanded, n)
+	}
+	if (len(o.readerInclude) > 0 || len(o.readerExclude) > 0 || o.pcscShared) && !slices.Contains(expanded, "pcsc") {
+		return nil, usagef("--reader-include, --reader-exclude and --pcsc-shared apply to the pcsc backend, which --backend %q does not use", o.backend)
+	}
+	var out []agent.Backend
+	built := map[string]bool{}
+	for _, n := range expanded {
+		if built[n] {
+			return nil, usagef("backend %q given twice (auto includes %s)", n, strings.Join(autoBackends, ", "))
+		}
+		built[n] = true
+		f := factories[n]
 		b, err := f(o)
 		if err != nil {
 			return nil, err
@@ -93,6 +112,18 @@ func newSimBackend(o *options) (agent.Backend, error) {
 	b, err := simbackend.New(simbackend.Config{N: n, Protocol: p, T0GetResponse: o.simGetResponse})
 	if err != nil {
 		return nil, usageError{fmt.Sprintf("--sim: %v", err)}
+	}
+	return b, nil
+}
+
+func newPCSCBackend(o *options) (agent.Backend, error) {
+	b, err := agentbackend.New(agentbackend.Config{
+		Filter: pcsc.Filter{Include: o.readerInclude, Exclude: o.readerExclude},
+		Open:   pcsc.OpenOptions{Shared: o.pcscShared},
+		Logger: o.log,
+	})
+	if err != nil {
+		return nil, usageError{fmt.Sprintf("--reader-include/--reader-exclude: %v", err)}
 	}
 	return b, nil
 }

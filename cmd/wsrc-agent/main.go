@@ -51,14 +51,13 @@ WebSocket per present card to the server's card port. The server
 identifies each card (EID, ICCID) and relays users' APDUs to it. The agent
 reconnects whenever the server is unreachable or drops the connection
 (backoff up to 30 s), opens a session when a card is inserted and closes
-it when the card is removed. SIGINT or SIGTERM closes every session
-cleanly and exits 0.
+it when the card is removed or its reader disappears. SIGINT or SIGTERM
+closes every session cleanly and exits 0.
 
 Usage:
   wsrc-agent [flags]            serve every card until SIGINT/SIGTERM
-  wsrc-agent readers [flags]    list backends, readers, slots and cards
-                                (status loaded/skipped/failed with the
-                                reason, ATR, ICCID, EID), then exit
+  wsrc-agent readers [flags]    list backends, readers, slots and cards,
+                                then exit (see "readers" below)
 
 Flags:
 `
@@ -68,18 +67,46 @@ Backends (--backend, comma-separated):
   sim    simulated UICCs (card/sim), --sim N of them; card 0 is the
          recorded pySim test eUICC (ICCID 8949440000001155314), card i
          has ICCID and EID shifted by i with valid check digits
-  pcsc   readers of the PC/SC service (pcscd)     [not built in yet]
+  pcsc   the readers of the PC/SC service (pcscd). Cards are opened
+         exclusively (no other PC/SC application can use a card while
+         the agent serves it) unless --pcsc-shared. pcscd may be stopped,
+         started late or restarted: the agent waits for it and serves
+         the cards again when it is back. PCSCLITE_CSOCK_NAME names
+         another pcscd socket.
   ccid   USB CCID readers, directly over libusb   [not built in yet]
-  auto   ccid, with pcsc for the readers ccid cannot claim (default
-         when --sim is not given)                  [not built in yet]
+  auto   the default when --sim is not given. For now the same as pcsc;
+         once the ccid backend is built in, ccid first, with pcsc for
+         the readers ccid cannot claim.
   --sim N adds the sim backend to whatever --backend chose.
 
+Reader selection (pcsc; --reader-include and --reader-exclude repeat):
+  A pattern is a glob matched against the whole reader name ("*" any run
+  of characters but "/", "?" one character, "[...]" a class), or a Go
+  regexp between slashes that may match anywhere in the name
+  ("/(?i)yubikey/"; anchor it with ^ and $). A reader is used when it
+  matches some --reader-include (or none is given) and no
+  --reader-exclude.
+
+readers:
+  Shows what this agent sees, as pcsc_scan would but per backend: each
+  backend loaded or skipped (with the reason, e.g. "pcscd not running"),
+  each reader with the backend that owns it or why it is left out (e.g.
+  excluded by a pattern), and each card's ATR, ICCID and EID. To read
+  those it opens every card briefly, so a card held by another
+  application (a running wsrc-agent holds its cards exclusively) shows an
+  error instead. It does not ask the server: an agent only knows the
+  server's card port, which cannot list cards. For the server's view run
+  "wsrc list" against its user port.
+
 Environment:
-  WSRC_AGENT_SERVER   default for --server
+  WSRC_AGENT_SERVER    default for --server
+  PCSCLITE_CSOCK_NAME  pcscd's socket (default /run/pcscd/pcscd.comm)
 
 Examples:
-  wsrc-agent --server ws://relay.example.org:4221/ --sim 2
+  wsrc-agent --server ws://relay.example.org:4221/
+  wsrc-agent --server ws://relay.example.org:4221/ --reader-exclude '/(?i)yubikey/'
   WSRC_AGENT_SERVER=ws://127.0.0.1:4221/ wsrc-agent --sim 1 --sim-protocol t1
+  wsrc-agent readers
   wsrc-agent readers --sim 2
 `
 
@@ -94,6 +121,11 @@ type options struct {
 	logLevel       string
 	agentName      string
 	showVersion    bool
+	readerInclude  patterns
+	readerExclude  patterns
+	pcscShared     bool
+
+	log *slog.Logger // set by dispatch, for the backends
 
 	args []string // positional arguments: the subcommand
 }
@@ -107,12 +139,15 @@ func newFlagSet(o *options, getenv func(string) string, stderr io.Writer) *flag.
 	}
 	host, _ := os.Hostname()
 	fs.StringVar(&o.server, "server", server, "`URL` of the WSRC server's card port (ws:// or wss://); env "+envServer)
-	fs.StringVar(&o.backend, "backend", "", "card `backends` to use: sim, pcsc, ccid or auto, comma-separated (default auto, or sim with --sim)")
+	fs.StringVar(&o.backend, "backend", "", "card `backends` to use: sim, pcsc, ccid or auto, comma-separated (default auto, or sim with --sim; see below)")
 	fs.IntVar(&o.sim, "sim", 0, "number `N` of simulated cards (implies --backend sim when no other backend is chosen; default 1 with --backend sim)")
 	fs.StringVar(&o.simProtocol, "sim-protocol", "t0", "`protocol` the simulated cards announce in their ATR: t0 or t1")
 	fs.BoolVar(&o.simGetResponse, "sim-getresponse", false, "make simulated cards answer like real T=0 cards (61xx + GET RESPONSE, 6Cxx)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.StringVar(&o.agentName, "agent-name", host, "`name` this agent gives the server in hello")
+	fs.Var(&o.readerInclude, "reader-include", "use only readers whose name matches `pattern` (glob, or /regexp/); repeatable")
+	fs.Var(&o.readerExclude, "reader-exclude", "never use readers whose name matches `pattern` (glob, or /regexp/); repeatable")
+	fs.BoolVar(&o.pcscShared, "pcsc-shared", false, "open PC/SC cards in shared mode, so other PC/SC applications can use them too (default exclusive)")
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, usageText)
@@ -120,6 +155,19 @@ func newFlagSet(o *options, getenv func(string) string, stderr io.Writer) *flag.
 		fmt.Fprint(stderr, usageTail)
 	}
 	return fs
+}
+
+// patterns is a repeatable string flag.
+type patterns []string
+
+func (p *patterns) String() string { return strings.Join(*p, ", ") }
+
+func (p *patterns) Set(v string) error {
+	if v == "" {
+		return errors.New("empty pattern")
+	}
+	*p = append(*p, v)
+	return nil
 }
 
 // parseArgs parses flags before and after the subcommand:
@@ -187,6 +235,7 @@ func dispatch(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 		return usagef("--log-level %q: want debug, info, warn or error", o.logLevel)
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	o.log = log
 	readers := len(o.args) > 0 && o.args[0] == "readers"
 	switch {
 	case len(o.args) > 0 && !readers:

@@ -12,7 +12,9 @@ import (
 )
 
 // printReaders writes the `wsrc-agent readers` table: one line per slot,
-// or per reader / backend that has none, with the card found in it.
+// or per reader that has none, with the card found in it, after a line for
+// each backend that is not loaded (or has no readers). Readers a backend
+// leaves out (e.g. excluded by a pattern) are listed with the reason.
 func printReaders(ctx context.Context, w io.Writer, reports []agent.BackendReport) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "BACKEND\tREADER\tSLOT\tSTATUS\tCARD")
@@ -23,19 +25,18 @@ func printReaders(ctx context.Context, w io.Writer, reports []agent.BackendRepor
 				status += " (no readers)"
 			}
 			fmt.Fprintf(tw, "%s\t-\t-\t%s\t%s\n", b.Backend, withReason(status, b.Reason), "")
-			continue
 		}
 		for _, r := range b.Readers {
 			name := r.Name
 			if r.Details != "" {
 				name += " (" + r.Details + ")"
 			}
-			if r.Status != agent.StatusLoaded || len(r.Slots) == 0 {
-				fmt.Fprintf(tw, "%s\t%s\t-\t%s\t\n", b.Backend, name, withReason(r.Status.String(), r.Reason))
-				continue
+			status := withReason(r.Status.String(), r.Reason)
+			if len(r.Slots) == 0 {
+				fmt.Fprintf(tw, "%s\t%s\t-\t%s\t\n", b.Backend, name, status)
 			}
 			for _, s := range r.Slots {
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", b.Backend, name, s.Index, r.Status, describeCard(s))
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", b.Backend, name, s.Index, status, describeCard(s))
 			}
 		}
 	}

@@ -33,8 +33,8 @@ func main() {
 
 func run() int {
 	fs := flag.NewFlagSet("wsrc-bench", flag.ExitOnError)
-	scenarios := fs.String("scenarios", "closed1,closed100,open1000,idle10000",
-		"comma-separated scenarios: closedN (N sessions, closed loop), openN (N sessions × -rate APDU/s), idleN (N idle cards)")
+	scenarios := fs.String("scenarios", "closed1,closed100,floor1,floor100,open1000,idle10000",
+		"comma-separated scenarios: closedN (N sessions, closed loop), floorN (the same over a raw TCP relay: the kernel's share),\nopenN (N sessions × -rate APDU/s), idleN (N idle cards)")
 	dur := fs.Duration("duration", 10*time.Second, "measured time of each load scenario (plus a fifth for warm-up)")
 	rate := fs.Float64("rate", 20, "APDUs per second per session in open-loop scenarios")
 	fs.Usage = func() {
@@ -63,6 +63,8 @@ func run() int {
 		switch {
 		case sscan(s, "closed%d", &n):
 			res, err = r.ClosedLoop(ctx, n, *dur)
+		case sscan(s, "floor%d", &n):
+			res, err = r.Floor(ctx, n, *dur)
 		case sscan(s, "open%d", &n):
 			res, err = r.OpenLoop(ctx, n, *rate, *dur)
 		case sscan(s, "idle%d", &n):

@@ -38,6 +38,7 @@ type ServerStats struct {
 // until in reaches EOF.
 func ServeChild(in io.Reader, out io.Writer) error {
 	raiseFileLimit()
+	floor := os.Getenv(floorEnv) == "1"
 	if path := os.Getenv("WSRC_BENCH_CPUPROFILE"); path != "" {
 		f, err := os.Create(path)
 		if err != nil {
@@ -59,8 +60,14 @@ func ServeChild(in io.Reader, out io.Writer) error {
 	}
 	us := &http.Server{Handler: srv.UserHandler()}
 	cs := &http.Server{Handler: srv.CardHandler()}
-	go us.Serve(ul) //nolint:errcheck // ends when the listener closes below
-	go cs.Serve(cl) //nolint:errcheck
+	floorDone := make(chan struct{})
+	if floor {
+		go func() { defer close(floorDone); serveFloor(ul, cl) }()
+	} else {
+		close(floorDone)
+		go us.Serve(ul) //nolint:errcheck // ends when the listener closes below
+		go cs.Serve(cl) //nolint:errcheck
+	}
 	fmt.Fprintf(out, "ports %d %d\n", ul.Addr().(*net.TCPAddr).Port, cl.Addr().(*net.TCPAddr).Port)
 
 	sc := bufio.NewScanner(in)
@@ -81,6 +88,11 @@ func ServeChild(in io.Reader, out io.Writer) error {
 	defer cancel()
 	us.Close()
 	cs.Close()
+	if floor {
+		ul.Close()
+		cl.Close()
+		<-floorDone
+	}
 	return srv.Shutdown(ctx)
 }
 
@@ -124,6 +136,10 @@ func raiseFileLimit() {
 	}
 }
 
+// floorEnv, set to 1 in the child's environment, makes it run the floor
+// relay instead of wsrc-server.
+const floorEnv = "WSRC_BENCH_FLOOR"
+
 // serverProc is the parent's handle on the server child.
 type serverProc struct {
 	cmd      *exec.Cmd
@@ -131,13 +147,16 @@ type serverProc struct {
 	out      *bufio.Reader
 	userURL  string
 	cardURL  string
+	userAddr string
+	cardAddr string
 	finished chan error
 }
 
 // startServer re-executes self with args (which must make it call
 // ServeChild) and reads the ports it listens on.
-func startServer(self string, args ...string) (*serverProc, error) {
+func startServer(self string, env []string, args ...string) (*serverProc, error) {
 	cmd := exec.Command(self, args...)
+	cmd.Env = append(os.Environ(), env...)
 	cmd.Stderr = os.Stderr
 	in, err := cmd.StdinPipe()
 	if err != nil {
@@ -161,8 +180,10 @@ func startServer(self string, args ...string) (*serverProc, error) {
 		p.stop()
 		return nil, fmt.Errorf("server child said %q: %w", line, err)
 	}
-	p.userURL = fmt.Sprintf("ws://127.0.0.1:%d/", up)
-	p.cardURL = fmt.Sprintf("ws://127.0.0.1:%d/", cp)
+	p.userAddr = fmt.Sprintf("127.0.0.1:%d", up)
+	p.cardAddr = fmt.Sprintf("127.0.0.1:%d", cp)
+	p.userURL = "ws://" + p.userAddr + "/"
+	p.cardURL = "ws://" + p.cardAddr + "/"
 	return p, nil
 }
 

@@ -65,6 +65,7 @@ type Runner struct {
 	// ChildArgs making it call ServeChild.
 	Self      string
 	ChildArgs []string
+	ChildEnv  []string  // added to the child's environment
 	Log       io.Writer // progress messages
 }
 
@@ -77,7 +78,7 @@ type pair struct {
 // setup starts a server child and connects n card/user pairs. The
 // returned cleanup closes every connection and stops the child.
 func (r *Runner) setup(ctx context.Context, n int, withUsers bool) (*serverProc, []pair, func(), error) {
-	srv, err := startServer(r.Self, r.ChildArgs...)
+	srv, err := startServer(r.Self, r.ChildEnv, r.ChildArgs...)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -146,22 +147,33 @@ func (r *Runner) ClosedLoop(ctx context.Context, n int, d time.Duration) (Result
 		return Result{}, err
 	}
 	defer cleanup()
+	res, err := r.closedLoop(srv, n, d, func(i int, _ []byte) error {
+		return pairs[i].user.roundTrip(benchAPDU, "r_apdu")
+	})
+	res.Name = fmt.Sprintf("closed loop, %d session(s)", n)
+	return res, err
+}
+
+// closedLoop drives roundTrip(i, scratch) for sessions 0..n-1 back to back:
+// a warm-up of d/5, then d measured, with the server's stats around it.
+func (r *Runner) closedLoop(srv *serverProc, n int, d time.Duration, roundTrip func(i int, scratch []byte) error) (Result, error) {
 	run := func(d time.Duration, record bool) ([][]time.Duration, error) {
 		lat := make([][]time.Duration, n)
 		g := new(errgroup.Group)
 		deadline := time.Now().Add(d)
-		for i, p := range pairs {
+		for i := range n {
 			g.Go(func() error {
 				var l []time.Duration
 				if record {
 					l = make([]time.Duration, 0, 1<<16)
 				}
+				scratch := make([]byte, 64)
 				for {
 					t0 := time.Now()
 					if !t0.Before(deadline) {
 						break
 					}
-					if err := p.user.roundTrip(benchAPDU, "r_apdu"); err != nil {
+					if err := roundTrip(i, scratch); err != nil {
 						return err
 					}
 					if record {
@@ -191,7 +203,7 @@ func (r *Runner) ClosedLoop(ctx context.Context, n int, d time.Duration) (Result
 	if err != nil {
 		return Result{}, err
 	}
-	res := summarize(fmt.Sprintf("closed loop, %d session(s)", n), n, lat, elapsed)
+	res := summarize("", n, lat, elapsed)
 	res.ServerCPU = after.CPU - before.CPU
 	res.Mallocs = after.Mallocs - before.Mallocs
 	return res, nil
@@ -252,7 +264,7 @@ func (r *Runner) OpenLoop(ctx context.Context, n int, rate float64, d time.Durat
 // per connection.
 func (r *Runner) Idle(ctx context.Context, n int) (Result, error) {
 	r.logf("idle: %d card connections", n)
-	srv, err := startServer(r.Self, r.ChildArgs...)
+	srv, err := startServer(r.Self, r.ChildEnv, r.ChildArgs...)
 	if err != nil {
 		return Result{}, err
 	}

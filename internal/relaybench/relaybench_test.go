@@ -40,6 +40,13 @@ func TestScenarios(t *testing.T) {
 	if res.APDUs == 0 || res.P50 <= 0 || res.Max < res.P99 || res.ServerCPU <= 0 {
 		t.Errorf("closed loop result implausible: %+v", res)
 	}
+	res, err = r.Floor(ctx, 2, 100*time.Millisecond)
+	if err != nil {
+		t.Fatalf("floor: %v", err)
+	}
+	if res.APDUs == 0 || res.ServerCPU <= 0 {
+		t.Errorf("floor result implausible: %+v", res)
+	}
 	res, err = r.OpenLoop(ctx, 3, 50, 100*time.Millisecond)
 	if err != nil {
 		t.Fatalf("open loop: %v", err)

@@ -1,0 +1,362 @@
+package pcscchain
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"errors"
+	"log/slog"
+	"net/http/httptest"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/wsrc-go/wsrc/agent"
+	"github.com/wsrc-go/wsrc/card"
+	"github.com/wsrc-go/wsrc/card/sim"
+	"github.com/wsrc-go/wsrc/client"
+	"github.com/wsrc-go/wsrc/internal/pcscdtest"
+	"github.com/wsrc-go/wsrc/internal/vpcd"
+	"github.com/wsrc-go/wsrc/pcsc"
+	"github.com/wsrc-go/wsrc/pcsc/agentbackend"
+	"github.com/wsrc-go/wsrc/protocol"
+	"github.com/wsrc-go/wsrc/server"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// waitTimeout bounds every wait for the chain to reach a state. Normally
+// each takes well under a second; the bound is generous for loaded CI
+// machines.
+const waitTimeout = 30 * time.Second
+
+// pollInterval is how often waitCards looks at the server's card list
+// (see the package doc: the server has no event to wait on).
+const pollInterval = 10 * time.Millisecond
+
+// logBuffer collects the logs of server and agent; they are printed only
+// when the test fails, or when WSRC_TEST_LOG is set.
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// chain is one whole WSRC chain: a private pcscd with two vpcd readers, a
+// server on loopback and an agent serving pcscd's readers to it.
+type chain struct {
+	t   *testing.T
+	d   *pcscdtest.Daemon
+	srv *server.Server
+	// userURL is the server's user port.
+	userURL string
+	// agentDone is closed when the agent's Manager.Run has returned.
+	agentDone chan struct{}
+	agentErr  error // set before agentDone is closed
+}
+
+// newChain starts pcscd, the server and the agent; the test's cleanup
+// stops them (agent first, then server, then pcscd).
+func newChain(t *testing.T) *chain {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("real PC/SC stack test in -short mode")
+	}
+	logs := &logBuffer{}
+	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	c := &chain{t: t, agentDone: make(chan struct{})}
+	t.Cleanup(func() { // runs last
+		if t.Failed() || os.Getenv("WSRC_TEST_LOG") != "" {
+			t.Logf("server and agent log:\n%s", logs.String())
+			if c.d != nil {
+				t.Logf("pcscd log:\n%s", c.d.Log())
+			}
+		}
+	})
+	c.d = pcscdtest.Start(t)
+
+	// ShowRemoteAddr: each card connection's port tells a fresh session
+	// from an old one (TestPcscdRestart).
+	c.srv = server.New(server.Config{ShowRemoteAddr: true}, log.With("program", "server"))
+	users := httptest.NewServer(c.srv.UserHandler())
+	cards := httptest.NewServer(c.srv.CardHandler())
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := c.srv.Shutdown(ctx); err != nil {
+			t.Errorf("server shutdown: %v", err)
+		}
+		users.Close()
+		cards.Close()
+	})
+	c.userURL = "ws://" + users.Listener.Addr().String() + "/"
+
+	b, err := agentbackend.New(agentbackend.Config{
+		Filter:     pcsc.Filter{Include: []string{pcscdtest.ReaderName + "*"}},
+		Logger:     log.With("program", "agent"),
+		MinBackoff: 20 * time.Millisecond,
+		MaxBackoff: 200 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := agent.NewManager(agent.Config{
+		Server: "ws://" + cards.Listener.Addr().String() + "/",
+		Agent:  "pcscchain",
+		Logger: log.With("program", "agent"),
+		Timing: agent.Timing{MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond},
+	}, b)
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		defer close(c.agentDone)
+		c.agentErr = m.Run(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-c.agentDone
+		if c.agentErr != nil {
+			t.Errorf("agent: %v", c.agentErr)
+		}
+	})
+	return c
+}
+
+// insert puts card into vpcd reader i; the test's cleanup removes it.
+func (c *chain) insert(i int, card vpcd.Card) *vpcd.Slot {
+	c.t.Helper()
+	slot := vpcd.NewSlot(c.d.SlotAddr(i))
+	c.t.Cleanup(func() { slot.Remove() })
+	if err := slot.Insert(context.Background(), card); err != nil {
+		c.t.Fatal(err)
+	}
+	return slot
+}
+
+// checkAgentRunning fails the test if the agent's Manager has stopped.
+func (c *chain) checkAgentRunning() {
+	c.t.Helper()
+	select {
+	case <-c.agentDone:
+		c.t.Fatalf("the agent stopped: %v", c.agentErr)
+	default:
+	}
+}
+
+// waitCards polls the server's card list until ok accepts it, and returns
+// that list.
+func (c *chain) waitCards(what string, ok func([]protocol.CardInfo) bool) []protocol.CardInfo {
+	c.t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	tick := time.NewTicker(pollInterval)
+	defer tick.Stop()
+	for {
+		cards := c.srv.Cards()
+		if ok(cards) {
+			return cards
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("waited %v for %s; the server lists %+v", waitTimeout, what, cards)
+		}
+		c.checkAgentRunning()
+		<-tick.C
+	}
+}
+
+// findCard returns the card with iccid in cards, if any.
+func findCard(cards []protocol.CardInfo, iccid string) (protocol.CardInfo, bool) {
+	i := slices.IndexFunc(cards, func(ci protocol.CardInfo) bool { return ci.Identities[protocol.IdentityICCID] == iccid })
+	if i < 0 {
+		return protocol.CardInfo{}, false
+	}
+	return cards[i], true
+}
+
+// waitReady waits until the card with iccid is identified and ready (not
+// associated with a user), and returns it. If not is given, a card whose
+// agent connection has that remote address does not count: it waits for
+// a fresh session of the card.
+func (c *chain) waitReady(iccid string, not ...protocol.RemoteAddr) protocol.CardInfo {
+	c.t.Helper()
+	var found protocol.CardInfo
+	c.waitCards("card ICCID "+iccid+" ready", func(cards []protocol.CardInfo) bool {
+		ci, ok := findCard(cards, iccid)
+		if !ok || ci.State != "ready" || slices.Contains(not, ci.RemoteAddr) {
+			return false
+		}
+		found = ci
+		return true
+	})
+	return found
+}
+
+// waitGone waits until no card with iccid is listed.
+func (c *chain) waitGone(iccid string) {
+	c.t.Helper()
+	c.waitCards("card ICCID "+iccid+" to leave", func(cards []protocol.CardInfo) bool {
+		_, ok := findCard(cards, iccid)
+		return !ok
+	})
+}
+
+// dial connects a user; the test's cleanup closes it.
+func (c *chain) dial() *client.Client {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	u, err := client.Dial(ctx, c.userURL, client.WithRequestTimeout(waitTimeout), client.WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(func() { u.Close() })
+	return u
+}
+
+// selectCard dials a user and selects the card with iccid.
+func (c *chain) selectCard(iccid string) *client.Client {
+	c.t.Helper()
+	u := c.dial()
+	if _, err := u.Select(context.Background(), "iccid", iccid); err != nil {
+		c.t.Fatal(err)
+	}
+	return u
+}
+
+// Commands used by the scenarios (card/sim's file tree).
+var (
+	selectMF    = mustHex("00a40004023f00")
+	selectICCID = mustHex("00a40004022fe2")
+	selectBig   = mustHex("00a4000c026f99") // EF 6F99, 4000 bytes, no FCP
+)
+
+func mustHex(s string) []byte {
+	b, err := hex.DecodeString(s)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// readBinaryExt is READ BINARY at offset with an extended Le.
+func readBinaryExt(offset, n int) []byte {
+	return []byte{0x00, 0xb0, byte(offset >> 8), byte(offset), 0x00, byte(n >> 8), byte(n)}
+}
+
+// updateBinaryExt is UPDATE BINARY at offset with extended Lc.
+func updateBinaryExt(offset int, data []byte) []byte {
+	cmd := []byte{0x00, 0xd6, byte(offset >> 8), byte(offset), 0x00, byte(len(data) >> 8), byte(len(data))}
+	return append(cmd, data...)
+}
+
+// bigEF is the initial content of sim's EF 6F99: byte i is i mod 251.
+func bigEF(offset, n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte((offset + i) % 251)
+	}
+	return b
+}
+
+// transmit sends cmd as the user and checks the status word.
+func transmit(t *testing.T, u *client.Client, cmd []byte, wantSW uint16) []byte {
+	t.Helper()
+	resp, sw, err := u.Transmit(context.Background(), cmd)
+	if err != nil {
+		t.Fatalf("APDU %x: %v", cmd, err)
+	}
+	if sw != wantSW {
+		t.Fatalf("APDU %x: SW %04x (data %x), want %04x", cmd, sw, resp, wantSW)
+	}
+	return resp
+}
+
+// recordingCard is a simulated card that records the APDUs vpcd delivers
+// to it: what the agent really sent through PC/SC.
+type recordingCard struct {
+	*sim.Card
+	mu   sync.Mutex
+	cmds [][]byte // guarded by mu
+}
+
+func (r *recordingCard) Process(cmd []byte) []byte {
+	r.mu.Lock()
+	r.cmds = append(r.cmds, slices.Clone(cmd))
+	r.mu.Unlock()
+	return r.Card.Process(cmd)
+}
+
+// since returns the APDUs recorded after the first n.
+func (r *recordingCard) since(n int) [][]byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.cmds[n:])
+}
+
+func (r *recordingCard) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.cmds)
+}
+
+// atrBumpCard is a simulated card whose ATR changes with every reset; it
+// records the kinds of reset vpcd asked for.
+type atrBumpCard struct {
+	*sim.Card
+	mu     sync.Mutex
+	n      byte             // guarded by mu
+	resets []card.ResetKind // guarded by mu
+}
+
+func (r *atrBumpCard) ATR() []byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	atr := r.Card.ATR()
+	// Change the last historical byte; changing TCK alike keeps it valid.
+	atr[len(atr)-2] ^= r.n
+	atr[len(atr)-1] ^= r.n
+	return atr
+}
+
+func (r *atrBumpCard) Reset(ctx context.Context, kind card.ResetKind) ([]byte, error) {
+	r.mu.Lock()
+	r.n++
+	r.resets = append(r.resets, kind)
+	r.mu.Unlock()
+	if _, err := r.Card.Reset(ctx, kind); err != nil {
+		return nil, err
+	}
+	return r.ATR(), nil
+}
+
+func (r *atrBumpCard) resetKinds() []card.ResetKind {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.resets)
+}
+
+// serverError checks that err is the server's answer (not a timeout or a
+// broken connection) and contains want.
+func serverError(t *testing.T, err error, want string) {
+	t.Helper()
+	var se *client.ServerError
+	if !errors.As(err, &se) || !strings.Contains(se.Message, want) {
+		t.Fatalf("got %v, want a server error containing %q", err, want)
+	}
+}

@@ -8,34 +8,31 @@ import (
 	"github.com/wsrc-go/wsrc/agent"
 	"github.com/wsrc-go/wsrc/agent/simbackend"
 	"github.com/wsrc-go/wsrc/card/sim"
+	"github.com/wsrc-go/wsrc/ccid"
+	ccidagent "github.com/wsrc-go/wsrc/ccid/agentbackend"
 	"github.com/wsrc-go/wsrc/pcsc"
-	"github.com/wsrc-go/wsrc/pcsc/agentbackend"
+	pcscagent "github.com/wsrc-go/wsrc/pcsc/agentbackend"
 )
 
 // backendFactory builds one backend from the command line.
 type backendFactory func(o *options) (agent.Backend, error)
 
-// factories lists every backend name --backend accepts. The ccid backend
-// takes its place here when its package (ccid/) has an agent adapter;
-// until then it fails with a clear message.
+// factories lists every backend name --backend accepts, but auto.
 var factories = map[string]backendFactory{
 	"sim":  newSimBackend,
 	"pcsc": newPCSCBackend,
-	"ccid": notBuilt("ccid", "USB CCID"),
+	"ccid": newCCIDBackend,
 }
 
-// autoBackends is what --backend auto stands for. It becomes ccid, pcsc
-// (pcsc taking the readers ccid cannot claim) once ccid is built in.
-var autoBackends = []string{"pcsc"}
+// autoBackends is what --backend auto stands for: both hardware backends
+// at once. A USB reader is claimed by whichever of the agent's ccid
+// backend and pcscd takes it first; the ccid backend skips the readers
+// pcscd holds ("interface claimed by pcscd"), and the pcsc backend serves
+// those.
+var autoBackends = []string{"ccid", "pcsc"}
 
 // knownBackends is the list shown in errors.
 const knownBackends = "sim, pcsc, ccid, auto"
-
-func notBuilt(name, what string) backendFactory {
-	return func(*options) (agent.Backend, error) {
-		return nil, usagef("backend %q (%s readers) is not built into this wsrc-agent yet; use --backend pcsc for readers under pcscd, or --sim N for simulated cards", name, what)
-	}
-}
 
 // backends resolves --backend and --sim into the backends to run.
 func (o *options) backends() ([]agent.Backend, error) {
@@ -117,7 +114,7 @@ func newSimBackend(o *options) (agent.Backend, error) {
 }
 
 func newPCSCBackend(o *options) (agent.Backend, error) {
-	b, err := agentbackend.New(agentbackend.Config{
+	b, err := pcscagent.New(pcscagent.Config{
 		Filter: pcsc.Filter{Include: o.readerInclude, Exclude: o.readerExclude},
 		Open:   pcsc.OpenOptions{Shared: o.pcscShared},
 		Logger: o.log,
@@ -126,4 +123,8 @@ func newPCSCBackend(o *options) (agent.Backend, error) {
 		return nil, usageError{fmt.Sprintf("--reader-include/--reader-exclude: %v", err)}
 	}
 	return b, nil
+}
+
+func newCCIDBackend(o *options) (agent.Backend, error) {
+	return ccidagent.New(ccidagent.Config{Options: ccid.Options{Logger: o.log}}), nil
 }

@@ -73,13 +73,19 @@ Backends (--backend, comma-separated):
          started late or restarted: the agent waits for it and serves
          the cards again when it is back. PCSCLITE_CSOCK_NAME names
          another pcscd socket.
-  ccid   USB CCID readers, directly over libusb   [not built in yet]
-  auto   the default when --sim is not given. For now the same as pcsc;
-         once the ccid backend is built in, ccid first, with pcsc for
-         the readers ccid cannot claim.
+  ccid   USB CCID readers, directly over libusb (the agent's own CCID
+         driver; it needs permission to claim the readers, see the udev
+         rule in systemd/). A reader that pcscd holds is skipped.
+  auto   the default when --sim is not given: ccid and pcsc together.
+         ccid claims every USB reader it can; readers that pcscd holds
+         (or that are not USB CCID) are served through pcsc. Which of the
+         two wins a freshly plugged reader is a race: keep pcscd off the
+         agent's readers (PCSCLITE_FILTER_IGNORE_READER_NAMES), or choose
+         --backend ccid or pcsc.
   --sim N adds the sim backend to whatever --backend chose.
 
-Reader selection (pcsc; --reader-include and --reader-exclude repeat):
+Reader selection (--reader-include and --reader-exclude, repeatable; they
+apply to the pcsc backend only: ccid takes every USB CCID reader it can):
   A pattern is a glob matched against the whole reader name ("*" any run
   of characters but "/", "?" one character, "[...]" a class), or a Go
   regexp between slashes that may match anywhere in the name
@@ -104,7 +110,7 @@ Environment:
 
 Examples:
   wsrc-agent --server ws://relay.example.org:4221/
-  wsrc-agent --server ws://relay.example.org:4221/ --reader-exclude '/(?i)yubikey/'
+  wsrc-agent --server ws://relay.example.org:4221/ --backend pcsc --reader-exclude '/(?i)yubikey/'
   WSRC_AGENT_SERVER=ws://127.0.0.1:4221/ wsrc-agent --sim 1 --sim-protocol t1
   wsrc-agent readers
   wsrc-agent readers --sim 2

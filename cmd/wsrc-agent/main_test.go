@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"os/exec"
 	"strings"
@@ -69,8 +70,9 @@ func TestUsage(t *testing.T) {
 		{[]string{"--sim", "x"}, 2, "invalid value"},
 		{[]string{"-h"}, 0, "--reader-include"},
 		{[]string{"--help"}, 0, `It does not ask the server`},
-		{[]string{"--backend", "ccid", "--sim", "1"}, 2, `backend "ccid" (USB CCID readers) is not built into this wsrc-agent yet; use --backend pcsc`},
-		{[]string{"--backend", "auto,pcsc"}, 2, `backend "pcsc" given twice (auto includes pcsc)`},
+		{[]string{"--backend", "ccid", "--reader-exclude", "x"}, 2, `apply to the pcsc backend, which --backend "ccid" does not use`},
+		{[]string{"--backend", "auto,pcsc"}, 2, `backend "pcsc" given twice (auto includes ccid, pcsc)`},
+		{[]string{"--backend", "ccid,auto"}, 2, `backend "ccid" given twice (auto includes ccid, pcsc)`},
 		{[]string{"--backend", "auto,auto"}, 2, `backend "auto" given twice`},
 		{[]string{"--reader-include", "["}, 2, `--reader-include/--reader-exclude: pcsc backend: reader include pattern: "["`},
 		{[]string{"--backend", "pcsc", "--reader-exclude", "/(/"}, 2, `reader exclude pattern: "/(/"`},
@@ -90,6 +92,39 @@ func TestUsage(t *testing.T) {
 		code, out, errs := runCmd(t, noEnv, tc.args...)
 		if code != tc.code || !strings.Contains(out+errs, tc.want) {
 			t.Errorf("wsrc-agent %q: exit %d, output\n%s%s\nwant exit %d and %q", tc.args, code, out, errs, tc.code, tc.want)
+		}
+	}
+}
+
+// TestBackendChoice: what --backend and --sim resolve to (without running
+// the backends: ccid would look at this machine's USB devices).
+func TestBackendChoice(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "ccid,pcsc"},
+		{[]string{"--backend", "auto"}, "ccid,pcsc"},
+		{[]string{"--sim", "2"}, "sim"},
+		{[]string{"--backend", "pcsc", "--sim", "1"}, "pcsc,sim"},
+		{[]string{"--backend", "sim,auto"}, "sim,ccid,pcsc"},
+		{[]string{"--backend", " CCID "}, "ccid"},
+	} {
+		o, err := parseArgs(tc.args, noEnv, io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bs, err := o.backends()
+		if err != nil {
+			t.Errorf("%q: %v", tc.args, err)
+			continue
+		}
+		var names []string
+		for _, b := range bs {
+			names = append(names, b.Name())
+		}
+		if got := strings.Join(names, ","); got != tc.want {
+			t.Errorf("%q: backends %s, want %s", tc.args, got, tc.want)
 		}
 	}
 }

@@ -119,7 +119,7 @@ func TestServePCSC(t *testing.T) {
 	var stderr syncBuffer
 	done := make(chan int, 1)
 	go func() {
-		done <- run(ctx, []string{"--server", srv.URL(), "--reader-include", pcscdtest.ReaderName + "*"}, noEnv, &syncBuffer{}, &stderr)
+		done <- run(ctx, []string{"--server", srv.URL(), "--backend", "pcsc", "--reader-include", pcscdtest.ReaderName + "*"}, noEnv, &syncBuffer{}, &stderr)
 	}()
 	conn := srv.Accept()
 	h := conn.Hello()

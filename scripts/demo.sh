@@ -66,8 +66,10 @@ pids+=($!)
 step "waiting for the cards to be identified"
 want=$([[ $BACKEND == sim ]] && echo 2 || echo 1)
 for i in $(seq 100); do
-    n=$("$BIN/wsrc" list --json 2>/dev/null | grep -o '"state": *"ready"' | wc -l || true)
-    [[ $n -ge $want ]] && break
+    list=$("$BIN/wsrc" list --json 2>/dev/null || true)
+    ready=$(grep -o '"state": *"ready"' <<<"$list" | wc -l)
+    busy=$(grep -o '"state": *"init"' <<<"$list" | wc -l)
+    [[ $ready -ge $want && $busy -eq 0 ]] && break
     [[ $i -eq 100 ]] && { echo "cards not ready after 10 s" >&2; exit 1; }
     sleep 0.1
 done

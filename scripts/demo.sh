@@ -67,8 +67,8 @@ step "waiting for the cards to be identified"
 want=$([[ $BACKEND == sim ]] && echo 2 || echo 1)
 for i in $(seq 100); do
     list=$("$BIN/wsrc" list --json 2>/dev/null || true)
-    ready=$(grep -o '"state": *"ready"' <<<"$list" | wc -l)
-    busy=$(grep -o '"state": *"init"' <<<"$list" | wc -l)
+    ready=$({ grep -o '"state": *"ready"' <<<"$list" || true; } | wc -l)
+    busy=$({ grep -o '"state": *"init"' <<<"$list" || true; } | wc -l)
     [[ $ready -ge $want && $busy -eq 0 ]] && break
     [[ $i -eq 100 ]] && { echo "cards not ready after 10 s" >&2; exit 1; }
     sleep 0.1

@@ -34,7 +34,7 @@ func TestQEMUCCIDDriver(t *testing.T) {
 	})
 	var s vmscript.Builder
 	s.Modules(usbModules...).
-		WaitUSB(2, 0x0b, 30*time.Second).
+		WaitUSB(2, 0x0b, 60*time.Second).
 		Run("watch", "ccidwatch", "-identify", "3", "-timeout", "90s")
 	tv := boot(t, p, initrd, s.String(), sim.New(cardA), sim.New(cardB))
 	ctx, cancel := context.WithTimeout(context.Background(), vmTimeout)

@@ -38,23 +38,23 @@ func TestQEMUFullStack(t *testing.T) {
 	cardURL := fmt.Sprintf("ws://127.0.0.1:%d/", protocol.DefaultCardPort)
 	var s vmscript.Builder
 	s.Modules(usbModules...).
-		WaitUSB(2, 0x0b, 30*time.Second).
+		WaitUSB(2, 0x0b, 60*time.Second).
 		Start("server", "wsrc-server",
 			"--user-bind-port", fmt.Sprint(protocol.DefaultUserPort),
 			"--card-bind-port", fmt.Sprint(protocol.DefaultCardPort)).
-		WaitTCP(fmt.Sprintf("127.0.0.1:%d", protocol.DefaultCardPort), 30*time.Second).
-		WaitTCP(fmt.Sprintf("127.0.0.1:%d", protocol.DefaultUserPort), 30*time.Second).
+		WaitTCP(fmt.Sprintf("127.0.0.1:%d", protocol.DefaultCardPort), 60*time.Second).
+		WaitTCP(fmt.Sprintf("127.0.0.1:%d", protocol.DefaultUserPort), 60*time.Second).
 		Start("agent", "wsrc-agent", "--server", cardURL, "--backend", "ccid").
 		Env("WSRC_SERVER", userURL).
-		Until("list", 60*time.Second, true, fmt.Sprintf("(?s)(%s.*%s|%s.*%s)", a, b, b, a), "wsrc", "list").
+		Until("list", 90*time.Second, true, fmt.Sprintf("(?s)(%s.*%s|%s.*%s)", a, b, b, a), "wsrc", "list").
 		Run("apdu-a", "wsrc", "apdu", "--iccid", a, "00a40004023f00").
 		Run("apdu-b", "wsrc", "apdu", "--iccid", b, "00a40000022fe2", "00b000000a").
 		Run("reset-a", "wsrc", "reset", "--iccid", a).
 		Run("apdu-a2", "wsrc", "apdu", "--iccid", a, "00a40004023f00").
 		Mark("remove-a").
-		Until("gone-a", 30*time.Second, false, a, "wsrc", "list").
+		Until("gone-a", 90*time.Second, false, a, "wsrc", "list").
 		Mark("insert-a").
-		Until("back-a", 60*time.Second, true, a, "wsrc", "list").
+		Until("back-a", 90*time.Second, true, a, "wsrc", "list").
 		Run("apdu-a3", "wsrc", "apdu", "--iccid", a, "00a40004023f00")
 	tv := boot(t, p, initrd, s.String(), sim.New(cardA), sim.New(cardB))
 	ctx, cancel := context.WithTimeout(context.Background(), vmTimeout)

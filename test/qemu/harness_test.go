@@ -20,9 +20,10 @@ import (
 	"github.com/wsrc-go/wsrc/internal/vscard"
 )
 
-// vmTimeout bounds one VM from start to power-off; a healthy one needs
-// 3–10 s under TCG.
-const vmTimeout = 120 * time.Second
+// vmTimeout bounds one VM from start to power-off, and each wait for it; a
+// healthy one needs 3–10 s under TCG, up to about a minute on a machine
+// loaded by other test packages.
+const vmTimeout = 180 * time.Second
 
 // usbModules are what the guest needs for the emulated readers (qemu-xhci).
 var usbModules = []string{"xhci-pci"}

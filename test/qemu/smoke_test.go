@@ -27,7 +27,7 @@ func TestQEMUSmoke(t *testing.T) {
 	})
 	var s vmscript.Builder
 	s.Modules(usbModules...).
-		WaitUSB(2, 0x0b, 30*time.Second).
+		WaitUSB(2, 0x0b, 60*time.Second).
 		Run("apdu", "usbapdu", "00A40004022FE2"). // SELECT EF.ICCID
 		Run("loop", "loopcheck")
 	cards := []vscard.Card{

@@ -20,8 +20,11 @@ var realSystem system = scardSystem{}
 // process: it records each reader name's C string in a package-level map
 // without a lock, so two concurrent calls would corrupt the map (or let a
 // buffer still used by C be collected). Holding it across the blocking call
-// is why Watch calls GetStatusChange with a bounded timeout: a second
-// watcher in the same process waits at most that long for its turn.
+// is why Watch calls GetStatusChange with a bounded timeout
+// (WatchOptions.PollTimeout): Snapshot, Readers or a second watcher in the
+// same process wait at most that long for their turn. Card never calls
+// GetStatusChange (see Card.cardGone), so an open card's removal check
+// never waits for the lock.
 var statusChangeMu sync.Mutex
 
 func (scardSystem) EstablishContext() (scardContext, error) {

@@ -140,7 +140,13 @@ func (c *Card) Transmit(ctx context.Context, command []byte) ([]byte, error) {
 		return nil, c.cardErr("SCardTransmit", err)
 	}
 	if len(rsp) < 2 {
-		return nil, fmt.Errorf("transmit on reader %q: response of %d bytes has no status word", c.reader, len(rsp))
+		// pcscd reports success with an empty response when vpcd's card
+		// vanished mid-APDU: a transport failure like any other.
+		err := fmt.Errorf("transmit on reader %q: response of %d bytes has no status word", c.reader, len(rsp))
+		if c.cardGone() {
+			return nil, fmt.Errorf("%w: %w", err, card.ErrRemoved)
+		}
+		return nil, err
 	}
 	return rsp, nil
 }
@@ -222,34 +228,39 @@ func (c *Card) cardErr(op string, err error) error {
 // removalGrace is how long cardGone waits for pcscd to notice a removal
 // that the reader driver already ran into: pcscd polls readers without
 // card-event interrupts (vpcd, serial readers) about every 400 ms.
-var removalGrace = 1500 * time.Millisecond
+// removalPoll is how often it asks meanwhile. Variables so tests can
+// change them.
+var (
+	removalGrace = 1500 * time.Millisecond
+	removalPoll  = 50 * time.Millisecond
+)
 
 // cardGone asks pcscd whether the card is still there after a vague
 // transport error. The driver can fail before pcscd's next presence poll,
 // so a card still reported present gets removalGrace to change state.
+//
+// It asks with SCardStatus on the card's own handle, polled every
+// removalPoll, and never with SCardGetStatusChange: that call is
+// serialised process-wide (statusChangeMu, adapter.go) and a Watch in
+// the same process holds it for up to its poll timeout, which would hold
+// the user's error back by as much. SCardStatus needs no lock, and once
+// pcscd has seen the removal (or a swap: the reader's event counter moved
+// past the handle's) it fails with SCARD_W_REMOVED_CARD.
 func (c *Card) cardGone() bool {
-	st, err := c.h.Status()
-	if err != nil {
-		return isGone(err) || isCode(err, CodeNoSmartcard)
-	}
-	if st.State&statusPresent == 0 {
-		return true
-	}
-	rs := []readerState{{Reader: c.reader, Current: stateUnaware}}
-	if err := c.ctx.GetStatusChange(rs, 0); err != nil {
-		return isGone(err)
-	}
-	if rs[0].Event&statePresent == 0 {
-		return true
-	}
-	was := rs[0].Event &^ stateChanged
-	rs[0].Current = was
-	switch err := c.ctx.GetStatusChange(rs, removalGrace); {
-	case err == nil:
-		ev := rs[0].Event
-		return ev&statePresent == 0 || ev&stateCounterMask != was&stateCounterMask
-	default:
-		return isGone(err)
+	deadline := time.Now().Add(removalGrace)
+	for {
+		st, err := c.h.Status()
+		if err != nil {
+			return isGone(err) || isCode(err, CodeNoSmartcard)
+		}
+		if st.State&statusPresent == 0 {
+			return true
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return false
+		}
+		time.Sleep(min(removalPoll, left))
 	}
 }
 

@@ -213,6 +213,15 @@ func TestTransmitRemoval(t *testing.T) {
 				return nil, CodeCommError
 			}
 		}, true, CodeCommError},
+		{"empty response, card gone", func(s *fakeSys) {
+			s.reader("A").transmit = func([]byte) ([]byte, error) {
+				s.remove("A")
+				return []byte{}, nil
+			}
+		}, true, card.ErrRemoved},
+		{"empty response, card still there", func(s *fakeSys) {
+			s.reader("A").transmit = func([]byte) ([]byte, error) { return []byte{0x90}, nil }
+		}, false, nil},
 		{"sharing reset", func(s *fakeSys) { s.reader("A").failNext = CodeResetCard }, false, CodeResetCard},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -229,7 +238,7 @@ func TestTransmitRemoval(t *testing.T) {
 				if got := errors.Is(err, card.ErrRemoved); got != tt.removed {
 					t.Fatalf("errors.Is(%v, card.ErrRemoved) = %v, want %v", err, got, tt.removed)
 				}
-				if !errors.Is(err, tt.is) || !strings.Contains(err.Error(), `"A"`) {
+				if (tt.is != nil && !errors.Is(err, tt.is)) || !strings.Contains(err.Error(), `"A"`) {
 					t.Fatalf("err = %v, want %v naming the reader", err, tt.is)
 				}
 				if err := c.Close(); err != nil {
@@ -237,6 +246,11 @@ func TestTransmitRemoval(t *testing.T) {
 				}
 				if _, live, cards, _ := sys.counts(); live != 0 || cards != 0 {
 					t.Fatalf("left %d contexts, %d cards", live, cards)
+				}
+				// The removal check must not use SCardGetStatusChange:
+				// a Watch in the same process holds its lock.
+				if n := sys.statusWaits; n != 0 {
+					t.Fatalf("the removal check called SCardGetStatusChange %d times", n)
 				}
 			})
 		})

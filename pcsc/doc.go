@@ -29,6 +29,13 @@
 // fails with card.ErrRemoved and ErrServiceUnavailable and must be
 // reopened, which the agent does when Watch reports the card present again.
 //
+// Removal during an APDU: a transmit that fails vaguely (a driver error,
+// an empty response) asks pcscd with SCardStatus on the card's own handle
+// whether the card is gone, for up to 1.5 s while pcscd's presence poll
+// catches up. It never uses SCardGetStatusChange, which ebfe/scard needs
+// serialised process-wide and which Watch holds while it waits, so the
+// error reaches the user as soon as pcscd has seen the removal.
+//
 // Sharing: Open connects exclusively by default, so no other PC/SC client
 // (pcsc_scan, a browser, gpg's scdaemon) can interleave APDUs with the
 // relayed session; OpenOptions.Shared opts out.

@@ -17,8 +17,10 @@ type fakeSys struct {
 	order   []string
 	changed chan struct{} // closed and replaced on every change
 	// dropCancel models SCardCancel arriving when no call is waiting
-	// (pcsc-lite then forgets it): every Cancel is lost.
-	dropCancel bool
+	// (pcsc-lite then forgets it): every Cancel is lost. dropCancels
+	// loses only that many of them, the first ones.
+	dropCancel  bool
+	dropCancels int
 	// unknownReaderErr makes GetStatusChange fail with
 	// SCARD_E_UNKNOWN_READER for a vanished reader instead of flagging
 	// it SCARD_STATE_UNKNOWN.
@@ -28,6 +30,7 @@ type fakeSys struct {
 	liveCtx     int // contexts established and not released
 	liveCards   int // handles connected and not disconnected
 	cancels     int // Cancel calls
+	statusWaits int // GetStatusChange calls
 }
 
 type fakeReader struct {
@@ -167,6 +170,9 @@ func (c *fakeCtx) ListReaders() ([]string, error) {
 }
 
 func (c *fakeCtx) GetStatusChange(states []readerState, timeout time.Duration) error {
+	c.sys.mu.Lock()
+	c.sys.statusWaits++
+	c.sys.mu.Unlock()
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 	for {
@@ -240,6 +246,10 @@ func (c *fakeCtx) Cancel() error {
 	c.sys.cancels++
 	if c.released {
 		return CodeInvalidHandle
+	}
+	if c.sys.dropCancels > 0 {
+		c.sys.dropCancels--
+		return nil
 	}
 	if c.waiting != nil && !c.sys.dropCancel {
 		close(c.waiting)

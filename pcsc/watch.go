@@ -38,13 +38,23 @@ type WatchOptions struct {
 	// pcscd after it went away (doubling, with jitter); zero means 250ms
 	// and 10s.
 	MinBackoff, MaxBackoff time.Duration
+	// PollTimeout bounds each SCardGetStatusChange; zero means
+	// DefaultPollTimeout. Events arrive without waiting for it: it only
+	// bounds how long Snapshot, Readers or another Watch in the same
+	// process wait for their turn (ebfe/scard's GetStatusChange is
+	// serialised process-wide). Open cards never wait for it.
+	PollTimeout time.Duration
 }
 
-// pollTimeout bounds each SCardGetStatusChange. Events arrive without
-// waiting for it; it only bounds how long a lost SCardCancel (ctx done just
-// before the call started) or another watcher in the same process (see
-// statusChangeMu) can delay this one. A variable so tests can shorten it.
-var pollTimeout = 2 * time.Second
+// DefaultPollTimeout is WatchOptions.PollTimeout's default.
+const DefaultPollTimeout = 2 * time.Second
+
+// cancelRetry is how often the watcher repeats SCardCancel until its
+// session has ended: pcsc-lite forgets a Cancel that arrives while no
+// SCardGetStatusChange is waiting (ctx done just before the call
+// started), so one Cancel alone could leave Watch blocked for a whole
+// PollTimeout. A variable so tests can change it.
+var cancelRetry = 100 * time.Millisecond
 
 // Watch reports reader and card changes to fn until ctx is done.
 //
@@ -80,6 +90,7 @@ type watcher struct {
 	log  *slog.Logger
 	minB time.Duration
 	maxB time.Duration
+	poll time.Duration // PollTimeout
 
 	// owned by run's goroutine
 	known map[string]*slot
@@ -104,7 +115,10 @@ func newWatcher(sys system, opts WatchOptions, fn func(ReaderEvent)) (*watcher, 
 		return nil, errors.New("pcsc watch: nil event function")
 	}
 	w := &watcher{sys: sys, m: m, fn: fn, log: opts.Logger, minB: opts.MinBackoff, maxB: opts.MaxBackoff,
-		known: map[string]*slot{}}
+		poll: opts.PollTimeout, known: map[string]*slot{}}
+	if w.poll <= 0 {
+		w.poll = DefaultPollTimeout
+	}
 	if w.log == nil {
 		w.log = slog.Default()
 	}
@@ -163,12 +177,26 @@ func (w *watcher) session(ctx context.Context) (healthy bool, err error) {
 		return false, wrapErr("SCardEstablishContext", "", err)
 	}
 	defer sctx.Release()
-	cancelled := make(chan struct{})
+	// When ctx is done, a goroutine cancels the blocking wait, again every
+	// cancelRetry until the session has returned (a Cancel can be lost, see
+	// cancelRetry). The session waits for that goroutine before Release.
+	ended := make(chan struct{})     // closed when the session returns
+	cancelled := make(chan struct{}) // closed when the Cancel goroutine exits
 	stop := context.AfterFunc(ctx, func() {
 		defer close(cancelled)
-		_ = sctx.Cancel()
+		t := time.NewTicker(cancelRetry)
+		defer t.Stop()
+		for {
+			_ = sctx.Cancel()
+			select {
+			case <-ended:
+				return
+			case <-t.C:
+			}
+		}
 	})
 	defer func() {
+		close(ended)
 		if !stop() {
 			<-cancelled // the Cancel goroutine has started: wait for its exit
 		}
@@ -193,7 +221,7 @@ func (w *watcher) session(ctx context.Context) (healthy bool, err error) {
 		for _, r := range names {
 			states = append(states, readerState{Reader: r, Current: w.known[r].current})
 		}
-		err := sctx.GetStatusChange(states, pollTimeout)
+		err := sctx.GetStatusChange(states, w.poll)
 		switch {
 		case err == nil:
 		case isCode(err, CodeTimeout), isCode(err, CodeCancelled):

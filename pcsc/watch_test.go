@@ -218,22 +218,30 @@ func TestWatchStartsWithoutPcscd(t *testing.T) {
 	})
 }
 
+// TestWatchCancelInterruptsWait: stopping interrupts the wait at once; a
+// Cancel that pcsc-lite forgets is sent again, so the watcher stops after
+// cancelRetry per lost Cancel, not after its poll timeout (an hour).
 func TestWatchCancelInterruptsWait(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		sys := newFakeSys()
-		sys.addReader("A")
-		w := startWatch(t, sys, WatchOptions{})
-		w.expect(absent("A"))
-		start := time.Now()
-		w.stop()
-		if d := time.Since(start); d != 0 {
-			t.Fatalf("stop took %v of fake time; Cancel should interrupt at once", d)
-		}
-		if _, _, _, cancels := sys.counts(); cancels != 1 {
-			t.Fatalf("%d Cancel calls, want 1", cancels)
-		}
-		w.expect(gone("A"))
-	})
+	for _, lost := range []int{0, 2} {
+		t.Run(fmt.Sprintf("%d lost", lost), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				sys := newFakeSys()
+				sys.dropCancels = lost
+				sys.addReader("A")
+				w := startWatch(t, sys, WatchOptions{PollTimeout: time.Hour})
+				w.expect(absent("A"))
+				start := time.Now()
+				w.stop()
+				if d, want := time.Since(start), time.Duration(lost)*cancelRetry; d != want {
+					t.Fatalf("stop took %v of fake time, want %v", d, want)
+				}
+				if _, _, _, cancels := sys.counts(); cancels != lost+1 {
+					t.Fatalf("%d Cancel calls, want %d", cancels, lost+1)
+				}
+				w.expect(gone("A"))
+			})
+		})
+	}
 }
 
 func TestWatchLostCancelBoundedByPollTimeout(t *testing.T) {
@@ -245,9 +253,37 @@ func TestWatchLostCancelBoundedByPollTimeout(t *testing.T) {
 		w.expect(absent("A"))
 		start := time.Now()
 		w.stop()
-		if d := time.Since(start); d > pollTimeout {
-			t.Fatalf("stop took %v with a lost Cancel, want <= %v", d, pollTimeout)
+		if d := time.Since(start); d > DefaultPollTimeout {
+			t.Fatalf("stop took %v with every Cancel lost, want <= %v", d, DefaultPollTimeout)
 		}
+	})
+}
+
+// TestWatchPollTimeout: each wait lasts PollTimeout when nothing changes.
+func TestWatchPollTimeout(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		sys := newFakeSys()
+		sys.addReader("A")
+		w := startWatch(t, sys, WatchOptions{PollTimeout: 5 * time.Second})
+		w.expect(absent("A"))
+		waits := func() int {
+			sys.mu.Lock()
+			defer sys.mu.Unlock()
+			return sys.statusWaits
+		}
+		before := waits()
+		time.Sleep(5*time.Second - time.Nanosecond)
+		synctest.Wait()
+		if n := waits(); n != before {
+			t.Fatalf("%d waits before PollTimeout elapsed", n-before)
+		}
+		time.Sleep(time.Nanosecond)
+		synctest.Wait()
+		if n := waits(); n != before+1 {
+			t.Fatalf("%d waits after PollTimeout elapsed, want 1", n-before)
+		}
+		w.stop()
+		w.expect(gone("A"))
 	})
 }
 

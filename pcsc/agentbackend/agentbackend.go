@@ -43,6 +43,9 @@ type Config struct {
 	// MinBackoff and MaxBackoff bound pcscd reconnection (see
 	// pcsc.WatchOptions); zero means the pcsc defaults.
 	MinBackoff, MaxBackoff time.Duration
+	// PollTimeout bounds each wait of the reader watcher (see
+	// pcsc.WatchOptions); zero means pcsc.DefaultPollTimeout.
+	PollTimeout time.Duration
 }
 
 // Backend is the PC/SC backend. It implements agent.Backend.
@@ -88,7 +91,8 @@ func (b *Backend) Run(ctx context.Context, events chan<- agent.SlotEvent) error 
 	if log == nil {
 		log = slog.Default()
 	}
-	opts := pcsc.WatchOptions{Filter: b.cfg.Filter, Logger: log, MinBackoff: b.cfg.MinBackoff, MaxBackoff: b.cfg.MaxBackoff}
+	opts := pcsc.WatchOptions{Filter: b.cfg.Filter, Logger: log, MinBackoff: b.cfg.MinBackoff, MaxBackoff: b.cfg.MaxBackoff,
+		PollTimeout: b.cfg.PollTimeout}
 	return b.watch(ctx, opts, func(ev pcsc.ReaderEvent) {
 		se := agent.SlotEvent{Slot: b.slot(ev.Reader)}
 		switch {

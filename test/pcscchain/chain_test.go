@@ -73,9 +73,12 @@ type chain struct {
 	agentErr  error // set before agentDone is closed
 }
 
+// chainOption changes the agent's PC/SC backend configuration.
+type chainOption func(*agentbackend.Config)
+
 // newChain starts pcscd, the server and the agent; the test's cleanup
 // stops them (agent first, then server, then pcscd).
-func newChain(t *testing.T) *chain {
+func newChain(t *testing.T, opts ...chainOption) *chain {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("real PC/SC stack test in -short mode")
@@ -109,12 +112,16 @@ func newChain(t *testing.T) *chain {
 	})
 	c.userURL = "ws://" + users.Listener.Addr().String() + "/"
 
-	b, err := agentbackend.New(agentbackend.Config{
+	bcfg := agentbackend.Config{
 		Filter:     pcsc.Filter{Include: []string{pcscdtest.ReaderName + "*"}},
 		Logger:     log.With("program", "agent"),
 		MinBackoff: 20 * time.Millisecond,
 		MaxBackoff: 200 * time.Millisecond,
-	})
+	}
+	for _, o := range opts {
+		o(&bcfg)
+	}
+	b, err := agentbackend.New(bcfg)
 	if err != nil {
 		t.Fatal(err)
 	}

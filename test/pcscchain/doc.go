@@ -18,7 +18,9 @@
 // Scenarios: identification (ICCID and EID in list_cards), APDU relay with
 // extended-length commands and responses on T=0, T=1 and T=0 with GET
 // RESPONSE, the agent's GET RESPONSE and 6Cxx handling as the card sees
-// it, reset with a new ATR, card removal while a user holds the card,
+// it, reset with a new ATR, card removal while a user holds the card and
+// while the user's APDU is at the card (the error arrives without waiting
+// for the agent's reader watcher),
 // re-insertion, two readers at once, and pcscd stopped and restarted.
 //
 // Synchronisation: inserting and removing a card are the vpcd connection's

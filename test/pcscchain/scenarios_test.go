@@ -6,8 +6,10 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"net"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,6 +18,7 @@ import (
 	"github.com/wsrc-go/wsrc/card/sim"
 	"github.com/wsrc-go/wsrc/client"
 	"github.com/wsrc-go/wsrc/internal/vpcd"
+	"github.com/wsrc-go/wsrc/pcsc/agentbackend"
 	"github.com/wsrc-go/wsrc/protocol"
 )
 
@@ -219,6 +222,67 @@ func TestRemovalMidSession(t *testing.T) {
 	if _, ok := findCard(cards, iccid); ok {
 		t.Errorf("removed card still listed: %+v", cards)
 	}
+	c.checkAgentRunning()
+}
+
+// pullingCard is a simulated card that is pulled while it processes an
+// APDU, once armed: it closes its vpcd connection and then answers, so
+// the answer is lost and pcscd's driver fails the APDU in flight.
+type pullingCard struct {
+	*sim.Card
+	conn  net.Conn
+	armed atomic.Bool
+}
+
+func (p *pullingCard) Process(cmd []byte) []byte {
+	if p.armed.CompareAndSwap(true, false) {
+		p.conn.Close()
+	}
+	return p.Card.Process(cmd)
+}
+
+// TestRemovalDuringAPDU: the card is pulled while the user's APDU is at
+// the card. The user gets the error promptly, without waiting for the
+// agent's reader watcher: the watcher's poll timeout is an hour, so its
+// wait that follows the removal event ends long after this test. Before
+// the fix, the pcsc card's removal check waited for the lock the watcher
+// holds during that wait (ebfe/scard's GetStatusChange is serialised),
+// and the user's answer came only when the wait ended (2 s by default);
+// with an hour, the APDU would hit the user's request timeout instead of
+// getting the server's error.
+func TestRemovalDuringAPDU(t *testing.T) {
+	c := newChain(t, func(b *agentbackend.Config) { b.PollTimeout = time.Hour })
+	pc := &pullingCard{Card: simCard(0, sim.T0, false)}
+	iccid := pc.Identity().ICCID
+	conn, err := net.Dial("tcp", c.d.SlotAddr(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc.conn = conn
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		vpcd.ServeConn(context.Background(), conn, pc) //nolint:errcheck // the pull breaks the connection
+	}()
+	t.Cleanup(func() { conn.Close(); <-served })
+
+	c.waitReady(iccid)
+	u := c.selectCard(iccid)
+	transmit(t, u, selectMF, 0x9000)
+
+	pc.armed.Store(true)
+	start := time.Now()
+	_, _, err = u.Transmit(context.Background(), selectMF)
+	// The agent's transmit failed on the pulled card ("card agent error:
+	// ... card removed"), or the agent closed the session on pcscd's
+	// removal event while the transmit was failing ("card disconnected").
+	serverError(t, err, "card")
+	t.Logf("APDU in flight when the card was pulled: %v (after %v)", err, time.Since(start).Round(time.Millisecond))
+	if pc.armed.Load() {
+		t.Fatal("the APDU never reached the card")
+	}
+	<-served
+	c.waitGone(iccid)
 	c.checkAgentRunning()
 }
 

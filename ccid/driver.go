@@ -45,6 +45,14 @@ type Options struct {
 	// Voltages is the power-on order for readers without automatic
 	// voltage selection; nil means DefaultVoltages.
 	Voltages []byte
+	// ReaderFilter, when set, is asked about each reader's name (as in
+	// ReaderInfo.Name) before the reader is claimed. A non-empty reason
+	// leaves the reader alone: it is reported Skipped with that reason,
+	// never claimed (so pcscd may take it) and not retried while it stays
+	// plugged in. The agent passes its --reader-include/--reader-exclude
+	// patterns here (pcsc.Filter.Why), so both backends select readers
+	// alike.
+	ReaderFilter func(name string) (reason string)
 }
 
 // EventKind tells what an Event reports.

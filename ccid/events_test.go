@@ -208,6 +208,57 @@ func TestClaimOutcomes(t *testing.T) {
 	})
 }
 
+// TestReaderFilter: a reader the filter refuses is skipped with its
+// reason and never claimed, under Readers and under Run, and stays so on
+// rescans; the others are claimed as usual.
+func TestReaderFilter(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		bus := ccidsim.NewBus()
+		left := bus.Plug(ccidsim.SCR3310)
+		left.Slot(0).Insert(newCard(sim.T0), ccidsim.CardQuirks{})
+		bus.Plug(ccidsim.ACR39U)
+		var asked []string
+		filter := func(name string) string {
+			asked = append(asked, name)
+			if strings.Contains(name, "SCR3310") {
+				return "excluded by test"
+			}
+			return ""
+		}
+		opts := ccid.Options{Bus: bus, Logger: quiet(), ReaderFilter: filter}
+		infos, err := ccid.Readers(context.Background(), opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(infos) != 2 || len(asked) != 2 {
+			t.Fatalf("%d readers, filter asked about %q", len(infos), asked)
+		}
+		for _, ri := range infos {
+			excluded := strings.Contains(ri.Name, "SCR3310")
+			if excluded && (ri.Status != ccid.Skipped || ri.Reason != "excluded by test") {
+				t.Errorf("excluded reader: %v %q", ri.Status, ri.Reason)
+			}
+			if !excluded && ri.Status != ccid.Claimed {
+				t.Errorf("other reader %q: %v %q", ri.Name, ri.Status, ri.Reason)
+			}
+		}
+
+		h := run(t, bus, ccid.Options{ReaderFilter: filter, RescanInterval: 5 * time.Second})
+		seen := map[ccid.ClaimStatus]int{}
+		for range 2 {
+			ev := h.next(ccid.ReaderAdded)
+			seen[ev.Reader.Status]++
+		}
+		if seen[ccid.Claimed] != 1 || seen[ccid.Skipped] != 1 {
+			t.Fatalf("claim outcomes %v", seen)
+		}
+		h.quietFor(11 * time.Second) // rescans: no card event from the excluded reader
+		if left.Claimed() != 0 {
+			t.Errorf("excluded reader has %d interfaces claimed", left.Claimed())
+		}
+	})
+}
+
 // TestReadersSnapshot: Driver.Readers with presence and Open, and the
 // summary the agent prints.
 func TestReadersSnapshot(t *testing.T) {

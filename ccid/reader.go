@@ -196,6 +196,13 @@ func openReader(bus usbio.Bus, info usbio.DeviceInfo, o *Options, log *slog.Logg
 	}
 	ri.Manufacturer, ri.Product, ri.Serial = dev.Strings()
 	ri.Name = readerName(info, ri.Product)
+	if o.ReaderFilter != nil {
+		if why := o.ReaderFilter(ri.Name); why != "" {
+			dev.Close()
+			ri.Status, ri.Reason = Skipped, why
+			return nil, ri
+		}
+	}
 	raw, err := dev.Config()
 	if err != nil {
 		dev.Close()

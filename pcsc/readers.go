@@ -69,6 +69,27 @@ func (f Filter) Match(reader string) bool {
 	return err == nil && m.match(reader)
 }
 
+// Why says why the filter leaves reader out: `excluded by reader exclude
+// pattern "X"`, "matches no reader include pattern", or "" when the
+// filter selects it. A filter with a bad pattern leaves every reader out
+// with the error as the reason. Other backends (the CCID driver's
+// ReaderFilter) use it so that the same patterns select readers alike.
+func (f Filter) Why(reader string) string {
+	m, err := f.compile()
+	if err != nil {
+		return err.Error()
+	}
+	if m.match(reader) {
+		return ""
+	}
+	for i, ex := range m.exclude {
+		if ex(reader) {
+			return fmt.Sprintf("excluded by reader exclude pattern %q", f.Exclude[i])
+		}
+	}
+	return "matches no reader include pattern"
+}
+
 // Validate reports the first bad pattern, if any.
 func (f Filter) Validate() error {
 	_, err := f.compile()

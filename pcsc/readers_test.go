@@ -38,6 +38,25 @@ func TestFilter(t *testing.T) {
 	}
 }
 
+func TestFilterWhy(t *testing.T) {
+	f := Filter{Include: []string{"Virtual*", "/ACR/"}, Exclude: []string{"*01", "/(?i)yubikey/"}}
+	for reader, want := range map[string]string{
+		"Virtual PCD 00 00":      "",
+		"ACS ACR39U 00 00":       "",
+		"Virtual PCD 00 01":      `excluded by reader exclude pattern "*01"`,
+		"Virtual YubiKey 00 00":  `excluded by reader exclude pattern "/(?i)yubikey/"`,
+		"OMNIKEY 3x21 [1-1.2]":   "matches no reader include pattern",
+		"Yubico YubiKey CCID 00": `excluded by reader exclude pattern "/(?i)yubikey/"`, // exclusion is named first
+	} {
+		if got := f.Why(reader); got != want {
+			t.Errorf("Why(%q) = %q, want %q", reader, got, want)
+		}
+	}
+	if got := (Filter{Exclude: []string{"[bad"}}).Why("x"); got == "" {
+		t.Error("a bad pattern selects a reader")
+	}
+}
+
 func TestFilterBadPatterns(t *testing.T) {
 	for _, f := range []Filter{
 		{Include: []string{"[unclosed"}},

@@ -66,8 +66,15 @@ func (o *options) backends() ([]agent.Backend, error) {
 		}
 		expanded = append(expanded, n)
 	}
-	if (len(o.readerInclude) > 0 || len(o.readerExclude) > 0 || o.pcscShared) && !slices.Contains(expanded, "pcsc") {
-		return nil, usagef("--reader-include, --reader-exclude and --pcsc-shared apply to the pcsc backend, which --backend %q does not use", o.backend)
+	hardware := slices.Contains(expanded, "pcsc") || slices.Contains(expanded, "ccid")
+	if (len(o.readerInclude) > 0 || len(o.readerExclude) > 0) && !hardware {
+		return nil, usagef("--reader-include and --reader-exclude apply to the pcsc and ccid backends, which --backend %q does not use", o.backend)
+	}
+	if err := o.readerFilter().Validate(); err != nil {
+		return nil, usageError{fmt.Sprintf("--reader-include/--reader-exclude: %v", err)}
+	}
+	if o.pcscShared && !slices.Contains(expanded, "pcsc") {
+		return nil, usagef("--pcsc-shared applies to the pcsc backend, which --backend %q does not use", o.backend)
 	}
 	var out []agent.Backend
 	built := map[string]bool{}
@@ -113,9 +120,16 @@ func newSimBackend(o *options) (agent.Backend, error) {
 	return b, nil
 }
 
+// readerFilter is --reader-include and --reader-exclude. Both hardware
+// backends select readers with it: pcsc by PC/SC reader name, ccid by its
+// own reader name (product and USB port), with the same pattern rules.
+func (o *options) readerFilter() pcsc.Filter {
+	return pcsc.Filter{Include: o.readerInclude, Exclude: o.readerExclude}
+}
+
 func newPCSCBackend(o *options) (agent.Backend, error) {
 	b, err := pcscagent.New(pcscagent.Config{
-		Filter: pcsc.Filter{Include: o.readerInclude, Exclude: o.readerExclude},
+		Filter: o.readerFilter(),
 		Open:   pcsc.OpenOptions{Shared: o.pcscShared},
 		Logger: o.log,
 	})
@@ -125,6 +139,17 @@ func newPCSCBackend(o *options) (agent.Backend, error) {
 	return b, nil
 }
 
+// ccidTestOptions, set by tests only, adjusts the CCID driver's options
+// (a simulated USB bus instead of this machine's).
+var ccidTestOptions func(*ccid.Options)
+
 func newCCIDBackend(o *options) (agent.Backend, error) {
-	return ccidagent.New(ccidagent.Config{Options: ccid.Options{Logger: o.log}}), nil
+	opts := ccid.Options{Logger: o.log}
+	if f := o.readerFilter(); len(f.Include)+len(f.Exclude) > 0 {
+		opts.ReaderFilter = f.Why
+	}
+	if ccidTestOptions != nil {
+		ccidTestOptions(&opts)
+	}
+	return ccidagent.New(ccidagent.Config{Options: opts}), nil
 }

@@ -85,13 +85,18 @@ Backends (--backend, comma-separated):
   --sim N adds the sim backend to whatever --backend chose.
 
 Reader selection (--reader-include and --reader-exclude, repeatable; they
-apply to the pcsc backend only: ccid takes every USB CCID reader it can):
+apply to the pcsc and ccid backends alike):
   A pattern is a glob matched against the whole reader name ("*" any run
   of characters but "/", "?" one character, "[...]" a class), or a Go
   regexp between slashes that may match anywhere in the name
   ("/(?i)yubikey/"; anchor it with ^ and $). A reader is used when it
   matches some --reader-include (or none is given) and no
-  --reader-exclude.
+  --reader-exclude. The two backends name a reader differently: pcsc
+  uses pcscd's name ("HID Global OMNIKEY 3x21 Smart Card Reader [...] 00
+  00"), ccid the USB product name and port ("OMNIKEY 3x21 Smart Card
+  Reader [1-1.2]"); "wsrc-agent readers" shows both. A reader that ccid
+  leaves out is never claimed, so under auto pcscd may serve it (unless
+  a pcsc pattern leaves it out too).
 
 readers:
   Shows what this agent sees, as pcsc_scan would but per backend: each
@@ -254,9 +259,23 @@ func dispatch(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 		return err
 	}
 	if readers {
-		return printReaders(ctx, stdout, agent.Describe(ctx, backends...))
+		err := printReaders(ctx, stdout, agent.Describe(ctx, backends...))
+		closeBackends(backends, log)
+		return err
 	}
 	return serve(ctx, o, log, backends)
+}
+
+// closeBackends releases what Probe left open (the ccid backend keeps its
+// driver, and the cards it opened, until Close).
+func closeBackends(backends []agent.Backend, log *slog.Logger) {
+	for _, b := range backends {
+		if c, ok := b.(io.Closer); ok {
+			if err := c.Close(); err != nil {
+				log.Warn("closing backend", "backend", b.Name(), "err", err)
+			}
+		}
+	}
 }
 
 func serve(ctx context.Context, o *options, log *slog.Logger, backends []agent.Backend) error {

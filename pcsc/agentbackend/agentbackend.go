@@ -132,7 +132,7 @@ func (b *Backend) Probe(ctx context.Context) agent.BackendReport {
 	for _, st := range states {
 		rr := agent.ReaderReport{Name: st.Reader, Status: agent.StatusLoaded, Details: "PC/SC"}
 		s := agent.SlotReport{Present: st.CardPresent && !st.Mute, ATR: st.ATR}
-		if why := b.excluded(st.Reader); why != "" {
+		if why := b.cfg.Filter.Why(st.Reader); why != "" {
 			rr.Status, rr.Reason = agent.StatusSkipped, why
 		} else {
 			selected++
@@ -150,20 +150,6 @@ func (b *Backend) Probe(ctx context.Context) agent.BackendReport {
 		r.Status, r.Reason = agent.StatusSkipped, "the reader filter selects none of pcscd's readers"
 	}
 	return r
-}
-
-// excluded says why the reader filter leaves reader out, "" if it does not.
-func (b *Backend) excluded(reader string) string {
-	f := b.cfg.Filter
-	if f.Match(reader) {
-		return ""
-	}
-	for _, p := range f.Exclude {
-		if (pcsc.Filter{Include: []string{p}}).Match(reader) {
-			return fmt.Sprintf("excluded by reader exclude pattern %q", p)
-		}
-	}
-	return "matches no reader include pattern"
 }
 
 // probeOpenFunc is openFunc with a hint for the usual reason a listing

@@ -160,6 +160,8 @@ func goBuild(t *testing.T, pkg string, cgo bool) string {
 type image struct {
 	name     string
 	binaries map[string]string // guest name -> host binary
+	// extra, when set, adds more host files (a daemon, its plug-ins).
+	extra func(*initramfs.Builder) error
 }
 
 var images struct {
@@ -192,6 +194,9 @@ func buildImage(t *testing.T, p prereqs, img image) string {
 	}
 	for name, bin := range img.binaries {
 		must(t, b.AddExecutable("/bin/"+name, bin))
+	}
+	if img.extra != nil {
+		must(t, img.extra(b))
 	}
 	must(t, b.Close())
 	must(t, f.Close())

@@ -1,0 +1,351 @@
+package qemu
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wsrc-go/wsrc/card/sim"
+	"github.com/wsrc-go/wsrc/internal/qemuvm/initramfs"
+	"github.com/wsrc-go/wsrc/internal/qemuvm/vmscript"
+)
+
+// benchEnv set to 1 makes TestQEMUBenchCCIDvsPCSC a benchmark: many APDUs
+// and several rounds instead of the quick correctness run of `make test`.
+// benchNEnv overrides the APDUs per kind, benchRoundsEnv the rounds.
+const (
+	benchEnv       = "WSRC_VM_BENCH"
+	benchNEnv      = "WSRC_VM_BENCH_N"
+	benchRoundsEnv = "WSRC_VM_BENCH_ROUNDS"
+)
+
+// The host's pcscd and libccid (Debian packages pcscd and libccid), copied
+// into the guest with their shared libraries.
+const (
+	hostPCSCD     = "/usr/sbin/pcscd"
+	ccidBundle    = "/usr/lib/pcsc/drivers/ifd-ccid.bundle"
+	ccidLib       = ccidBundle + "/Contents/Linux/libccid.so"
+	ccidInfoPlist = ccidBundle + "/Contents/Info.plist"
+)
+
+// TestQEMUBenchCCIDvsPCSC compares, in one VM and on the same emulated
+// reader and card, the per-APDU time of the direct driver (package ccid
+// over libusb) with pcscd + libccid (package pcsc over libpcsclite).
+//
+// One reader, used by one stack at a time: the guest runs the direct
+// driver, which releases the reader when it exits, then starts pcscd,
+// runs the PC/SC client, and stops pcscd again, which releases the reader
+// for the next round. The stacks alternate their order from round to
+// round (ccid, pcsc | pcsc, ccid | ...) so that neither is always first.
+// Two readers, one per stack, would not work: pcscd claims every CCID
+// reader it finds, and both emulated readers have the same VID:PID, so
+// libccid's configuration cannot leave one to the direct driver.
+//
+// By default it is a correctness run for `make test` (30 APDUs of each
+// kind, one round, a few seconds): both stacks must answer every APDU
+// correctly; the figures are only logged. With WSRC_VM_BENCH=1 it runs
+// 2000 APDUs of each kind in 3 rounds and logs a Markdown table for
+// docs/performance.md. Timing is never asserted.
+func TestQEMUBenchCCIDvsPCSC(t *testing.T) {
+	p := need(t)
+	t.Parallel()
+	needPCSCD(t)
+	n, warm, rounds := 30, 5, 1
+	if os.Getenv(benchEnv) == "1" {
+		n, warm, rounds = 2000, 50, 3
+	}
+	n = envInt(t, benchNEnv, n)
+	rounds = envInt(t, benchRoundsEnv, rounds)
+
+	initrd := buildImage(t, p, image{
+		name:     "bench",
+		binaries: map[string]string{"apdubench": goBuild(t, "github.com/wsrc-go/wsrc/test/qemu/guest/apdubench", true)},
+		extra:    addPCSCD,
+	})
+	var s vmscript.Builder
+	s.Modules(usbModules...).WaitUSB(1, 0x0b, 60*time.Second)
+	bench := func(stack string, round int) {
+		s.Run(fmt.Sprintf("%s-%d", stack, round), "apdubench", "-stack", stack,
+			"-n", fmt.Sprint(n), "-warmup", fmt.Sprint(warm), "-timeout", "10m")
+	}
+	pcscRound := func(round int) {
+		s.Start(fmt.Sprintf("pcscd-%d", round), hostPCSCD, "--foreground")
+		bench("pcsc", round)
+		s.Stop(fmt.Sprintf("pcscd-%d", round))
+	}
+	for r := 1; r <= rounds; r++ {
+		if r%2 == 1 {
+			bench("ccid", r)
+			pcscRound(r)
+		} else {
+			pcscRound(r)
+			bench("ccid", r)
+		}
+	}
+	tv := boot(t, p, initrd, s.String(), sim.New(cardB))
+
+	var all []benchResult
+	for r := 1; r <= rounds; r++ {
+		for _, stack := range []string{"ccid", "pcsc"} {
+			name := fmt.Sprintf("%s-%d", stack, r)
+			out := tv.exit(t, name)
+			res, err := parseBench(out)
+			if err != nil {
+				t.Fatalf("%s: %v\n%s", name, err, strings.Join(out, "\n"))
+			}
+			if len(res) != 3 {
+				t.Fatalf("%s: %d results, want 3:\n%s", name, len(res), strings.Join(out, "\n"))
+			}
+			for i := range res {
+				res[i].round = r
+			}
+			all = append(all, res...)
+		}
+	}
+	tv.done(t)
+	load, _ := os.ReadFile("/proc/loadavg")
+	t.Logf("per-APDU time in the guest (TCG), n=%d per APDU kind and round, load average %s\n%s",
+		n, strings.Join(strings.Fields(string(load))[:min(3, len(strings.Fields(string(load))))], " "), benchTable(all))
+}
+
+// needPCSCD skips the test (fails it under CI) when the host lacks pcscd
+// or libccid.
+func needPCSCD(t *testing.T) {
+	t.Helper()
+	for _, f := range []string{hostPCSCD, ccidLib, ccidInfoPlist} {
+		if _, err := os.Stat(f); err != nil {
+			if os.Getenv("CI") == "true" {
+				t.Fatalf("prerequisite missing under CI (Debian packages pcscd, libccid): %v", err)
+			}
+			t.Skipf("skipping: %v (Debian packages pcscd, libccid)", err)
+		}
+	}
+}
+
+// addPCSCD puts pcscd and the libccid bundle into the image, with their
+// shared libraries. Info.plist is a symbolic link to /etc on Debian; the
+// guest gets the file itself. /run is where pcscd makes its socket.
+func addPCSCD(b *initramfs.Builder) error {
+	if err := b.AddExecutable(hostPCSCD, hostPCSCD); err != nil {
+		return err
+	}
+	if err := b.AddExecutable(ccidLib, ccidLib); err != nil {
+		return err
+	}
+	// glibc loads libgcc_s when a thread exits (pthread_exit, used by
+	// pcscd's client threads); nothing names it in DT_NEEDED.
+	gcc, err := hostLib("libgcc_s.so.1")
+	if err != nil {
+		return err
+	}
+	if err := b.AddExecutable(gcc, gcc); err != nil {
+		return err
+	}
+	plist, err := filepath.EvalSymlinks(ccidInfoPlist)
+	if err != nil {
+		return err
+	}
+	if err := b.CopyFile(ccidInfoPlist, plist); err != nil {
+		return err
+	}
+	return b.Dir("/run", 0o755)
+}
+
+// hostLib finds a shared library in the host's x86-64 library directories.
+func hostLib(name string) (string, error) {
+	for _, d := range []string{"/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64"} {
+		p := filepath.Join(d, name)
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%s not found on the host", name)
+}
+
+// envInt reads a positive integer from the environment, def when unset.
+func envInt(t *testing.T, key string, def int) int {
+	t.Helper()
+	v := os.Getenv(key)
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		t.Fatalf("%s=%q: want a positive integer", key, v)
+	}
+	return n
+}
+
+// benchResult is one "result" line of apdubench.
+type benchResult struct {
+	stack, apdu              string
+	round, n                 int
+	mean, p50, p99, min, max time.Duration
+}
+
+// parseBench reads apdubench's result lines:
+// "result STACK APDU N MEAN P50 P99 MIN MAX" (nanoseconds).
+func parseBench(out []string) ([]benchResult, error) {
+	var res []benchResult
+	for _, l := range out {
+		f := strings.Fields(l)
+		if len(f) == 0 || f[0] != "result" {
+			continue
+		}
+		if len(f) != 9 {
+			return nil, fmt.Errorf("bad result line %q", l)
+		}
+		r := benchResult{stack: f[1], apdu: f[2]}
+		var nums [6]int64
+		for i := range nums {
+			v, err := strconv.ParseInt(f[3+i], 10, 64)
+			if err != nil || v < 0 {
+				return nil, fmt.Errorf("bad number %q in %q", f[3+i], l)
+			}
+			nums[i] = v
+		}
+		r.n = int(nums[0])
+		r.mean, r.p50, r.p99, r.min, r.max = time.Duration(nums[1]), time.Duration(nums[2]), time.Duration(nums[3]), time.Duration(nums[4]), time.Duration(nums[5])
+		res = append(res, r)
+	}
+	return res, nil
+}
+
+// benchTable renders the results as Markdown: one row per APDU kind and
+// stack, each round's mean/p50/p99, then the ratio of the direct driver's
+// mean to pcscd's per round.
+func benchTable(rs []benchResult) string {
+	var apdus, stacks []string
+	rounds := 0
+	for _, r := range rs {
+		if !slices.Contains(apdus, r.apdu) {
+			apdus = append(apdus, r.apdu)
+		}
+		if !slices.Contains(stacks, r.stack) {
+			stacks = append(stacks, r.stack)
+		}
+		rounds = max(rounds, r.round)
+	}
+	find := func(apdu, stack string, round int) (benchResult, bool) {
+		for _, r := range rs {
+			if r.apdu == apdu && r.stack == stack && r.round == round {
+				return r, true
+			}
+		}
+		return benchResult{}, false
+	}
+	us := func(d time.Duration) string { return fmt.Sprintf("%.0f", float64(d)/float64(time.Microsecond)) }
+	var b strings.Builder
+	b.WriteString("| APDU | stack |")
+	for r := 1; r <= rounds; r++ {
+		fmt.Fprintf(&b, " round %d mean / p50 / p99 (µs) |", r)
+	}
+	b.WriteString("\n|---|---|")
+	for range rounds {
+		b.WriteString("---:|")
+	}
+	b.WriteString("\n")
+	for _, a := range apdus {
+		for _, s := range stacks {
+			fmt.Fprintf(&b, "| %s | %s |", a, stackName(s))
+			for r := 1; r <= rounds; r++ {
+				if x, ok := find(a, s, r); ok {
+					fmt.Fprintf(&b, " %s / %s / %s |", us(x.mean), us(x.p50), us(x.p99))
+				} else {
+					b.WriteString(" – |")
+				}
+			}
+			b.WriteString("\n")
+		}
+		fmt.Fprintf(&b, "| %s | direct ÷ pcscd (mean) |", a)
+		for r := 1; r <= rounds; r++ {
+			c, ok1 := find(a, "ccid", r)
+			p, ok2 := find(a, "pcsc", r)
+			if ok1 && ok2 && p.mean > 0 {
+				fmt.Fprintf(&b, " %.2f |", float64(c.mean)/float64(p.mean))
+			} else {
+				b.WriteString(" – |")
+			}
+		}
+		b.WriteString("\n")
+	}
+	return b.String()
+}
+
+func stackName(s string) string {
+	switch s {
+	case "ccid":
+		return "direct (ccid, libusb)"
+	case "pcsc":
+		return "pcscd + libccid"
+	}
+	return s
+}
+
+func TestParseBench(t *testing.T) {
+	good := []string{
+		"card ccid \"QEMU USB CCID [1-1]\" atr 3B9F",
+		"result ccid select-mf 30 3056101 2376197 12142183 586463 12142183",
+		"result pcsc read-256 2000 1000 900 5000 800 9000",
+		"done ccid 209042437",
+	}
+	res, err := parseBench(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []benchResult{
+		{stack: "ccid", apdu: "select-mf", n: 30, mean: 3056101, p50: 2376197, p99: 12142183, min: 586463, max: 12142183},
+		{stack: "pcsc", apdu: "read-256", n: 2000, mean: 1000, p50: 900, p99: 5000, min: 800, max: 9000},
+	}
+	if !slices.Equal(res, want) {
+		t.Errorf("parseBench = %+v, want %+v", res, want)
+	}
+	for _, bad := range []string{
+		"result ccid select-mf 30 1 2 3 4",
+		"result ccid select-mf 30 1 2 3 4 5 6",
+		"result ccid select-mf 30 1 2 x 4 5",
+		"result ccid select-mf 30 1 2 -3 4 5",
+		"result ccid select-mf 30 1 2 99999999999999999999 4 5",
+	} {
+		if _, err := parseBench([]string{bad}); err == nil {
+			t.Errorf("parseBench(%q) accepted it", bad)
+		}
+	}
+	table := benchTable([]benchResult{
+		{stack: "ccid", apdu: "select-mf", round: 1, mean: 500 * time.Microsecond, p50: 400 * time.Microsecond, p99: time.Millisecond},
+		{stack: "pcsc", apdu: "select-mf", round: 1, mean: time.Millisecond, p50: 800 * time.Microsecond, p99: 2 * time.Millisecond},
+	})
+	for _, w := range []string{
+		"| select-mf | direct (ccid, libusb) | 500 / 400 / 1000 |",
+		"| select-mf | pcscd + libccid | 1000 / 800 / 2000 |",
+		"| select-mf | direct ÷ pcscd (mean) | 0.50 |",
+	} {
+		if !strings.Contains(table, w) {
+			t.Errorf("table lacks %q:\n%s", w, table)
+		}
+	}
+}
+
+func FuzzParseBench(f *testing.F) {
+	f.Add("result ccid select-mf 30 3056101 2376197 12142183 586463 12142183")
+	f.Add("result pcsc read-256 2000 1000 900 5000 800 9000")
+	f.Add("result ccid select-mf 30 1 2 x 4 5")
+	f.Add("done ccid 1")
+	f.Fuzz(func(t *testing.T, line string) {
+		res, err := parseBench([]string{line})
+		if err != nil {
+			return
+		}
+		for _, r := range res {
+			if r.n < 0 || r.mean < 0 || r.p50 < 0 || r.p99 < 0 || r.min < 0 || r.max < 0 {
+				t.Errorf("negative figure from %q: %+v", line, r)
+			}
+			benchTable(res) // must not panic
+		}
+	})
+}

@@ -276,31 +276,12 @@ func decide(st *cardState, cmd, resp []byte, sw uint16) Redacted {
 		if ok {
 			ch.selectFile(p1, commandData(cmd))
 		}
-	case insReadBinary, insUpdBinary:
-		key := false
-		if p1&0x80 != 0 { // P1 = 100x xxxx: SFI in b5..b1, offset in P2
-			sfi := p1 & 0x1F
-			key = sfiIsKey(ch.df, sfi)
-			if ok {
-				ch.ef = efOfBool(key)
-			}
-		} else {
-			key = ch.ef != efNone
-		}
-		if key {
+	case insReadBinary, insUpdBinary: // P1 = 100x xxxx: SFI in b5..b1
+		if ch.fileIsKey(p1&0x80 != 0, p1&0x1F, ok) {
 			r |= dataPart(ins == insReadBinary)
 		}
-	case insReadRecord, insUpdRecord:
-		key := false
-		if sfi := p2 >> 3; sfi != 0 && sfi != 0x1F { // P2 b8..b4: SFI, 0 = current EF
-			key = sfiIsKey(ch.df, sfi)
-			if ok {
-				ch.ef = efOfBool(key)
-			}
-		} else {
-			key = ch.ef != efNone
-		}
-		if key {
+	case insReadRecord, insUpdRecord: // P2 b8..b4: SFI; 0 (and RFU 1F) the current EF
+		if sfi := p2 >> 3; ch.fileIsKey(sfi != 0 && sfi != 0x1F, sfi, ok) {
 			r |= dataPart(ins == insReadRecord)
 		}
 	case insReadBinaryOdd, insUpdBinaryOdd, insReadRecordOdd, insUpdRecordOdd:
@@ -334,6 +315,20 @@ func decide(st *cardState, cmd, resp []byte, sw uint16) Redacted {
 		ch.pend = pendNone
 	}
 	return r
+}
+
+// fileIsKey reports whether a read or update addresses a key file: the
+// one with short file identifier sfi when hasSFI, else the current EF. A
+// successful access by SFI makes that file the current EF.
+func (c *chanState) fileIsKey(hasSFI bool, sfi byte, ok bool) bool {
+	if !hasSFI {
+		return c.ef != efNone
+	}
+	key := sfiIsKey(c.df, sfi)
+	if ok {
+		c.ef = efOfBool(key)
+	}
+	return key
 }
 
 // dataPart returns RedactedResponse for a read, RedactedCommand for a

@@ -37,11 +37,17 @@
     return s + 's';
   }
 
+  // clock words an RFC 3339 UTC time to the second: "2026-03-01 12:00:05 UTC".
+  function clock(ts) {
+    const m = /^(\d{4}-\d\d-\d\d)T(\d\d:\d\d:\d\d)/.exec(String(ts));
+    return m ? m[1] + ' ' + m[2] + ' UTC' : String(ts);
+  }
+
   // since is a table cell with the age of a timestamp (relative to the
   // server's clock, now) and the timestamp itself as tooltip.
   function since(ts, now) {
     const td = el('td', duration((Date.parse(now) - Date.parse(ts)) / 1000) + ' ago', 'age');
-    td.title = String(ts);
+    td.title = clock(ts);
     return td;
   }
 
@@ -101,7 +107,7 @@
       iccid.appendChild(el('div', k + ' ' + ids[k], 'extra'));
     }
     return row([
-      cell('#' + c.id, 'num'),
+      cell('#' + c.id, 'id'),
       stateCell(c.state),
       iccid,
       cell(ids.EID || '', 'mono'),
@@ -133,7 +139,7 @@
     if (c && c.identities && c.identities.ICCID) {
       card.appendChild(el('span', ' ICCID ' + c.identities.ICCID, 'muted mono'));
     }
-    return row([cell('#' + u.id, 'num'), cell(u.remote_addr, 'mono'), since(u.connected_since, now), card], { user: u.id });
+    return row([cell('#' + u.id, 'id'), cell(u.remote_addr, 'mono'), since(u.connected_since, now), card], { user: u.id });
   }
 
   function render(s) {
@@ -145,7 +151,7 @@
     setText('n-agents', s.agents.length);
     setText('n-users', s.users.length);
     setText('uptime', duration(s.uptime_seconds));
-    setText('started', 'since ' + s.started);
+    setText('started', 'since ' + clock(s.started));
     fill('cards', s.cards.map((c) => cardRow(c, s.time)), 'cards');
     fill('agents', s.agents.map((a) => agentRow(a, s.time)), 'agents');
     fill('users', s.users.map((u) => userRow(u, cards, s.time)), 'users');

@@ -10,7 +10,7 @@ set -euo pipefail
 
 declare -A profile
 profile[build]="gcc libc6-dev pkg-config libusb-1.0-0-dev libpcsclite-dev"
-profile[test]="${profile[build]} pcscd vsmartcard-vpcd libccid qemu-system-x86 xz-utils systemd"
+profile[test]="${profile[build]} pcscd vsmartcard-vpcd libccid qemu-system-x86 xz-utils systemd chromium"
 
 want=()
 for p in "$@"; do

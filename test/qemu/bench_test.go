@@ -33,15 +33,24 @@ const (
 	ccidInfoPlist = ccidBundle + "/Contents/Info.plist"
 )
 
+// benchStacks are apdubench's stacks: the usbfs floor, the direct driver,
+// pcscd + libccid.
+var benchStacks = []string{"usbfs", "ccid", "pcsc"}
+
 // TestQEMUBenchCCIDvsPCSC compares, in one VM and on the same emulated
 // reader and card, the per-APDU time of the direct driver (package ccid
 // over libusb) with pcscd + libccid (package pcsc over libpcsclite).
 //
-// One reader, used by one stack at a time: the guest runs the direct
-// driver, which releases the reader when it exits, then starts pcscd,
-// runs the PC/SC client, and stops pcscd again, which releases the reader
-// for the next round. The stacks alternate their order from round to
-// round (ccid, pcsc | pcsc, ccid | ...) so that neither is always first.
+// A third stack gives the floor both build on: raw usbfs ioctls, one
+// synchronous bulk-out and bulk-in per APDU (QEMU, VSCard and card/sim
+// included); what a stack adds above it is its own cost.
+//
+// One reader, used by one stack at a time: the guest runs the usbfs floor
+// and the direct driver, each releasing the reader when it exits, then
+// starts pcscd, runs the PC/SC client, and stops pcscd again, which
+// releases the reader for the next round. Even rounds run the stacks in
+// the reverse order (usbfs, ccid, pcsc | pcsc, ccid, usbfs | ...) so that
+// none is always first.
 // Two readers, one per stack, would not work: pcscd claims every CCID
 // reader it finds, and both emulated readers have the same VID:PID, so
 // libccid's configuration cannot leave one to the direct driver.
@@ -79,19 +88,23 @@ func TestQEMUBenchCCIDvsPCSC(t *testing.T) {
 		s.Stop(fmt.Sprintf("pcscd-%d", round))
 	}
 	for r := 1; r <= rounds; r++ {
-		if r%2 == 1 {
-			bench("ccid", r)
-			pcscRound(r)
-		} else {
-			pcscRound(r)
-			bench("ccid", r)
+		order := slices.Clone(benchStacks)
+		if r%2 == 0 {
+			slices.Reverse(order)
+		}
+		for _, stack := range order {
+			if stack == "pcsc" {
+				pcscRound(r)
+			} else {
+				bench(stack, r)
+			}
 		}
 	}
 	tv := boot(t, p, initrd, s.String(), sim.New(cardB))
 
 	var all []benchResult
 	for r := 1; r <= rounds; r++ {
-		for _, stack := range []string{"ccid", "pcsc"} {
+		for _, stack := range benchStacks {
 			name := fmt.Sprintf("%s-%d", stack, r)
 			out := tv.exit(t, name)
 			res, err := parseBench(out)
@@ -217,8 +230,9 @@ func parseBench(out []string) ([]benchResult, error) {
 }
 
 // benchTable renders the results as Markdown: one row per APDU kind and
-// stack, each round's mean/p50/p99, then the ratio of the direct driver's
-// mean to pcscd's per round.
+// stack, each round's mean/p50/p99, then per round the ratio of the
+// direct driver's mean to pcscd's and, when the usbfs floor was measured,
+// each stack's p50 above it.
 func benchTable(rs []benchResult) string {
 	var apdus, stacks []string
 	rounds := 0
@@ -273,6 +287,21 @@ func benchTable(rs []benchResult) string {
 			}
 		}
 		b.WriteString("\n")
+		if !slices.Contains(stacks, "usbfs") {
+			continue
+		}
+		fmt.Fprintf(&b, "| %s | above the usbfs floor, p50: direct / pcscd (µs) |", a)
+		for r := 1; r <= rounds; r++ {
+			f, ok0 := find(a, "usbfs", r)
+			c, ok1 := find(a, "ccid", r)
+			p, ok2 := find(a, "pcsc", r)
+			if ok0 && ok1 && ok2 {
+				fmt.Fprintf(&b, " %s / %s |", us(c.p50-f.p50), us(p.p50-f.p50))
+			} else {
+				b.WriteString(" – |")
+			}
+		}
+		b.WriteString("\n")
 	}
 	return b.String()
 }
@@ -283,6 +312,8 @@ func stackName(s string) string {
 		return "direct (ccid, libusb)"
 	case "pcsc":
 		return "pcscd + libccid"
+	case "usbfs":
+		return "floor (raw usbfs)"
 	}
 	return s
 }
@@ -317,6 +348,7 @@ func TestParseBench(t *testing.T) {
 		}
 	}
 	table := benchTable([]benchResult{
+		{stack: "usbfs", apdu: "select-mf", round: 1, mean: 300 * time.Microsecond, p50: 250 * time.Microsecond, p99: time.Millisecond},
 		{stack: "ccid", apdu: "select-mf", round: 1, mean: 500 * time.Microsecond, p50: 400 * time.Microsecond, p99: time.Millisecond},
 		{stack: "pcsc", apdu: "select-mf", round: 1, mean: time.Millisecond, p50: 800 * time.Microsecond, p99: 2 * time.Millisecond},
 	})
@@ -324,6 +356,7 @@ func TestParseBench(t *testing.T) {
 		"| select-mf | direct (ccid, libusb) | 500 / 400 / 1000 |",
 		"| select-mf | pcscd + libccid | 1000 / 800 / 2000 |",
 		"| select-mf | direct ÷ pcscd (mean) | 0.50 |",
+		"| select-mf | above the usbfs floor, p50: direct / pcscd (µs) | 150 / 550 |",
 	} {
 		if !strings.Contains(table, w) {
 			t.Errorf("table lacks %q:\n%s", w, table)

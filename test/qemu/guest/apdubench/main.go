@@ -6,6 +6,8 @@
 //	-stack ccid   the project's ccid package (gousb, libusb), no pcscd
 //	-stack pcsc   the project's pcsc package (ebfe/scard, libpcsclite)
 //	              talking to pcscd with libccid
+//	-stack usbfs  the floor: one synchronous usbfs bulk-out and bulk-in
+//	              per APDU (package rawccid), no driver at all
 //
 // The APDUs suit card/sim's file system:
 //
@@ -38,6 +40,7 @@ import (
 	"github.com/wsrc-go/wsrc/card"
 	"github.com/wsrc-go/wsrc/ccid"
 	"github.com/wsrc-go/wsrc/pcsc"
+	"github.com/wsrc-go/wsrc/test/qemu/guest/internal/rawccid"
 )
 
 func main() {
@@ -45,6 +48,7 @@ func main() {
 	n := flag.Int("n", 200, "timed APDUs of each kind")
 	warm := flag.Int("warmup", 20, "untimed APDUs of each kind before the timed ones")
 	timeout := flag.Duration("timeout", 2*time.Minute, "give up after this long")
+	inBuf := flag.Int("usbfs-buf", 4096, "bulk-in buffer of -stack usbfs, bytes")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
@@ -55,6 +59,8 @@ func main() {
 		err = viaCCID(ctx, log, func(c card.Card, reader string) error { return run(ctx, "ccid", reader, c, *n, *warm) })
 	case "pcsc":
 		err = viaPCSC(ctx, log, func(c card.Card, reader string) error { return run(ctx, "pcsc", reader, c, *n, *warm) })
+	case "usbfs":
+		err = viaUSBFS(*inBuf, func(c card.Card, reader string) error { return run(ctx, "usbfs", reader, c, *n, *warm) })
 	default:
 		err = fmt.Errorf("unknown stack %q", *stack)
 	}
@@ -142,6 +148,44 @@ func viaPCSC(ctx context.Context, log *slog.Logger, fn func(card.Card, string) e
 	}
 	return err
 }
+
+// viaUSBFS opens the first CCID interface with raw usbfs ioctls and hands
+// it to fn as a card.Card (APDUs pass through QEMU's reader verbatim).
+func viaUSBFS(inBuf int, fn func(card.Card, string) error) error {
+	ifs, err := rawccid.Find("/sys/bus/usb/devices")
+	if err != nil {
+		return err
+	}
+	if len(ifs) == 0 {
+		return errors.New("no CCID interface")
+	}
+	r, err := rawccid.Open(ifs[0], inBuf)
+	if err != nil {
+		return err
+	}
+	c := rawCard{r}
+	err = fn(c, ifs[0].SysName)
+	if cerr := c.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// rawCard is a card.Card over one rawccid reader.
+type rawCard struct{ r *rawccid.Reader }
+
+func (c rawCard) ATR() []byte { return c.r.ATR() }
+
+func (c rawCard) Transmit(_ context.Context, apdu []byte) ([]byte, error) {
+	resp, err := c.r.XfrBlock(apdu)
+	return slices.Clone(resp), err
+}
+
+func (c rawCard) Reset(context.Context, card.ResetKind) ([]byte, error) {
+	return nil, errors.New("rawccid: no reset")
+}
+
+func (c rawCard) Close() error { return c.r.Close() }
 
 // apdu is one benchmarked command: setup (untimed, may be nil) is sent
 // once before, check judges every response.

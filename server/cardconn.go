@@ -11,6 +11,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/wsrc-go/wsrc/card"
+	"github.com/wsrc-go/wsrc/internal/auth"
 	"github.com/wsrc-go/wsrc/protocol"
 )
 
@@ -21,11 +22,14 @@ var identify = card.Identify
 type cardConn struct {
 	c     *conn
 	hello protocol.Hello // read-only after hello
+	agent string         // the authenticated agent's name, else hello.Agent; read-only
+	slot  string         // agent and reader, the key for replacing stale connections; "" if either is unknown
 
 	// Guarded by srv.hub.mu; written only while mu is held as well, so
 	// holders of either lock may read them:
-	state string   // protocol.StateInit, StateReady or StateAssociated
-	id    identity // what users select the card by
+	state    string   // protocol.StateInit, StateReady or StateAssociated
+	id       identity // what users select the card by
+	userName string   // the associated user's name or address, for events
 
 	mu      sync.Mutex  // guards the fields below; lock order: mu, then hub.mu
 	user    *userConn   // the associated user; nil when none
@@ -41,6 +45,7 @@ type request struct {
 	want     string    // the reply's msg_type: r_apdu or reset_resp
 	sent     string    // the request's msg_type, for messages
 	deadline time.Time // RequestTimeout after it was sent
+	cmd      []byte    // the command APDU, kept only for a Tracer
 }
 
 // identity is what users select a card by; "" means not known.
@@ -82,12 +87,38 @@ func (s *Server) cardHandshake(c *conn) func() {
 	}
 	atr := hex.EncodeToString(hello.ATR)
 	hello.ATR = nil // kept as a string only
-	cc := &cardConn{c: c, hello: hello, state: protocol.StateInit, id: identity{atr: atr}}
+	cc := &cardConn{c: c, hello: hello, agent: hello.Agent, state: protocol.StateInit, id: identity{atr: atr}}
+	if n := c.who.name(); n != "" {
+		// The authenticated name is the one rules and users see.
+		if hello.Agent != "" && hello.Agent != n {
+			c.log().Debug("agent calls itself otherwise in hello; using its authenticated name", "hello_agent", logSafe(hello.Agent))
+		}
+		cc.agent = n
+	}
+	if cc.agent != "" && hello.Reader != "" {
+		cc.slot = cc.agent + "\x00" + hello.Reader
+	}
 	c.atr = atr
 	if c.write(protocol.HelloAck{}) != nil {
 		return nil
 	}
-	s.hub.add(cc)
+	if old := s.hub.add(cc); old != nil {
+		reason := "replaced by a new connection from the same agent and reader"
+		l := old.c.log()
+		if auth.ClientKey(old.c.addr) == auth.ClientKey(c.addr) {
+			l.Info("card connection replaced by the agent's new one", "agent", logSafe(cc.agent), "reader", logSafe(hello.Reader), "new_remote", c.addr)
+		} else {
+			l.Warn("card connection replaced by one from another address; if two agents share a name or token, give each its own",
+				"agent", logSafe(cc.agent), "reader", logSafe(hello.Reader), "new_remote", c.addr)
+		}
+		old.end(reason)
+		old.c.closeGently(websocket.ClosePolicyViolation, reason)
+	}
+	cc.mu.Lock()
+	if cc.gone == "" {
+		cc.emit()
+	}
+	cc.mu.Unlock()
 	if !cc.identify() {
 		cc.end("identification failed")
 		return nil
@@ -100,6 +131,20 @@ func (s *Server) cardHandshake(c *conn) func() {
 		c.log().Info("card connection ended", "reason", reason)
 		cc.end(reason)
 	}
+}
+
+// emit tells the Observer the card's state. Called with cc.mu held, so
+// that a card's events arrive in the order of its changes.
+func (cc *cardConn) emit() {
+	h := &cc.srv().hub
+	h.mu.Lock()
+	ev := CardEvent{ID: cc.c.id, Agent: cc.agent, Reader: cc.hello.Reader, Identities: cc.id.identities(),
+		State: cc.state, User: cc.userName}
+	h.mu.Unlock()
+	if cc.gone != "" {
+		ev.State, ev.User = "", ""
+	}
+	cc.srv().obs.CardChanged(ev)
 }
 
 // identify runs the identification and moves the card to ready. It
@@ -115,7 +160,7 @@ func (cc *cardConn) identify() bool {
 	if err != nil {
 		var refused *cardRefused
 		switch {
-		case c.isClosing(): // shutting down
+		case c.isClosing(): // shutting down, or replaced
 			return false
 		case errors.As(err, &refused):
 			// The agent is alive and in step with us but its card could
@@ -123,6 +168,7 @@ func (cc *cardConn) identify() bool {
 			c.log().Warn("identification incomplete: card agent answered with an error; card usable by its ATR", "err", err)
 		case tr.lost != nil && endedByPeer(tr.lost):
 			c.log().Info("card agent left during identification", "err", tr.lost)
+			c.readFailed(tr.lost)
 			return false
 		case tr.lost != nil && isTimeout(tr.lost), errors.Is(err, context.DeadlineExceeded):
 			msg := fmt.Sprintf("identification timed out: no answer within %v (the card agent must answer each c_apdu with r_apdu)", timeout)
@@ -143,14 +189,33 @@ func (cc *cardConn) identify() bool {
 			return false
 		}
 	}
+	if who := c.who; who.Principal != nil {
+		cc.srv().hub.mu.Lock()
+		card := cc.accessCard()
+		cc.srv().hub.mu.Unlock()
+		card.ICCID, card.EID = id.iccid, id.eid
+		if !who.MayUse(card) {
+			c.srv.obs.Refused(Refusal{Port: roleCard, Remote: c.addr, Name: who.Name, Reason: RefusedCard})
+			msg := fmt.Sprintf("card not allowed: agent %q may not register the card %v (see the agent's cards rules in the server configuration)", who.Name, id.identities())
+			c.log().Warn("card refused by the agent's rules", "identities", id.identities())
+			c.fail(websocket.ClosePolicyViolation, "card not allowed for this agent", msg)
+			return false
+		}
+	}
 	cc.mu.Lock()
-	defer cc.mu.Unlock()
+	if cc.gone != "" { // replaced meanwhile
+		cc.mu.Unlock()
+		return false
+	}
 	cc.srv().hub.mu.Lock()
 	cc.state = protocol.StateReady
 	cc.id = id
 	cc.srv().hub.mu.Unlock()
 	c.log().Info("card ready", "identities", id.identities())
-	return c.write(protocol.StateNotification{NewState: protocol.StateReady}) == nil
+	cc.emit()
+	err = c.write(protocol.StateNotification{NewState: protocol.StateReady})
+	cc.mu.Unlock()
+	return err == nil
 }
 
 func (cc *cardConn) srv() *Server { return cc.c.srv }
@@ -170,9 +235,13 @@ type identTransmitter struct {
 	bad  error  // the agent sent an undecodable answer
 }
 
-func (t *identTransmitter) Transmit(ctx context.Context, cmd []byte) ([]byte, error) {
+func (t *identTransmitter) Transmit(ctx context.Context, cmd []byte) (resp []byte, err error) {
 	c := t.cc.c
 	t.cmd = cmd
+	if tr := c.srv.cfg.Tracer; tr != nil {
+		start := time.Now()
+		defer func() { t.cc.trace(tr, "", start, cmd, resp, err) }()
+	}
 	if dl, ok := ctx.Deadline(); ok {
 		c.setReadDeadline(dl)
 	}
@@ -208,10 +277,16 @@ func (cc *cardConn) serve() string {
 	c := cc.c
 	for {
 		m, err := c.next()
-		if err != nil {
-			if !recoverable(err) {
-				return c.readFailed(err)
+		if err != nil && !recoverable(err) {
+			return c.readFailed(err)
+		}
+		if !c.spend() && !cc.answers(m, err) {
+			if c.rateRefused() {
+				return c.ended
 			}
+			continue
+		}
+		if err != nil {
 			msg := describeBad(err)
 			if replyLike(err) {
 				cc.complete("", nil, "card agent sent an invalid reply: "+msg)
@@ -242,6 +317,26 @@ func (cc *cardConn) serve() string {
 			c.sendError("unexpected %s from a card agent: the card port accepts r_apdu, reset_resp and error", m.MsgType())
 		}
 	}
+}
+
+// answers reports whether m (or the bad message err) may be the answer
+// to the pending request: such a message passes the rate limit, so that
+// a user never waits in vain for a reply the limit dropped.
+func (cc *cardConn) answers(m protocol.Message, err error) bool {
+	cc.mu.Lock()
+	pending := cc.pending.from != nil
+	cc.mu.Unlock()
+	if !pending {
+		return false
+	}
+	if err != nil {
+		return replyLike(err)
+	}
+	switch m.(type) {
+	case protocol.RAPDU, protocol.ResetResp, protocol.Error:
+		return true
+	}
+	return false
 }
 
 // describeBad words a recoverable read error for the peer.
@@ -300,13 +395,69 @@ func (cc *cardConn) complete(msgType string, m protocol.Message, errText string)
 		p.from.c.sendError("%s", errText)
 	}
 	p.from.done(false)
+	outcome := OutcomeOK
+	if m == nil {
+		outcome = OutcomeAgentErr
+	}
+	cc.finished(p, outcome, m, errText)
 	return ""
 }
 
+// finished reports the end of request p to the Observer and the Tracer.
+// reply is the card's answer (nil if none); why says what went wrong.
+func (cc *cardConn) finished(p request, outcome Outcome, reply protocol.Message, why string) {
+	s := cc.srv()
+	d := s.cfg.RequestTimeout
+	start := p.deadline.Add(-d)
+	s.obs.Relayed(RequestEvent{CardID: cc.c.id, User: p.from.c.peerName(), Type: p.sent, Duration: time.Since(start), Outcome: outcome})
+	if tr := s.cfg.Tracer; tr != nil {
+		var resp []byte
+		switch r := reply.(type) {
+		case protocol.RAPDU:
+			resp = append(r.Response, byte(r.SW>>8), byte(r.SW))
+		case protocol.ResetResp:
+			resp = r.ATR
+		}
+		var err error
+		if reply == nil {
+			err = errors.New(why)
+		}
+		cc.trace(tr, p.from.c.peerName(), start, p.cmd, resp, err)
+	}
+}
+
+// trace gives one exchange to tr: cmd nil for a reset (resp is then the
+// ATR), else resp is the response APDU with its status word.
+func (cc *cardConn) trace(tr Tracer, user string, start time.Time, cmd, resp []byte, err error) {
+	h := &cc.srv().hub
+	h.mu.Lock()
+	ids := cc.id.identities()
+	h.mu.Unlock()
+	t := APDUTrace{CardID: cc.c.id, Identities: ids, User: user, Start: start, Duration: time.Since(start), Command: cmd}
+	switch {
+	case err != nil:
+		t.Err = err.Error()
+	case cmd == nil:
+		t.Reset, t.Response = true, resp
+	case len(resp) >= 2:
+		t.Response, t.SW = resp[:len(resp)-2], uint16(resp[len(resp)-2])<<8|uint16(resp[len(resp)-1])
+	}
+	if cmd == nil {
+		t.Reset = true
+	}
+	tr.TraceAPDU(t)
+}
+
 // end runs when the card connection is over: the card leaves the list and
-// a user waiting for a reply learns at once that it is gone.
+// a user waiting for a reply learns at once that it is gone. Only the
+// first call counts (a replaced connection is ended by its successor,
+// then by its own goroutine).
 func (cc *cardConn) end(reason string) {
 	cc.mu.Lock()
+	if cc.gone != "" {
+		cc.mu.Unlock()
+		return
+	}
 	cc.gone = reason
 	p := cc.pending
 	cc.pending = request{}
@@ -314,10 +465,12 @@ func (cc *cardConn) end(reason string) {
 		cc.timer.Stop()
 	}
 	cc.srv().hub.remove(cc)
+	cc.emit()
 	cc.mu.Unlock()
 	if p.from != nil {
 		p.from.c.sendError("card disconnected: %s", reason)
 		p.from.done(true)
+		cc.finished(p, OutcomeGone, nil, "card disconnected: "+reason)
 	}
 }
 
@@ -333,6 +486,11 @@ func (cc *cardConn) send(u *userConn, m protocol.Message, want string) string {
 		return "card disconnected: " + cc.gone
 	}
 	cc.pending = request{from: u, want: want, sent: m.MsgType(), deadline: time.Now().Add(d)}
+	if cc.srv().cfg.Tracer != nil {
+		if ca, ok := m.(protocol.CAPDU); ok {
+			cc.pending.cmd = ca.Command
+		}
+	}
 	// The timer is not reset for every request (two timer operations per
 	// APDU); it keeps running and, when it fires early for a request sent
 	// later, is re-armed for the time left.
@@ -375,46 +533,56 @@ func (cc *cardConn) checkTimeout() {
 	cc.c.closeNow(websocket.ClosePolicyViolation, msg)
 	p.from.c.sendError("card disconnected: %s", msg)
 	p.from.done(true)
+	cc.finished(p, OutcomeTimeout, nil, msg)
 }
 
 // associate makes u the card's user. It returns "" on success, else the
 // error for the user.
 func (cc *cardConn) associate(u *userConn, key, value string) string {
 	cc.mu.Lock()
-	defer cc.mu.Unlock()
 	switch {
 	case cc.gone != "":
+		cc.mu.Unlock()
 		return fmt.Sprintf("card %s %s disconnected", key, value)
 	case cc.state == protocol.StateAssociated:
+		cc.mu.Unlock()
 		return fmt.Sprintf("card %s %s is in use by another user", key, value)
 	case cc.state != protocol.StateReady:
+		cc.mu.Unlock()
 		return fmt.Sprintf("card %s %s is still being identified; try again in a moment", key, value)
 	}
-	cc.setState(protocol.StateAssociated)
+	cc.setState(protocol.StateAssociated, u.c.peerName())
 	cc.user = u
 	if cc.c.write(protocol.StateNotification{NewState: protocol.StateAssociated}) != nil {
 		// The card connection is closing; its goroutine cleans up.
 		cc.user = nil
+		cc.setState(protocol.StateReady, "")
+		cc.mu.Unlock()
 		return fmt.Sprintf("card %s %s disconnected", key, value)
 	}
+	cc.emit()
+	cc.mu.Unlock()
 	return ""
 }
 
-// setState changes the listed state; cc.mu must be held.
-func (cc *cardConn) setState(state string) {
+// setState changes the listed state and user; cc.mu must be held.
+func (cc *cardConn) setState(state, user string) {
 	cc.srv().hub.mu.Lock()
 	cc.state = state
+	cc.userName = user
 	cc.srv().hub.mu.Unlock()
 }
 
 // release ends u's association: the card is ready again.
 func (cc *cardConn) release(u *userConn) {
 	cc.mu.Lock()
-	defer cc.mu.Unlock()
 	if cc.user != u || cc.gone != "" {
+		cc.mu.Unlock()
 		return
 	}
 	cc.user = nil
-	cc.setState(protocol.StateReady)
+	cc.setState(protocol.StateReady, "")
+	cc.emit()
 	_ = cc.c.write(protocol.StateNotification{NewState: protocol.StateReady})
+	cc.mu.Unlock()
 }

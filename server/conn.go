@@ -20,15 +20,20 @@ import (
 // both share: bounded reads, serialised writes with a deadline, keepalive
 // pings and an orderly close.
 type conn struct {
-	srv    *Server
-	ws     *websocket.Conn // Close and WriteControl may be called from any goroutine
-	role   string          // roleCard or roleUser
-	addr   string          // the peer's address as http gave it ("ip:port")
-	remote protocol.RemoteAddr
-	atr    string // card connections: the hello ATR, for logs; set before the goroutine starts relaying
+	srv     *Server
+	ws      *websocket.Conn // Close and WriteControl may be called from any goroutine
+	role    string          // roleCard or roleUser
+	addr    string          // the peer's address as http gave it ("ip:port")
+	remote  protocol.RemoteAddr
+	id      uint64    // ConnEvent.ID
+	who     principal // the authenticated peer; anonymous on an open port
+	addrKey string    // the per-address count this connection holds; "" for none
+	atr     string    // card connections: the hello ATR, for logs; set before the goroutine starts relaying
 
 	// Owned by the connection's goroutine, the only reader:
-	rbuf []byte // read buffer, reused across messages
+	rbuf   []byte     // read buffer, reused across messages
+	bucket rateBucket // the message rate limit
+	ended  string     // why the connection ended, when known (for the Observer)
 
 	wmu  sync.Mutex // serialises data-frame writes; guards wbuf
 	wbuf []byte     // encoding buffer, reused across writes
@@ -51,10 +56,42 @@ func newConn(s *Server, ws *websocket.Conn, role, remote string) *conn {
 // is built per call (logging is rare) so that idle connections do not
 // each keep a logger.
 func (c *conn) log() *slog.Logger {
-	if c.atr != "" {
-		return c.srv.log.With("port", c.role, "remote", c.addr, "atr", c.atr)
+	l := c.srv.log.With("port", c.role, "remote", c.addr)
+	if n := c.who.name(); n != "" {
+		l = l.With("name", n)
 	}
-	return c.srv.log.With("port", c.role, "remote", c.addr)
+	if c.atr != "" {
+		l = l.With("atr", c.atr)
+	}
+	return l
+}
+
+// event describes the connection for the Observer.
+func (c *conn) event() ConnEvent {
+	return ConnEvent{ID: c.id, Port: c.role, Remote: c.addr, Name: c.who.name()}
+}
+
+// peerName names the peer in events and traces: its user or agent name,
+// else its address.
+func (c *conn) peerName() string {
+	if n := c.who.name(); n != "" {
+		return n
+	}
+	return c.addr
+}
+
+// endReason is why the connection ended, as well as is known. Called
+// once its goroutine is done.
+func (c *conn) endReason() string {
+	if c.ended != "" {
+		return c.ended
+	}
+	c.kmu.Lock()
+	defer c.kmu.Unlock()
+	if c.why != "" {
+		return c.why
+	}
+	return "ended"
 }
 
 // errTooBig ends a connection that sent a message over MaxFrameSize.
@@ -159,6 +196,12 @@ func (c *conn) sendError(format string, args ...any) {
 // goroutine, which must return afterwards.
 func (c *conn) fail(code int, reason string, message string) {
 	c.log().Info("closing connection", "code", code, "reason", message)
+	if c.ended == "" {
+		c.ended = message
+		if message == "" {
+			c.ended = reason
+		}
+	}
 	if message != "" {
 		_ = c.write(protocol.Error{Message: message})
 	}
@@ -334,6 +377,15 @@ func endedByPeer(err error) bool {
 // close code that fits, and returns why it ended, in words for the other
 // party (a user whose card this was).
 func (c *conn) readFailed(err error) string {
+	why := c.readFailedClose(err)
+	if c.ended == "" {
+		c.ended = why
+	}
+	return why
+}
+
+// readFailedClose is readFailed without the bookkeeping.
+func (c *conn) readFailedClose(err error) string {
 	c.log().Debug("read failed", "err", err)
 	c.kmu.Lock()
 	keepalive, closing, why := c.awaitPong, c.closing, c.why

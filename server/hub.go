@@ -7,24 +7,41 @@ import (
 	"sync"
 
 	"github.com/wsrc-go/wsrc/card"
+	"github.com/wsrc-go/wsrc/internal/auth"
 	"github.com/wsrc-go/wsrc/protocol"
 )
 
 // hub is the registry of card connections that users list and select.
 type hub struct {
-	mu    sync.Mutex  // guards cards, and each card's state and id
+	mu    sync.Mutex  // guards cards and slots, and each card's state and id
 	cards []*cardConn // in connection order (list order, and select picks the first match)
+	// slots maps each agent name and reader (cardConn.slot) to its newest
+	// connection: a new hello for the same slot replaces the old one.
+	slots map[string]*cardConn
 }
 
-func (h *hub) add(cc *cardConn) {
+// add lists cc. When cc's slot is taken, cc takes it over and the
+// previous holder is returned: the caller ends it.
+func (h *hub) add(cc *cardConn) (replaced *cardConn) {
 	h.mu.Lock()
+	defer h.mu.Unlock()
 	h.cards = append(h.cards, cc)
-	h.mu.Unlock()
+	if cc.slot != "" {
+		if h.slots == nil {
+			h.slots = make(map[string]*cardConn)
+		}
+		replaced = h.slots[cc.slot]
+		h.slots[cc.slot] = cc
+	}
+	return replaced
 }
 
 func (h *hub) remove(cc *cardConn) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if cc.slot != "" && h.slots[cc.slot] == cc {
+		delete(h.slots, cc.slot)
+	}
 	for i, x := range h.cards {
 		if x == cc {
 			h.cards = slices.Delete(h.cards, i, i+1) // zeroes the freed slot
@@ -37,24 +54,40 @@ func (h *hub) remove(cc *cardConn) {
 // Config.ShowRemoteAddr is set.
 var hiddenAddr = protocol.RemoteAddr{IP: "0.0.0.0", Port: 0}
 
-// list returns the cards as list_cards_ack shows them.
-func (h *hub) list(showAddr bool) []protocol.CardInfo {
+// list returns the cards who may use as list_cards_ack shows them, with
+// the agents' addresses when showAddr.
+func (h *hub) list(who principal, showAddr bool) []protocol.CardInfo {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	out := make([]protocol.CardInfo, len(h.cards))
-	for i, cc := range h.cards {
-		out[i] = protocol.CardInfo{
+	out := make([]protocol.CardInfo, 0, len(h.cards))
+	for _, cc := range h.cards {
+		if !who.mayUse(cc) {
+			continue
+		}
+		ci := protocol.CardInfo{
 			RemoteAddr: hiddenAddr,
 			Identities: cc.id.identities(),
 			State:      cc.state,
-			Agent:      cc.hello.Agent,
+			Agent:      cc.agent,
 			Reader:     cc.hello.Reader,
 		}
 		if showAddr {
-			out[i].RemoteAddr = cc.c.remote
+			ci.RemoteAddr = cc.c.remote
 		}
+		out = append(out, ci)
 	}
 	return out
+}
+
+// mayUse reports whether the principal may list and select cc (an
+// anonymous one may use every card). hub.mu must be held.
+func (p principal) mayUse(cc *cardConn) bool {
+	return p.Principal == nil || p.MayUse(cc.accessCard())
+}
+
+// accessCard describes cc to access rules. hub.mu must be held.
+func (cc *cardConn) accessCard() auth.Card {
+	return auth.Card{Agent: cc.agent, Reader: cc.hello.Reader, ATR: cc.id.atr, ICCID: cc.id.iccid, EID: cc.id.eid}
 }
 
 // identityKeys are the id_type values select_card accepts (any case).
@@ -80,14 +113,18 @@ func normalizeID(key, v string) string {
 	return strings.ToLower(v)
 }
 
-// find looks for a card whose identity key equals value. It returns the
-// first ready match; failing that, nil and the reason to give the user.
-func (h *hub) find(key, value string) (*cardConn, string) {
+// find looks for a card who may use whose identity key equals value. It
+// returns the first ready match; failing that, nil and the reason to give
+// the user. Cards who may not use are not there as far as who can tell.
+func (h *hub) find(key, value string, who principal) (*cardConn, string) {
 	want := normalizeID(key, value)
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	inUse, identifying, unidentified := false, false, 0
 	for _, cc := range h.cards {
+		if !who.mayUse(cc) {
+			continue
+		}
 		if cc.state == protocol.StateInit {
 			unidentified++
 		}

@@ -91,6 +91,7 @@ func TestRequestTimeout(t *testing.T) {
 		expectClosed(t, p.card, websocket.ClosePolicyViolation, "no reply to reset_req within 5s")
 		p.user.Send(`{"msg_type": "reset_req"}`)
 		expectError(t, p.user.Recv(), errNoCard)
+		synctest.Wait() // the card's goroutine has ended
 		if n := len(e.srv.Cards()); n != 0 {
 			t.Fatalf("%d cards listed, want none", n)
 		}

@@ -27,25 +27,46 @@
 // passes. Keepalive pings and request timeouts run on timers, not
 // goroutines.
 //
+// Access: every upgrade request is authenticated (Config.Auth, usually an
+// *auth.Store) before the WebSocket exists; a request without valid
+// credentials gets 401 and never reaches hello, and an address that keeps
+// failing gets 429 for a while. The Principal found travels with the
+// connection: a user lists and selects only the cards its rules allow
+// (admins all, with the agents' addresses), an agent registers only the
+// cards its rules allow, under its authenticated name. A card agent that
+// says hello again for the same agent name and reader replaces its old,
+// stale connection at once.
+//
+// Limits: connections per port and per client address, message size,
+// handshake time, a token bucket of messages per connection, one request
+// in flight per user, a write timeout for slow peers, keepalive pings.
+// The defaults are in Config; docs/security.md explains them.
+//
 // The server never listens: cmd/wsrc-server (or a test) creates the
 // listeners and serves UserHandler and CardHandler on them, which leaves
-// TLS, socket activation and authentication to the caller. Because
+// TLS and socket activation to the caller. Because
 // http.Server.Shutdown does not track hijacked connections, the server
 // keeps its own registry and Shutdown closes and waits for each of them.
 package server
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
 
+	"github.com/wsrc-go/wsrc/internal/auth"
 	"github.com/wsrc-go/wsrc/protocol"
 )
 
@@ -71,7 +92,8 @@ type Config struct {
 	// negative value disables keepalive.
 	PingInterval time.Duration
 	// PongTimeout is how long a ping may go unanswered before the
-	// connection is considered dead. Default 20 s.
+	// connection is considered dead. Default 20 s; at most PingInterval,
+	// so that a dead peer is found within twice the ping interval.
 	PongTimeout time.Duration
 	// MaxFrameSize is the largest message accepted; a bigger one ends
 	// the connection with close code 1009. Default protocol.MaxFrameSize.
@@ -79,10 +101,54 @@ type Config struct {
 	// MaxCards and MaxUsers bound the connections on each port; further
 	// upgrades are refused with HTTP 503. Default 10000 each.
 	MaxCards, MaxUsers int
+	// MaxConnsPerAddr bounds the connections on each port from one client
+	// (auth.ClientKey: an IPv4 address or an IPv6 /64); further upgrades
+	// get 503. Loopback clients are exempt (a local reverse proxy, tests).
+	// Default 64; negative: no limit.
+	MaxConnsPerAddr int
+	// MessageRate and MessageBurst are a token bucket on the messages a
+	// connection sends after hello (identification answers do not
+	// count): MessageRate per second on average, MessageBurst at once. A
+	// message over the limit is answered with an error and dropped (an
+	// agent's reply to a pending request always passes); RateStrikes such
+	// messages without the peer backing off (letting its bucket fill up)
+	// close the connection with 1008. Defaults 1000/s, 2000 and 100; a
+	// negative MessageRate disables the limit. No real card answers 1000
+	// APDUs per second, and a user has only one request in flight.
+	MessageRate  float64
+	MessageBurst int
+	RateStrikes  int
 	// ShowRemoteAddr makes list_cards_ack carry each card agent's real
-	// network address, as pySim does. By default the address is not
-	// revealed to users: remote_addr is ["0.0.0.0", 0].
+	// network address, as pySim does, for anonymous users (of an open
+	// user port). By default the address is not revealed: remote_addr is
+	// ["0.0.0.0", 0]. Authenticated users see it when they are admins.
 	ShowRemoteAddr bool
+
+	// Auth authenticates every upgrade request; nil leaves both ports
+	// open (anonymous peers, every card visible). *auth.Store implements
+	// it.
+	Auth Authenticator
+	// AuthFailureBurst and AuthFailurePer configure the throttle of
+	// failed authentications per client (see auth.Throttle): that many
+	// failures, then one more per AuthFailurePer; meanwhile the client's
+	// upgrade requests get 429. Defaults 10 and 30 s.
+	AuthFailureBurst int
+	AuthFailurePer   time.Duration
+
+	// Observer is told about connections, cards, requests and refusals;
+	// Tracer gets every APDU. nil: none. See observe.go.
+	Observer Observer
+	Tracer   Tracer
+}
+
+// Authenticator decides who sent an upgrade request. A nil Principal
+// with a nil error means the port is open: the peer is anonymous. An
+// error that wraps auth.ErrNoCredentials means none were presented; any
+// other error (auth.ErrBadCredentials: wrong or malformed ones) counts
+// as a failure against the client's address.
+type Authenticator interface {
+	UserRequest(r *http.Request) (*auth.Principal, error)
+	AgentRequest(r *http.Request) (*auth.Principal, error)
 }
 
 // Defaults for Config.
@@ -94,6 +160,10 @@ const (
 	DefaultPingInterval    = 20 * time.Second
 	DefaultPongTimeout     = 20 * time.Second
 	DefaultMaxConns        = 10000
+	DefaultMaxConnsPerAddr = 64
+	DefaultMessageRate     = 1000
+	DefaultMessageBurst    = 2000
+	DefaultRateStrikes     = 100
 )
 
 // closeGrace bounds how long a closing connection waits for the peer's
@@ -123,6 +193,38 @@ func (c *Config) setDefaults() {
 	if c.MaxUsers <= 0 {
 		c.MaxUsers = DefaultMaxConns
 	}
+	if c.MaxConnsPerAddr == 0 {
+		c.MaxConnsPerAddr = DefaultMaxConnsPerAddr
+	}
+	if c.MessageRate == 0 {
+		c.MessageRate = DefaultMessageRate
+	}
+	if c.MessageBurst <= 0 {
+		c.MessageBurst = DefaultMessageBurst
+	}
+	if c.RateStrikes <= 0 {
+		c.RateStrikes = DefaultRateStrikes
+	}
+	if c.Observer == nil {
+		c.Observer = NopObserver{}
+	}
+}
+
+// Validate reports settings that contradict each other (zero values
+// stand for their defaults).
+func (c Config) Validate() error {
+	c.setDefaults()
+	var errs []error
+	if c.PingInterval > 0 && c.PongTimeout > c.PingInterval {
+		errs = append(errs, fmt.Errorf("pong timeout %v exceeds the ping interval %v: a dead peer would take more than twice the ping interval to notice", c.PongTimeout, c.PingInterval))
+	}
+	if c.MaxFrameSize < 1024 {
+		errs = append(errs, fmt.Errorf("message size limit %d is too small for any APDU exchange (at least 1024)", c.MaxFrameSize))
+	}
+	if c.MessageRate > 0 && float64(c.MessageBurst) < 1 {
+		errs = append(errs, errors.New("message burst must be at least 1"))
+	}
+	return errors.Join(errs...)
 }
 
 // Server is the relay. Create it with New; serve UserHandler and
@@ -131,12 +233,16 @@ type Server struct {
 	cfg      Config // read-only after New
 	log      *slog.Logger
 	upgrader websocket.Upgrader
-	hub      hub // the cards users can see and select
+	hub      hub            // the cards users can see and select
+	throttle *auth.Throttle // failed authentications per client
+	obs      Observer       // cfg.Observer, never nil
+	lastID   atomic.Uint64  // the last ConnEvent.ID given out
 
 	mu      sync.Mutex         // guards the fields below
 	conns   map[*conn]struct{} // every upgraded connection
-	nCards  int                // card connections in conns
-	nUsers  int                // user connections in conns
+	nCards  int                // card connections admitted (upgrading or in conns)
+	nUsers  int                // user connections admitted
+	perAddr map[string]int     // admitted connections per port and client (addrKey)
 	closing bool               // set by Shutdown; no new connections
 	wg      sync.WaitGroup     // one count per connection, until its goroutine ends
 }
@@ -148,7 +254,8 @@ func New(cfg Config, logger *slog.Logger) *Server {
 	if logger == nil {
 		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	s := &Server{cfg: cfg, log: logger, conns: make(map[*conn]struct{})}
+	s := &Server{cfg: cfg, log: logger, conns: make(map[*conn]struct{}), perAddr: make(map[string]int),
+		throttle: auth.NewThrottle(cfg.AuthFailureBurst, cfg.AuthFailurePer), obs: cfg.Observer}
 	s.upgrader = websocket.Upgrader{
 		// Small per-connection buffers: an idle card connection must stay
 		// within a few KiB. The read buffer is the connection's own (a
@@ -191,24 +298,44 @@ func (s *Server) upgradeError(w http.ResponseWriter, _ *http.Request, status int
 	io.WriteString(w, "this is a WSRC WebSocket endpoint (see docs/protocol.md): "+reason.Error()+"\n") //nolint:errcheck // best effort
 }
 
-// accept upgrades one request and starts the connection's goroutine.
+// accept authenticates and upgrades one request and starts the
+// connection's goroutine.
 func (s *Server) accept(w http.ResponseWriter, r *http.Request, role string) {
-	if msg := s.admit(role); msg != "" {
+	client := auth.ClientKey(r.RemoteAddr)
+	if wait, ok := s.throttle.Check(client); !ok {
+		s.obs.Refused(Refusal{Port: role, Remote: r.RemoteAddr, Reason: RefusedThrottled})
+		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
+		http.Error(w, "too many failed authentication attempts from this address; try again later", http.StatusTooManyRequests)
+		return
+	}
+	who, ok := s.authenticate(w, r, role, client)
+	if !ok {
+		return
+	}
+	addrKey := ""
+	if s.cfg.MaxConnsPerAddr > 0 && !auth.IsLoopback(r.RemoteAddr) {
+		addrKey = role + " " + client
+	}
+	if msg, why := s.admit(role, addrKey); msg != "" {
+		s.obs.Refused(Refusal{Port: role, Remote: r.RemoteAddr, Name: who.name(), Reason: why})
+		s.log.Info("connection refused", "port", role, "remote", r.RemoteAddr, "reason", msg)
 		http.Error(w, msg, http.StatusServiceUnavailable)
 		return
 	}
 	ws, err := s.upgrader.Upgrade(w, r, nil)
 	if err != nil {
-		s.release(role)
+		s.release(role, addrKey)
 		s.log.Debug("upgrade failed", "port", role, "remote", r.RemoteAddr, "err", err)
 		return
 	}
 	c := newConn(s, ws, role, r.RemoteAddr)
+	c.who, c.addrKey, c.id = who, addrKey, s.lastID.Add(1)
 	if !s.register(c) {
-		s.release(role)
+		s.release(role, addrKey)
 		c.closeNow(websocket.CloseGoingAway, "server shutting down")
 		return
 	}
+	s.obs.Connected(c.event())
 	handshake := s.userHandshake
 	if role == roleCard {
 		handshake = s.cardHandshake
@@ -230,40 +357,119 @@ func (s *Server) accept(w http.ResponseWriter, r *http.Request, role string) {
 	}()
 }
 
+// name is the principal's name, "" for anonymous peers.
+func (p principal) name() string {
+	if p.Principal == nil {
+		return ""
+	}
+	return p.Name
+}
+
+// principal is who is at the other end of a connection; a nil Principal
+// is an anonymous peer of an open port.
+type principal struct{ *auth.Principal }
+
+// authenticate asks Config.Auth who sent r. When it answers with a 401
+// (or nothing, for a client that has gone), ok is false.
+func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, role, client string) (who principal, ok bool) {
+	if s.cfg.Auth == nil {
+		return principal{}, true
+	}
+	var p *auth.Principal
+	var err error
+	realm := "wsrc users"
+	if role == roleCard {
+		realm = "wsrc card agents"
+		p, err = s.cfg.Auth.AgentRequest(r)
+	} else {
+		p, err = s.cfg.Auth.UserRequest(r)
+	}
+	if err == nil {
+		return principal{p}, true
+	}
+	if r.Context().Err() != nil {
+		return principal{}, false // the client went away during the check
+	}
+	var f *auth.Failure
+	ref := Refusal{Port: role, Remote: r.RemoteAddr, Reason: RefusedBadCredential}
+	if errors.As(err, &f) {
+		ref.Name = f.Name
+	}
+	if errors.Is(err, auth.ErrNoCredentials) {
+		ref.Reason = RefusedNoCredentials
+		s.log.Debug("upgrade without credentials", "port", role, "remote", r.RemoteAddr)
+	} else if logIt, suppressed := s.throttle.Fail(client); logIt {
+		s.log.Warn("authentication failed", "port", role, "remote", r.RemoteAddr, "name", logSafe(ref.Name),
+			"err", err, "failures_not_logged", suppressed)
+	}
+	s.obs.Refused(ref)
+	for _, v := range auth.Challenge(realm) {
+		w.Header().Add("WWW-Authenticate", v)
+	}
+	msg := "authentication required: "
+	if role == roleCard {
+		msg += "send the agent's token (Authorization: Bearer TOKEN, or X-WSRC-Token)"
+	} else {
+		msg += "send a user name and password or token (wss://NAME:SECRET@host/), or Authorization: Bearer TOKEN"
+	}
+	http.Error(w, msg, http.StatusUnauthorized)
+	return principal{}, false
+}
+
+// logSafe shortens and quotes a peer-supplied string for the log.
+func logSafe(s string) string {
+	if len(s) > 64 {
+		s = s[:64] + "…"
+	}
+	return strings.ToValidUTF8(s, "?")
+}
+
 // finish releases a connection whose goroutine is done.
 func (s *Server) finish(c *conn) {
 	c.ws.Close()
 	s.unregister(c)
+	s.obs.Disconnected(c.event(), c.endReason())
 	s.wg.Done()
 }
 
-// admit reserves a connection slot for role, or says why not.
-func (s *Server) admit(role string) string {
+// admit reserves a connection slot for role (and addrKey, unless ""), or
+// says why not.
+func (s *Server) admit(role, addrKey string) (string, RefusalReason) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {
 	case s.closing:
-		return "server shutting down"
+		return "server shutting down", RefusedShuttingDown
 	case role == roleCard && s.nCards >= s.cfg.MaxCards:
-		return "too many card connections"
+		return "too many card connections", RefusedPortFull
 	case role == roleUser && s.nUsers >= s.cfg.MaxUsers:
-		return "too many user connections"
+		return "too many user connections", RefusedPortFull
+	case addrKey != "" && s.perAddr[addrKey] >= s.cfg.MaxConnsPerAddr:
+		return fmt.Sprintf("too many connections from your address (the limit is %d)", s.cfg.MaxConnsPerAddr), RefusedAddrFull
 	}
 	if role == roleCard {
 		s.nCards++
 	} else {
 		s.nUsers++
 	}
-	return ""
+	if addrKey != "" {
+		s.perAddr[addrKey]++
+	}
+	return "", ""
 }
 
-func (s *Server) release(role string) {
+func (s *Server) release(role, addrKey string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if role == roleCard {
 		s.nCards--
 	} else {
 		s.nUsers--
+	}
+	if addrKey != "" {
+		if s.perAddr[addrKey]--; s.perAddr[addrKey] <= 0 {
+			delete(s.perAddr, addrKey)
+		}
 	}
 }
 
@@ -282,7 +488,7 @@ func (s *Server) unregister(c *conn) {
 	s.mu.Lock()
 	delete(s.conns, c)
 	s.mu.Unlock()
-	s.release(c.role)
+	s.release(c.role, c.addrKey)
 }
 
 // Shutdown refuses new connections, sends every open connection a close
@@ -319,8 +525,36 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return ctx.Err()
 }
 
-// Cards returns what list_cards_ack would show a user right now.
-func (s *Server) Cards() []protocol.CardInfo { return s.hub.list(true) }
+// Cards returns what list_cards_ack would show an admin right now.
+func (s *Server) Cards() []protocol.CardInfo { return s.hub.list(principal{}, true) }
+
+// Stats are counts for a status line.
+type Stats struct {
+	Cards      int // card connections listed (any state)
+	CardsReady int // of which ready
+	CardsInUse int // of which associated with a user
+	Users      int // user connections
+}
+
+// Stats returns the current counts.
+func (s *Server) Stats() Stats {
+	var st Stats
+	s.hub.mu.Lock()
+	st.Cards = len(s.hub.cards)
+	for _, cc := range s.hub.cards {
+		switch cc.state {
+		case protocol.StateReady:
+			st.CardsReady++
+		case protocol.StateAssociated:
+			st.CardsInUse++
+		}
+	}
+	s.hub.mu.Unlock()
+	s.mu.Lock()
+	st.Users = s.nUsers
+	s.mu.Unlock()
+	return st
+}
 
 // remoteAddr turns an http.Request.RemoteAddr ("ip:port", "[v6]:port")
 // into pySim's [ip, port].

@@ -82,6 +82,14 @@ func (u *userConn) serve() {
 			return
 		}
 		u.takeTurn()
+		if !c.spend() {
+			closed := c.rateRefused()
+			u.done(false)
+			if closed {
+				return
+			}
+			continue
+		}
 		if err != nil {
 			c.sendError("%s", describeBad(err))
 			u.done(false)
@@ -90,7 +98,7 @@ func (u *userConn) serve() {
 		inFlight := false
 		switch mm := m.(type) {
 		case protocol.ListCards:
-			_ = c.write(protocol.ListCardsAck{Cards: s.hub.list(s.cfg.ShowRemoteAddr)})
+			_ = c.write(protocol.ListCardsAck{Cards: s.hub.list(c.who, u.seesAddr())})
 		case protocol.SelectCard:
 			u.selectCard(mm)
 		case protocol.CAPDU:
@@ -109,6 +117,15 @@ func (u *userConn) serve() {
 			u.done(false)
 		}
 	}
+}
+
+// seesAddr reports whether the user may see the agents' addresses: an
+// admin, or anyone on an open port configured to show them.
+func (u *userConn) seesAddr() bool {
+	if u.c.who.Principal != nil {
+		return u.c.who.Admin
+	}
+	return u.c.srv.cfg.ShowRemoteAddr
 }
 
 // leave releases the selected card when the user goes, once the
@@ -144,7 +161,7 @@ func (u *userConn) selectCard(m protocol.SelectCard) {
 		}
 		u.card = nil
 	}
-	cc, why := c.srv.hub.find(key, m.IDStr)
+	cc, why := c.srv.hub.find(key, m.IDStr, c.who)
 	if cc != nil {
 		why = cc.associate(u, key, m.IDStr)
 	}

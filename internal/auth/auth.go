@@ -23,6 +23,7 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"net/http"
 	"runtime"
 	"sync"
 
@@ -291,4 +292,31 @@ func tokenHashIn(tok TokenHash, hs []TokenHash) bool {
 		found |= subtle.ConstantTimeCompare(h[:], tok[:])
 	}
 	return found == 1
+}
+
+// UserRequest authenticates the user of an upgrade request. It returns
+// nil, nil when no user is configured: the user port is open. Malformed
+// credentials are a *Failure.
+func (s *Store) UserRequest(r *http.Request) (*Principal, error) {
+	if !s.HasUsers() {
+		return nil, nil
+	}
+	c, err := FromRequest(r)
+	if err != nil {
+		return nil, &Failure{Reason: err.Error()}
+	}
+	return s.AuthenticateUser(r.Context(), c)
+}
+
+// AgentRequest authenticates the card agent of an upgrade request. It
+// returns nil, nil when no agent is configured: the card port is open.
+func (s *Store) AgentRequest(r *http.Request) (*Principal, error) {
+	if !s.HasAgents() {
+		return nil, nil
+	}
+	c, err := FromRequest(r)
+	if err != nil {
+		return nil, &Failure{Reason: err.Error()}
+	}
+	return s.AuthenticateAgent(c)
 }

@@ -1,0 +1,197 @@
+package server
+
+import (
+	"time"
+
+	"github.com/wsrc-go/wsrc/protocol"
+)
+
+// The hooks in this file let other packages watch the relay without the
+// relay knowing them: a status page and metrics (an Observer), APDU
+// tracing to pcap (a Tracer). Each is one field of Config; nil means
+// none. Hooks are called from the connections' goroutines, concurrently;
+// they must be safe for concurrent use and quick (count or queue, never
+// block on I/O), since the connection that calls them waits meanwhile.
+// CardChanged is called with the card's lock held, so that each card's
+// events arrive in the order of its changes: it may call Server.Stats and
+// Server.Cards, nothing else of the Server.
+
+// Port names, as Observer events and logs give them.
+const (
+	PortUser = roleUser
+	PortCard = roleCard
+)
+
+// Observer is told about connections, cards, relayed requests and
+// refusals. Embed NopObserver to implement only some of the methods;
+// Observers combines several.
+type Observer interface {
+	// Connected: a WebSocket was accepted (after authentication).
+	Connected(ConnEvent)
+	// Disconnected: the connection ended, for the reason given.
+	Disconnected(ev ConnEvent, reason string)
+	// CardChanged: a card was listed (state init), identified (ready),
+	// selected (associated), released (ready) or removed (state "").
+	CardChanged(CardEvent)
+	// Relayed: a user's c_apdu or reset_req was answered, or failed.
+	Relayed(RequestEvent)
+	// Refused: an upgrade request or a message was turned away.
+	Refused(Refusal)
+}
+
+// ConnEvent describes one connection.
+type ConnEvent struct {
+	ID     uint64 // unique for the server's lifetime
+	Port   string // PortUser or PortCard
+	Remote string // "ip:port"
+	Name   string // the authenticated user or agent; "" when the port is open
+}
+
+// CardEvent describes a card after a change.
+type CardEvent struct {
+	ID         uint64 // the card connection's ConnEvent.ID
+	Agent      string // the authenticated agent, else the name from hello
+	Reader     string
+	Identities protocol.Identities
+	State      string // protocol.StateInit, StateReady, StateAssociated; "" when gone
+	User       string // the associated user (name, else address); "" when none
+}
+
+// RequestEvent describes one relayed request.
+type RequestEvent struct {
+	CardID   uint64
+	User     string        // the user's name, else its address
+	Type     string        // protocol.TypeCAPDU or protocol.TypeResetReq
+	Duration time.Duration // from the write to the card agent to the outcome
+	Outcome  Outcome
+}
+
+// Outcome is how a relayed request ended.
+type Outcome string
+
+// Request outcomes.
+const (
+	OutcomeOK       Outcome = "ok"        // r_apdu or reset_resp relayed
+	OutcomeAgentErr Outcome = "agent_err" // the agent answered error, or garbage
+	OutcomeTimeout  Outcome = "timeout"   // no answer within RequestTimeout
+	OutcomeGone     Outcome = "gone"      // the card connection ended first
+)
+
+// Refusal describes something turned away.
+type Refusal struct {
+	Port   string
+	Remote string
+	Name   string // the name claimed or authenticated, if any
+	Reason RefusalReason
+}
+
+// RefusalReason says why.
+type RefusalReason string
+
+// Refusal reasons.
+const (
+	RefusedNoCredentials RefusalReason = "no_credentials"   // 401, none presented
+	RefusedBadCredential RefusalReason = "bad_credentials"  // 401, wrong or malformed
+	RefusedThrottled     RefusalReason = "throttled"        // 429, too many failures from the address
+	RefusedPortFull      RefusalReason = "port_full"        // 503, MaxUsers/MaxCards
+	RefusedAddrFull      RefusalReason = "addr_full"        // 503, MaxConnsPerAddr
+	RefusedShuttingDown  RefusalReason = "shutting_down"    // 503
+	RefusedRateLimited   RefusalReason = "rate_limited"     // a message over the rate limit (error sent)
+	RefusedRateClosed    RefusalReason = "rate_closed"      // closed for persistent abuse of the rate limit
+	RefusedCard          RefusalReason = "card_not_allowed" // an agent registered a card its rules exclude
+)
+
+// NopObserver ignores everything; embed it in partial Observers.
+type NopObserver struct{}
+
+// Connected does nothing.
+func (NopObserver) Connected(ConnEvent) {}
+
+// Disconnected does nothing.
+func (NopObserver) Disconnected(ConnEvent, string) {}
+
+// CardChanged does nothing.
+func (NopObserver) CardChanged(CardEvent) {}
+
+// Relayed does nothing.
+func (NopObserver) Relayed(RequestEvent) {}
+
+// Refused does nothing.
+func (NopObserver) Refused(Refusal) {}
+
+// Observers returns an Observer that calls each of obs in turn (nil
+// entries skipped).
+func Observers(obs ...Observer) Observer {
+	var m multiObserver
+	for _, o := range obs {
+		if o != nil {
+			m = append(m, o)
+		}
+	}
+	switch len(m) {
+	case 0:
+		return NopObserver{}
+	case 1:
+		return m[0]
+	}
+	return m
+}
+
+type multiObserver []Observer
+
+func (m multiObserver) Connected(ev ConnEvent) {
+	for _, o := range m {
+		o.Connected(ev)
+	}
+}
+
+func (m multiObserver) Disconnected(ev ConnEvent, reason string) {
+	for _, o := range m {
+		o.Disconnected(ev, reason)
+	}
+}
+
+func (m multiObserver) CardChanged(ev CardEvent) {
+	for _, o := range m {
+		o.CardChanged(ev)
+	}
+}
+
+func (m multiObserver) Relayed(ev RequestEvent) {
+	for _, o := range m {
+		o.Relayed(ev)
+	}
+}
+
+func (m multiObserver) Refused(ev Refusal) {
+	for _, o := range m {
+		o.Refused(ev)
+	}
+}
+
+// Tracer receives every APDU exchange with a card: the users' relayed
+// c_apdus and the server's own identification commands, and resets. It
+// is called once per exchange, on the card connection's goroutine, when
+// the exchange is over (answered or failed), so the relay waits for it:
+// queue, do not write files from the call. The slices in APDUTrace are
+// valid only during the call; copy what you keep.
+type Tracer interface {
+	TraceAPDU(APDUTrace)
+}
+
+// APDUTrace is one exchange with a card.
+type APDUTrace struct {
+	CardID     uint64              // the card connection's ConnEvent.ID
+	Identities protocol.Identities // the card's identities at the time (a fresh map)
+	User       string              // who asked: the user's name or address; "" for identification
+	Start      time.Time           // when the command went to the agent
+	Duration   time.Duration       // until the answer (or the failure)
+	// Command is the command APDU; nil for a reset.
+	Command []byte
+	// Response is the response data without the status word; for a
+	// reset, the new ATR. nil when there was no answer.
+	Response []byte
+	SW       uint16 // status word; 0 for a reset or without an answer
+	Reset    bool   // a reset_req / reset_resp exchange
+	Err      string // why there was no answer; "" when answered
+}

@@ -80,8 +80,8 @@ var redactScenarios = []struct {
 		{"00a40300", "", 0x9000, 0}, // parent: DF not known, no EF
 		{"00b0000009", "", 0x6986, 0},
 		{"00b0810009", "00112233445566778899", 0x9000, RedactedResponse}, // SFI 01 under an unknown DF
-		{"00b1000000", "aa", 0x9000, RedactedResponse}, // odd INS, current EF: the SFI 01 file
-		{"00b16f0800", "aabb", 0x9000, RedactedResponse}, // odd INS naming EF.Keys by FID
+		{"00b1000000", "aa", 0x9000, RedactedResponse},                   // odd INS, current EF: the SFI 01 file
+		{"00b16f0800", "aabb", 0x9000, RedactedResponse},                 // odd INS naming EF.Keys by FID
 		{"00b16fad00", "aabb", 0x9000, 0},
 		{"00b1000200", "aabb", 0x9000, RedactedResponse}, // odd INS with SFI 02
 		{"00a40004026fad", "", 0x9000, 0},

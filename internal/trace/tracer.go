@@ -128,6 +128,7 @@ type Tracer struct {
 	addrs      map[string]netip.Addr // global file: card ID → source address
 	nextAddr   int
 	cardFiles  map[string]*cardFile // Dir: file name → file
+	names      map[cardKey]string   // Dir: identity → file name, a cache
 	cleanFiles map[string]bool      // Dir: files closed cleanly by this tracer
 	useClock   uint64
 	states     map[string]*cardState // redaction state per card ID
@@ -135,6 +136,9 @@ type Tracer struct {
 	dropLogged time.Time // when drops were last logged
 	payload    []byte    // reused pcap payload buffer
 }
+
+// cardKey is the identity a per-card file name is made from.
+type cardKey struct{ id, iccid, eid string }
 
 // cardFile is an open per-card file and when it was last used.
 type cardFile struct {
@@ -188,6 +192,7 @@ func New(opts Options) (*Tracer, error) {
 		errlg:      opts.ErrorLog,
 		addrs:      make(map[string]netip.Addr),
 		cardFiles:  make(map[string]*cardFile),
+		names:      make(map[cardKey]string),
 		cleanFiles: make(map[string]bool),
 		states:     make(map[string]*cardState),
 	}
@@ -497,7 +502,15 @@ func (t *Tracer) addr(r *record) netip.Addr {
 }
 
 func (t *Tracer) writeCardFile(r *record, payload []byte) {
-	name := cardFileName(r.cardID, r.iccid, r.eid)
+	k := cardKey{r.cardID, r.iccid, r.eid}
+	name, ok := t.names[k]
+	if !ok {
+		if len(t.names) >= maxCardStates {
+			clear(t.names)
+		}
+		name = cardFileName(r.cardID, r.iccid, r.eid)
+		t.names[k] = name
+	}
 	cf := t.cardFiles[name]
 	if cf == nil {
 		if len(t.cardFiles) >= maxOpenCardFiles {

@@ -47,6 +47,24 @@ type Manager struct {
 	log      *slog.Logger
 	// jitter returns a random duration in [0, d]; tests replace it.
 	jitter func(d time.Duration) time.Duration
+	// ping carries Ping's requests to Run's loop, which closes each.
+	ping chan chan struct{}
+
+	mu      sync.Mutex
+	state   State         // guarded by mu
+	changed chan struct{} // guarded by mu: closed and replaced when state changes
+}
+
+// State is what a Manager serves, for status lines and readiness.
+type State struct {
+	// Cards is the number of cards present: one slot worker each.
+	Cards int
+	// Connected is the number of card sessions the server has accepted
+	// (hello_ack received) and that are still up.
+	Connected int
+	// EverConnected is set once any session was accepted since the
+	// Manager was made.
+	EverConnected bool
 }
 
 // NewManager returns a Manager that puts the cards of backends on the
@@ -56,7 +74,59 @@ func NewManager(cfg Config, backends ...Backend) *Manager {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Manager{cfg: cfg, timing: cfg.Timing.withDefaults(), backends: backends, log: log, jitter: randJitter}
+	return &Manager{cfg: cfg, timing: cfg.Timing.withDefaults(), backends: backends, log: log, jitter: randJitter,
+		ping: make(chan chan struct{}), changed: make(chan struct{})}
+}
+
+// State returns the current state and a channel that is closed at its
+// next change.
+func (m *Manager) State() (State, <-chan struct{}) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.state, m.changed
+}
+
+// update changes the state with f and wakes State's watchers if it changed.
+func (m *Manager) update(f func(*State)) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	old := m.state
+	f(&m.state)
+	if m.state != old {
+		close(m.changed)
+		m.changed = make(chan struct{})
+	}
+}
+
+// sessionUp is each Session's connected hook.
+func (m *Manager) sessionUp(up bool) {
+	m.update(func(s *State) {
+		if up {
+			s.Connected++
+			s.EverConnected = true
+		} else {
+			s.Connected--
+		}
+	})
+}
+
+// Ping asks Run's event loop to answer and waits for it, or for ctx. A
+// watchdog calls it to prove that the loop is not wedged: it fails with
+// ctx's error when the loop does not answer in time (also when Run is not
+// running).
+func (m *Manager) Ping(ctx context.Context) error {
+	reply := make(chan struct{})
+	select {
+	case m.ping <- reply:
+	case <-ctx.Done():
+		return fmt.Errorf("pinging the card manager: %w", ctx.Err())
+	}
+	select {
+	case <-reply:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("pinging the card manager: %w", ctx.Err())
+	}
 }
 
 // Why a worker is stopped: the cause of its context, which the Session
@@ -109,9 +179,12 @@ func (m *Manager) Run(ctx context.Context) error {
 			delete(workers, id)
 		}
 	}
+	defer m.update(func(s *State) { s.Cards = 0 })
 	var errs []error
-	for running := len(m.backends); running > 0; {
+	for running := len(m.backends); running > 0; m.update(func(s *State) { s.Cards = len(workers) }) {
 		select {
+		case reply := <-m.ping:
+			close(reply)
 		case ev := <-events:
 			if !ev.Present {
 				if _, ok := workers[ev.Slot]; ok {
@@ -215,6 +288,8 @@ func (m *Manager) serveOnce(ctx context.Context, ev SlotEvent, log *slog.Logger)
 		}
 	}()
 	start := time.Now()
-	err = NewSession(m.cfg, c, ev.Slot.ReaderName()).Run(ctx)
+	s := NewSession(m.cfg, c, ev.Slot.ReaderName())
+	s.connected = m.sessionUp
+	err = s.Run(ctx)
 	return time.Since(start), err
 }

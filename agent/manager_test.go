@@ -371,3 +371,72 @@ func TestManagerReopensCard(t *testing.T) {
 		t.Errorf("%d opens, want 4", n)
 	}
 }
+
+// waitState waits until the Manager's state satisfies ok.
+func waitState(t *testing.T, m *Manager, what string, ok func(State) bool) State {
+	t.Helper()
+	timeout := time.After(10 * time.Second)
+	for {
+		st, changed := m.State()
+		if ok(st) {
+			return st
+		}
+		select {
+		case <-changed:
+		case <-timeout:
+			t.Fatalf("state %+v, waited 10s for %s", st, what)
+		}
+	}
+}
+
+// TestManagerState: State counts the cards and the sessions the server
+// accepted, and says when a session was ever accepted.
+func TestManagerState(t *testing.T) {
+	srv := agenttest.NewServer(t)
+	b := newFakeBackend("fake")
+	m := newTestManager(srv, b)
+	if st, _ := m.State(); st != (State{}) {
+		t.Fatalf("initial state %+v", st)
+	}
+	r := start(t, m.Run)
+	b.insert(t, "reader 0", newFakeCard())
+	b.insert(t, "reader 1", newFakeCard())
+	waitState(t, m, "2 cards", func(s State) bool { return s.Cards == 2 && s.Connected == 0 && !s.EverConnected })
+	c0 := srv.Accept()
+	c0.Hello()
+	waitState(t, m, "1 connected", func(s State) bool { return s.Connected == 1 && s.EverConnected })
+	c1 := srv.Accept()
+	c1.Hello()
+	waitState(t, m, "2 connected", func(s State) bool { return s.Connected == 2 })
+	c0.Close() // the server drops one: it reconnects
+	waitState(t, m, "1 connected", func(s State) bool { return s.Connected == 1 && s.Cards == 2 })
+	srv.Accept().Hello()
+	waitState(t, m, "2 connected again", func(s State) bool { return s.Connected == 2 })
+	b.remove(t, "reader 1")
+	waitState(t, m, "1 card", func(s State) bool { return s.Cards == 1 && s.Connected == 1 })
+	r.cancel()
+	if err := r.wait(t); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := m.State(); st != (State{EverConnected: true}) {
+		t.Errorf("state after Run: %+v", st)
+	}
+}
+
+// TestManagerPing: Ping is answered by Run's loop, and times out when
+// the loop does not run.
+func TestManagerPing(t *testing.T) {
+	srv := agenttest.NewServer(t)
+	m := newTestManager(srv, newFakeBackend("fake"))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Millisecond)
+	defer cancel()
+	if err := m.Ping(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Ping without Run = %v", err)
+	}
+	r := start(t, m.Run)
+	if err := m.Ping(context.Background()); err != nil {
+		t.Fatalf("Ping = %v", err)
+	}
+	r.cancel()
+	r.wait(t)
+}

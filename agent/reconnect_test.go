@@ -25,11 +25,15 @@ type pipeServer struct {
 	refuse func(n int) error
 	// handle plays the server side of connection number n.
 	handle func(n int, ws *websocket.Conn)
+	// answer, when set, may refuse the upgrade of connection number n with
+	// an HTTP status (0 upgrades) and headers.
+	answer func(n int) (status int, h http.Header)
 
-	wg    sync.WaitGroup
-	mu    sync.Mutex
-	dials []time.Duration // guarded by mu: dial times since start
-	start time.Time
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	dials   []time.Duration // guarded by mu: dial times since start
+	headers []http.Header   // guarded by mu: upgrade request headers
+	start   time.Time
 }
 
 func (p *pipeServer) dialer() *websocket.Dialer {
@@ -56,6 +60,16 @@ func (p *pipeServer) serve(n int, nc net.Conn) {
 	req, err := http.ReadRequest(br)
 	if err != nil {
 		return
+	}
+	p.mu.Lock()
+	p.headers = append(p.headers, req.Header)
+	p.mu.Unlock()
+	if p.answer != nil {
+		if status, h := p.answer(n); status != 0 {
+			resp := &http.Response{StatusCode: status, ProtoMajor: 1, ProtoMinor: 1, Header: h, Close: true}
+			resp.Write(nc) //nolint:errcheck // the agent may have gone
+			return
+		}
 	}
 	w := &hijackWriter{conn: nc, brw: bufio.NewReadWriter(br, bufio.NewWriter(nc)), h: http.Header{}}
 	ws, err := (&websocket.Upgrader{}).Upgrade(w, req, nil)
@@ -339,18 +353,57 @@ func TestTimeouts(t *testing.T) {
 	})
 	t.Run("pong", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
-			p := &pipeServer{t: t, handle: func(n int, ws *websocket.Conn) {
-				if n > 0 {
-					helloAndHold(t, ws, time.Hour)
-					return
-				}
-				ws.ReadMessage()
-				ws.WriteMessage(websocket.TextMessage, protocol.Encode(protocol.HelloAck{}))
-				time.Sleep(time.Hour) // stop reading: pings go unanswered
-			}}
+			p := &pipeServer{t: t, handle: goesSilent(t, 0)}
 			runBubble(t, p, timing, fullJitter, 46*s1+s1/2)
 			checkDials(t, p.dialTimes(), 0, 46*s1)
 		})
+	})
+}
+
+// goesSilent is a server whose first connection answers hello and then
+// pings for the time given, after which it reads nothing more (pings go
+// unanswered) but keeps the connection open for an hour; later
+// connections are helloAndHold.
+func goesSilent(t *testing.T, answerFor time.Duration) func(n int, ws *websocket.Conn) {
+	return func(n int, ws *websocket.Conn) {
+		if n > 0 {
+			helloAndHold(t, ws, time.Hour)
+			return
+		}
+		ws.ReadMessage()
+		ws.WriteMessage(websocket.TextMessage, protocol.Encode(protocol.HelloAck{}))
+		ws.SetReadDeadline(time.Now().Add(answerFor))
+		for {
+			if _, _, err := ws.ReadMessage(); err != nil {
+				break
+			}
+		}
+		time.Sleep(time.Hour)
+	}
+}
+
+// TestKeepaliveDeadServer: with the default PongWait, a server that goes
+// silent (stops reading, so it answers no ping, but keeps the TCP
+// connection open, as after a power cut) is noticed within two ping
+// intervals of its last pong, and the agent dials again.
+func TestKeepaliveDeadServer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const ping = 20 * s1
+		const dies = 65 * s1 // after the pongs to the pings at 20, 40 and 60 s
+		p := &pipeServer{t: t, handle: goesSilent(t, dies)}
+		timing := Timing{MinBackoff: s1, MaxBackoff: s1, PingPeriod: ping}
+		if got := timing.withDefaults().PongWait; got != 2*ping {
+			t.Fatalf("default PongWait %v, want %v", got, 2*ping)
+		}
+		runBubble(t, p, timing, fullJitter, 2*time.Minute)
+		dials := p.dialTimes()
+		if len(dials) != 2 {
+			t.Fatalf("dials at %v, want 2", dials)
+		}
+		// Noticed at the last pong (60 s) + PongWait (40 s), then 1 s backoff.
+		if noticed := dials[1] - s1; noticed != 100*s1 || noticed-dies > 2*ping {
+			t.Fatalf("dead server noticed at %v; it went silent at %v", noticed, dies)
+		}
 	})
 }
 

@@ -2,11 +2,14 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -30,14 +33,54 @@ type Config struct {
 	// Timing holds the intervals; zero fields take DefaultTiming.
 	Timing Timing
 	// Dialer dials the server; nil means a zero websocket.Dialer. Its
-	// HandshakeTimeout is replaced by Timing.DialTimeout. Tests set its
+	// HandshakeTimeout is replaced by Timing.DialTimeout, and its
+	// TLSClientConfig by TLS when that is set. Tests set its
 	// NetDialContext to reach an in-memory server.
 	Dialer *websocket.Dialer
+	// TLS configures wss:// connections (see TLSOptions.Config); nil
+	// verifies the server against the system roots.
+	TLS *tls.Config
+	// Token is the agent's token, sent in every upgrade request as
+	// "Authorization: Bearer <token>"; empty sends none. It is never
+	// logged.
+	Token string
 }
 
 // ErrBadServerURL is wrapped by Run's error when Config.Server cannot be
 // dialled at all (not a ws:// or wss:// URL); Run does not retry it.
 var ErrBadServerURL = errors.New("bad server URL")
+
+// ErrUnauthorized is wrapped by a dial error when the server refused the
+// upgrade with 401: the agent's token is missing, wrong or revoked.
+// Session.Run logs it plainly and retries with its usual backoff, since
+// the server's configuration may change.
+var ErrUnauthorized = errors.New("server refused the agent token")
+
+// ErrThrottled is wrapped by a dial error when the server refused the
+// upgrade with 429 after too many failed logins from this address; the
+// next attempt waits at least as long as the server's Retry-After says.
+var ErrThrottled = errors.New("server is refusing this address after failed logins")
+
+// refusedError is a dial refused by the server's HTTP answer.
+type refusedError struct {
+	err        error         // ErrUnauthorized or ErrThrottled
+	status     string        // e.g. "401 Unauthorized"
+	retryAfter time.Duration // from Retry-After, 0 if none
+	hint       string
+}
+
+func (e *refusedError) Error() string {
+	msg := fmt.Sprintf("%v (HTTP %s)", e.err, e.status)
+	if e.hint != "" {
+		msg += ": " + e.hint
+	}
+	return msg
+}
+
+func (e *refusedError) Unwrap() error { return e.err }
+
+// maxRetryAfter caps the wait a server's Retry-After can impose.
+const maxRetryAfter = time.Hour
 
 // errDisconnected ends a connection that the server asked to end.
 var errDisconnected = errors.New("server sent disconnect")
@@ -89,8 +132,13 @@ type Session struct {
 	card   card.Card
 	reader string
 	log    *slog.Logger
+	// server is cfg.Server with any password masked, for logs and errors.
+	server string
 	// jitter returns a random duration in [0, d]; tests replace it.
 	jitter func(d time.Duration) time.Duration
+	// connected, when set (by the Manager), is told when the server has
+	// accepted hello (true) and when that connection has ended (false).
+	connected func(up bool)
 }
 
 // NewSession returns a Session that puts c on cfg.Server under the reader
@@ -109,8 +157,19 @@ func NewSession(cfg Config, c card.Card, reader string) *Session {
 		card:   c,
 		reader: reader,
 		log:    log.With("reader", reader),
+		server: redactURL(cfg.Server),
 		jitter: randJitter,
 	}
+}
+
+// redactURL masks the password of a URL's user information (a URL that
+// does not parse is returned as it is: Run reports it as bad anyway).
+func redactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return s
+	}
+	return u.Redacted()
 }
 
 // Run connects the card to the server and serves it until ctx is done or
@@ -130,11 +189,17 @@ func (s *Session) Run(ctx context.Context) error {
 			return err
 		}
 		var delay time.Duration
+		var refused *refusedError
 		switch {
 		case errors.Is(err, errDisconnected):
 			delay = s.timing.DisconnectHoldoff
 			failures = 0
 			s.log.Info("server asked us to disconnect", "retry_in", delay)
+		case errors.As(err, &refused):
+			delay = max(s.timing.backoff(failures, s.jitter), refused.retryAfter)
+			failures++
+			s.log.Error(refused.err.Error(), "server", s.server, "status", refused.status,
+				"hint", refused.hint, "retry_in", delay.Round(time.Millisecond))
 		default:
 			if up >= s.timing.StableAfter {
 				failures = 0
@@ -155,10 +220,13 @@ func checkServerURL(s string) error {
 		return fmt.Errorf("%w: %v", ErrBadServerURL, err)
 	}
 	if u.Scheme != "ws" && u.Scheme != "wss" {
-		return fmt.Errorf("%w %q: scheme must be ws or wss", ErrBadServerURL, s)
+		return fmt.Errorf("%w %q: scheme must be ws or wss", ErrBadServerURL, u.Redacted())
 	}
 	if u.Host == "" {
-		return fmt.Errorf("%w %q: no host", ErrBadServerURL, s)
+		return fmt.Errorf("%w %q: no host", ErrBadServerURL, u.Redacted())
+	}
+	if u.User != nil {
+		return fmt.Errorf("%w %q: user information in the URL is not supported; give the agent a token instead", ErrBadServerURL, u.Redacted())
 	}
 	return nil
 }
@@ -185,6 +253,13 @@ func (s *Session) connectOnce(ctx context.Context) (up time.Duration, err error)
 func (s *Session) dial(ctx context.Context) (*websocket.Conn, error) {
 	d := *s.cfg.Dialer
 	d.HandshakeTimeout = s.timing.DialTimeout
+	if s.cfg.TLS != nil {
+		d.TLSClientConfig = s.cfg.TLS
+	}
+	var header http.Header
+	if s.cfg.Token != "" {
+		header = http.Header{"Authorization": {"Bearer " + s.cfg.Token}}
+	}
 	netDial := d.NetDialContext
 	if netDial == nil {
 		netDial = (&net.Dialer{}).DialContext
@@ -207,18 +282,41 @@ func (s *Session) dial(ctx context.Context) (*websocket.Conn, error) {
 			_ = nc.SetDeadline(time.Unix(1, 0)) // wake the handshake now
 		}
 	})
-	ws, resp, err := d.DialContext(ctx, s.cfg.Server, nil)
+	ws, resp, err := d.DialContext(ctx, s.cfg.Server, header)
 	if !stop() && err == nil {
 		ws.Close()
 		return nil, ctx.Err()
 	}
 	if err != nil {
 		if resp != nil {
-			return nil, fmt.Errorf("dialling %s: %w (HTTP %s)", s.cfg.Server, err, resp.Status)
+			if r := s.refused(resp); r != nil {
+				return nil, r
+			}
+			return nil, fmt.Errorf("dialling %s: %w (HTTP %s)", s.server, err, resp.Status)
 		}
-		return nil, fmt.Errorf("dialling %s: %w", s.cfg.Server, err)
+		return nil, fmt.Errorf("dialling %s: %w", s.server, explainTLS(err))
 	}
 	return ws, nil
+}
+
+// refused classifies a refused upgrade: 401 and 429 are the server's
+// authentication saying no; other statuses return nil.
+func (s *Session) refused(resp *http.Response) *refusedError {
+	switch resp.StatusCode {
+	case http.StatusUnauthorized:
+		hint := "check the agent's token (token, token_file or WSRC_AGENT_TOKEN) against the server's agent tokens"
+		if s.cfg.Token == "" {
+			hint = "the server requires an agent token and none is configured (token, token_file or WSRC_AGENT_TOKEN)"
+		}
+		return &refusedError{err: ErrUnauthorized, status: resp.Status, hint: hint}
+	case http.StatusTooManyRequests:
+		r := &refusedError{err: ErrThrottled, status: resp.Status, hint: "fix the token; the server blocks the address for a while"}
+		if secs, err := strconv.Atoi(strings.TrimSpace(resp.Header.Get("Retry-After"))); err == nil && secs > 0 {
+			r.retryAfter = min(time.Duration(secs)*time.Second, maxRetryAfter)
+		}
+		return r
+	}
+	return nil
 }
 
 // frame is one data message as read from the WebSocket.
@@ -267,7 +365,11 @@ func (c *conn) serve(ctx context.Context) (up time.Duration, err error) {
 		return 0, err
 	}
 	start := time.Now()
-	c.s.log.Info("connected to server", "server", c.s.cfg.Server, "atr", fmt.Sprintf("%x", c.s.card.ATR()))
+	c.s.log.Info("connected to server", "server", c.s.server, "atr", fmt.Sprintf("%x", c.s.card.ATR()))
+	if c.s.connected != nil {
+		c.s.connected(true)
+		defer c.s.connected(false)
+	}
 	c.wg.Go(c.pingLoop)
 
 	for {

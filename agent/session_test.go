@@ -292,10 +292,14 @@ func TestOversizedFrame(t *testing.T) {
 }
 
 func TestBadServerURL(t *testing.T) {
-	for _, u := range []string{"http://127.0.0.1:1/", "127.0.0.1:4221", "ws://", "ws://%zz/"} {
+	for _, u := range []string{"http://127.0.0.1:1/", "127.0.0.1:4221", "ws://", "ws://%zz/", "wss://pi:hunter2@relay.example/"} {
 		s := NewSession(Config{Server: u, Logger: testLogger()}, newFakeCard(), "r")
-		if err := s.Run(context.Background()); !errors.Is(err, ErrBadServerURL) {
+		err := s.Run(context.Background())
+		if !errors.Is(err, ErrBadServerURL) {
 			t.Errorf("Run(%q) = %v, want ErrBadServerURL", u, err)
+		}
+		if strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("Run(%q) = %v shows the password", u, err)
 		}
 	}
 }

@@ -18,7 +18,11 @@ type Timing struct {
 	WriteWait time.Duration
 	// PingPeriod is how often the agent pings the server; PongWait is how
 	// long it waits for any frame (a pong at least) before it declares the
-	// connection dead. PongWait must exceed PingPeriod.
+	// connection dead, so a server that died silently (power cut, network
+	// gone) is noticed at most PongWait after the last frame it sent.
+	// PongWait must exceed PingPeriod (each ping's pong then has until the
+	// next ping is due, plus the rest); zero means 2×PingPeriod, so that a
+	// dead server is noticed within two ping intervals.
 	PingPeriod time.Duration
 	PongWait   time.Duration
 	// CloseWait is how long a clean close waits for the server's close
@@ -45,7 +49,7 @@ var DefaultTiming = Timing{
 	HelloTimeout:      10 * time.Second,
 	WriteWait:         10 * time.Second,
 	PingPeriod:        20 * time.Second,
-	PongWait:          45 * time.Second,
+	PongWait:          40 * time.Second,
 	CloseWait:         2 * time.Second,
 	MinBackoff:        500 * time.Millisecond,
 	MaxBackoff:        30 * time.Second,
@@ -65,13 +69,12 @@ func (t Timing) withDefaults() Timing {
 	set(&t.HelloTimeout, d.HelloTimeout)
 	set(&t.WriteWait, d.WriteWait)
 	set(&t.PingPeriod, d.PingPeriod)
-	set(&t.PongWait, d.PongWait)
 	set(&t.CloseWait, d.CloseWait)
 	set(&t.MinBackoff, d.MinBackoff)
 	set(&t.MaxBackoff, d.MaxBackoff)
 	set(&t.StableAfter, d.StableAfter)
 	set(&t.DisconnectHoldoff, d.DisconnectHoldoff)
-	if t.PongWait <= t.PingPeriod {
+	if t.PongWait <= t.PingPeriod { // zero, or too short to hear a pong
 		t.PongWait = 2 * t.PingPeriod
 	}
 	if t.MaxBackoff < t.MinBackoff {

@@ -9,7 +9,10 @@ package agenttest
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
+	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -29,9 +32,11 @@ var Timeout = 10 * time.Second
 
 // Server is a fake card port on a loopback address.
 type Server struct {
-	t     testing.TB
-	srv   *httptest.Server
-	conns chan *Conn // handler → Accept
+	t       testing.TB
+	srv     *httptest.Server
+	tls     bool
+	conns   chan *Conn         // handler → Accept
+	refused chan *http.Request // handler → Refused
 
 	mu     sync.Mutex
 	open   map[*Conn]struct{} // guarded by mu: closed by Close
@@ -39,13 +44,30 @@ type Server struct {
 	done   chan struct{}      // closed by Close
 }
 
+// Options change how a Server accepts agents.
+type Options struct {
+	// TLS, when set, makes the server a wss:// one with this
+	// configuration (its Certificates, ClientAuth, ClientCAs...).
+	TLS *tls.Config
+	// Authorize, when set, sees every upgrade request first; a non-zero
+	// status refuses it with that HTTP status (and the headers Authorize
+	// set on h), as a server's authentication would. Refused requests
+	// are available from Refused.
+	Authorize func(r *http.Request, h http.Header) (status int)
+}
+
 // NewServer starts a fake card port on 127.0.0.1 (a free port).
 func NewServer(t testing.TB) *Server {
+	return NewServerWith(t, Options{})
+}
+
+// NewServerWith starts a fake card port on 127.0.0.1 with opts.
+func NewServerWith(t testing.TB, opts Options) *Server {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("agenttest: listening: %v", err)
 	}
-	return serve(t, ln)
+	return serve(t, ln, opts)
 }
 
 // NewServerAt starts a fake card port on addr, e.g. the address of a
@@ -55,25 +77,38 @@ func NewServerAt(t testing.TB, addr string) *Server {
 	if err != nil {
 		t.Fatalf("agenttest: listening on %s again: %v", addr, err)
 	}
-	return serve(t, ln)
+	return serve(t, ln, Options{})
 }
 
-func serve(t testing.TB, ln net.Listener) *Server {
+func serve(t testing.TB, ln net.Listener, opts Options) *Server {
 	s := &Server{
-		t:     t,
-		conns: make(chan *Conn, 16),
-		open:  make(map[*Conn]struct{}),
-		done:  make(chan struct{}),
+		t:       t,
+		tls:     opts.TLS != nil,
+		conns:   make(chan *Conn, 16),
+		refused: make(chan *http.Request, 16),
+		open:    make(map[*Conn]struct{}),
+		done:    make(chan struct{}),
 	}
 	up := websocket.Upgrader{}
 	s.srv = &httptest.Server{
 		Listener: ln,
+		TLS:      opts.TLS,
 		Config: &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if opts.Authorize != nil {
+				if status := opts.Authorize(r, w.Header()); status != 0 {
+					http.Error(w, http.StatusText(status), status)
+					select {
+					case s.refused <- r:
+					default: // nobody is counting: drop
+					}
+					return
+				}
+			}
 			ws, err := up.Upgrade(w, r, nil)
 			if err != nil {
 				return
 			}
-			c := &Conn{t: t, ws: ws}
+			c := &Conn{t: t, ws: ws, header: r.Header.Clone(), tls: r.TLS}
 			s.mu.Lock()
 			if s.closed {
 				s.mu.Unlock()
@@ -88,13 +123,37 @@ func serve(t testing.TB, ln net.Listener) *Server {
 			}
 		})},
 	}
-	s.srv.Start()
+	if s.tls {
+		// Refused handshakes are the point of some tests: not worth a log.
+		s.srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+		s.srv.StartTLS()
+	} else {
+		s.srv.Start()
+	}
 	t.Cleanup(s.Close)
 	return s
 }
 
-// URL is the ws:// URL of the card port.
-func (s *Server) URL() string { return "ws://" + s.Addr() + "/" }
+// URL is the ws:// (or, with Options.TLS, wss://) URL of the card port.
+func (s *Server) URL() string {
+	if s.tls {
+		return "wss://" + s.Addr() + "/"
+	}
+	return "ws://" + s.Addr() + "/"
+}
+
+// Refused returns the next upgrade request that Options.Authorize
+// refused.
+func (s *Server) Refused() *http.Request {
+	s.t.Helper()
+	select {
+	case r := <-s.refused:
+		return r
+	case <-time.After(Timeout):
+		s.t.Fatalf("agenttest: no refused request within %v", Timeout)
+		return nil
+	}
+}
 
 // Addr is the host:port the server listens on.
 func (s *Server) Addr() string { return s.srv.Listener.Addr().String() }
@@ -130,9 +189,18 @@ func (s *Server) Close() {
 
 // Conn is the server's end of one agent WebSocket.
 type Conn struct {
-	t  testing.TB
-	ws *websocket.Conn
+	t      testing.TB
+	ws     *websocket.Conn
+	header http.Header          // of the upgrade request
+	tls    *tls.ConnectionState // nil for ws://
 }
+
+// Header returns the headers of the agent's upgrade request.
+func (c *Conn) Header() http.Header { return c.header }
+
+// TLS returns the TLS state of a wss:// connection (the agent's client
+// certificate is in PeerCertificates), nil for ws://.
+func (c *Conn) TLS() *tls.ConnectionState { return c.tls }
 
 // WS gives direct access to the WebSocket, for what the helpers lack.
 func (c *Conn) WS() *websocket.Conn { return c.ws }

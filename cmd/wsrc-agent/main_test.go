@@ -1,13 +1,11 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -32,23 +30,8 @@ func TestMain(m *testing.M) {
 
 func noEnv(string) string { return "" }
 
-// syncBuffer is a bytes.Buffer safe for the agent's log goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer collects output safely from the agent's goroutines.
+type syncBuffer = agenttest.Buffer
 
 func runCmd(t *testing.T, env func(string) string, args ...string) (code int, stdout, stderr string) {
 	t.Helper()

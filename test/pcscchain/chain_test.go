@@ -1,7 +1,6 @@
 package pcscchain
 
 import (
-	"bytes"
 	"context"
 	"encoding/hex"
 	"errors"
@@ -17,6 +16,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/wsrc-go/wsrc/agent"
+	"github.com/wsrc-go/wsrc/agent/agenttest"
 	"github.com/wsrc-go/wsrc/card"
 	"github.com/wsrc-go/wsrc/card/sim"
 	"github.com/wsrc-go/wsrc/client"
@@ -41,25 +41,6 @@ const waitTimeout = 30 * time.Second
 // (see the package doc: the server has no event to wait on).
 const pollInterval = 10 * time.Millisecond
 
-// logBuffer collects the logs of server and agent; they are printed only
-// when the test fails, or when WSRC_TEST_LOG is set.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // chain is one whole WSRC chain: a private pcscd with two vpcd readers, a
 // server on loopback and an agent serving pcscd's readers to it.
 type chain struct {
@@ -83,7 +64,7 @@ func newChain(t *testing.T, opts ...chainOption) *chain {
 	if testing.Short() {
 		t.Skip("real PC/SC stack test in -short mode")
 	}
-	logs := &logBuffer{}
+	logs := &agenttest.Buffer{} // printed only when the test fails, or with WSRC_TEST_LOG
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	c := &chain{t: t, agentDone: make(chan struct{})}
 	t.Cleanup(func() { // runs last

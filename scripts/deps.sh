@@ -5,12 +5,14 @@
 # Profiles:
 #   build  what compiling the three programs needs (cgo: libusb, pcsclite)
 #   test   build + the real third-party stacks the tests drive:
-#          pcscd with vsmartcard's vpcd, QEMU for the usb-ccid VM test
+#          pcscd with vsmartcard's vpcd, QEMU for the usb-ccid VM test,
+#          systemd's analyzers for the units, Chromium for the status page,
+#          tshark to decode APDU traces
 set -euo pipefail
 
 declare -A profile
 profile[build]="gcc libc6-dev pkg-config libusb-1.0-0-dev libpcsclite-dev"
-profile[test]="${profile[build]} pcscd vsmartcard-vpcd libccid qemu-system-x86 xz-utils systemd chromium"
+profile[test]="${profile[build]} pcscd vsmartcard-vpcd libccid qemu-system-x86 xz-utils systemd chromium tshark"
 
 want=()
 for p in "$@"; do
@@ -37,5 +39,9 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 echo "deps.sh: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
+if [[ " ${missing[*]} " == *" tshark "* ]]; then
+    # tshark asks whether non-root users may capture; we only read files.
+    echo "wireshark-common wireshark-common/install-setuid boolean false" | "${sudo[@]}" debconf-set-selections
+fi
 "${sudo[@]}" apt-get update -qq
 "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -53,6 +53,8 @@ func fakeQEMU(mode string, args []string) int {
 			}
 		case a == "-append":
 			fmt.Println("cmdline:", args[i+1])
+		case a == "-fake-echo":
+			fmt.Println("echo:", args[i+1])
 		}
 	}
 	fmt.Println(vmscript.Line(vmscript.KindOut, "x", "line one"))
@@ -81,6 +83,7 @@ func startFake(t *testing.T, ctx context.Context, mode string, readers int) *VM 
 		QEMU: exe, Kernel: "vmlinux", Initrd: base, Readers: readers, Accel: "tcg",
 		Files:  map[string][]byte{"/vmscript": []byte("run x true\n")},
 		Append: []string{"wsrc.test=1"},
+		Args:   []string{"-fake-echo", "extra args"},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -120,7 +123,7 @@ func TestFakeVM(t *testing.T) {
 		t.Error("no CPU time after exit")
 	}
 	lines := strings.Join(vm.Console().Lines(), "\n")
-	for _, want := range []string{"@@vm log script found", "cmdline: console=ttyS0 panic=-1 quiet wsrc.test=1"} {
+	for _, want := range []string{"@@vm log script found", "cmdline: console=ttyS0 panic=-1 quiet wsrc.test=1", "echo: extra args"} {
 		if !strings.Contains(lines, want) {
 			t.Errorf("console lacks %q:\n%s", want, lines)
 		}

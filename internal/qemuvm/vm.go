@@ -59,6 +59,9 @@ type Config struct {
 	Echo func(line string)
 	// Stderr receives QEMU's own error output; nil discards it.
 	Stderr io.Writer
+	// Args are added at the end of QEMU's command line, e.g. trace
+	// options ("-trace", "usb_xhci_xfer_*", "-D", logfile) when profiling.
+	Args []string
 }
 
 // VM is a running QEMU. Its goroutines (console reader, socket accepts)
@@ -148,6 +151,7 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 			"-device", fmt.Sprintf("ccid-card-passthru,chardev=vsc%d,bus=ccid%d.0", i, i))
 	}
 
+	args = append(args, cfg.Args...)
 	cmd := exec.Command(cfg.QEMU, args...)
 	// Own process group, killed as a whole; killed too if the test
 	// process dies.

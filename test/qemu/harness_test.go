@@ -99,6 +99,10 @@ func need(t *testing.T) prereqs {
 	return p
 }
 
+// qemuArgsEnv adds arguments to every VM's QEMU command line, for
+// profiling, e.g. "-trace usb_xhci_xfer_* -D /tmp/qemu-trace.log".
+const qemuArgsEnv = "WSRC_VM_QEMU_ARGS"
+
 // fetchEnv set to 1 lets the tests fetch a missing kernel (as under CI).
 const fetchEnv = "WSRC_QEMU_FETCH"
 
@@ -238,6 +242,7 @@ func boot(t *testing.T, p prereqs, initrd string, script string, cards ...vscard
 		Files:   map[string][]byte{"/vmscript": []byte(script)},
 		Readers: len(cards),
 		Stderr:  testWriter{t, "qemu: "},
+		Args:    strings.Fields(os.Getenv(qemuArgsEnv)),
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -21,8 +21,15 @@
 // Output, one line each:
 //
 //	card <stack> <reader> atr <hex>
+//	clocksource <the guest kernel's clock source>
 //	result <stack> <apdu> <n> <mean ns> <p50 ns> <p99 ns> <min ns> <max ns>
+//	cpu <stack> <apdu> <own CPU ns per APDU> <pcscd's CPU ns per APDU>
 //	done <stack> <wall ns for all timed APDUs>
+//
+// The CPU figures are guest CPU time (user + system) over the timed
+// APDUs of one kind: this process's, and pcscd's (found by name in /proc;
+// 0 for the other stacks). pcscd's is read from /proc/PID/stat in clock
+// ticks, so it is coarse for small -n.
 package main
 
 import (
@@ -34,7 +41,11 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
+	"syscall"
 	"time"
 
 	"github.com/wsrc-go/wsrc/card"
@@ -236,6 +247,8 @@ func run(ctx context.Context, stack, reader string, c card.Card, n, warm int) er
 		return errors.New("-n must be at least 1")
 	}
 	fmt.Printf("card %s %q atr %X\n", stack, reader, c.ATR())
+	cs, _ := os.ReadFile("/sys/devices/system/clocksource/clocksource0/current_clocksource")
+	fmt.Printf("clocksource %s\n", strings.TrimSpace(string(cs)))
 	times := make([]time.Duration, n)
 	var wall time.Duration
 	for _, a := range apdus {
@@ -248,7 +261,11 @@ func run(ctx context.Context, stack, reader string, c card.Card, n, warm int) er
 				return fmt.Errorf("%s setup: %w", a.name, err)
 			}
 		}
+		var cpu0, pcscd0 time.Duration
 		for i := range warm + n {
+			if i == warm {
+				cpu0, pcscd0 = ownCPU(), pcscdCPU()
+			}
 			start := time.Now()
 			r, err := c.Transmit(ctx, a.cmd)
 			d := time.Since(start)
@@ -263,11 +280,55 @@ func run(ctx context.Context, stack, reader string, c card.Card, n, warm int) er
 				wall += d
 			}
 		}
+		own, other := ownCPU()-cpu0, pcscdCPU()-pcscd0
 		s := summarise(times)
 		fmt.Printf("result %s %s %d %d %d %d %d %d\n", stack, a.name, n, s.mean, s.p50, s.p99, s.min, s.max)
+		fmt.Printf("cpu %s %s %d %d\n", stack, a.name, int64(own)/int64(n), int64(other)/int64(n))
 	}
 	fmt.Printf("done %s %d\n", stack, wall)
 	return nil
+}
+
+// ownCPU is this process's CPU time so far (user + system).
+func ownCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// clockTick is USER_HZ, the unit of /proc/PID/stat's times (100 on Linux).
+const clockTick = 10 * time.Millisecond
+
+// pcscdCPU is the CPU time (user + system) of the running pcscd, 0 when
+// there is none.
+func pcscdCPU() time.Duration {
+	dirs, _ := filepath.Glob("/proc/[0-9]*")
+	for _, d := range dirs {
+		comm, err := os.ReadFile(filepath.Join(d, "comm"))
+		if err != nil || strings.TrimSpace(string(comm)) != "pcscd" {
+			continue
+		}
+		stat, err := os.ReadFile(filepath.Join(d, "stat"))
+		if err != nil {
+			return 0
+		}
+		// Fields after the ")" that ends comm: state is the 3rd field
+		// of the line, utime and stime the 14th and 15th.
+		i := bytes.LastIndexByte(stat, ')')
+		if i < 0 {
+			return 0
+		}
+		f := strings.Fields(string(stat[i+1:]))
+		if len(f) < 13 {
+			return 0
+		}
+		u, _ := strconv.ParseInt(f[11], 10, 64)
+		s, _ := strconv.ParseInt(f[12], 10, 64)
+		return time.Duration(u+s) * clockTick
+	}
+	return 0
 }
 
 // stats are nanoseconds.

@@ -151,7 +151,7 @@ func (m *Manager) Run(ctx context.Context) error {
 	if len(m.backends) == 0 {
 		return ErrNoBackends
 	}
-	if err := checkServerURL(m.cfg.Server); err != nil {
+	if err := CheckServerURL(m.cfg.Server); err != nil {
 		return err
 	}
 	parent := ctx

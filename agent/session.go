@@ -176,7 +176,7 @@ func redactURL(s string) string {
 // the card is gone; see the reconnect contract in the Session doc. It
 // returns nil when ctx ended it.
 func (s *Session) Run(ctx context.Context) error {
-	if err := checkServerURL(s.cfg.Server); err != nil {
+	if err := CheckServerURL(s.cfg.Server); err != nil {
 		return err
 	}
 	failures := 0
@@ -214,7 +214,12 @@ func (s *Session) Run(ctx context.Context) error {
 	}
 }
 
-func checkServerURL(s string) error {
+// CheckServerURL reports why s cannot be a card port URL (an error
+// wrapping ErrBadServerURL), or nil: it must be ws:// or wss:// with a
+// host, and without user information (gorilla/websocket refuses it; the
+// agent authenticates with a token instead). Run checks it too; a
+// program can check it at start.
+func CheckServerURL(s string) error {
 	u, err := url.Parse(s)
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrBadServerURL, err)

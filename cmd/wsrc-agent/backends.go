@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -34,7 +35,24 @@ var autoBackends = []string{"ccid", "pcsc"}
 // knownBackends is the list shown in errors.
 const knownBackends = "sim, pcsc, ccid, auto"
 
-// backends resolves --backend and --sim into the backends to run.
+// backendErr is a bad backend setting: which flag (its file key and
+// environment variable follow from it), which element of a list (-1 for
+// none), and what is wrong. options.errorf turns it into an error that
+// points where the setting was made.
+type backendErr struct {
+	flag  string
+	index int
+	msg   string
+}
+
+func (e *backendErr) Error() string { return "--" + e.flag + ": " + e.msg }
+
+func badf(flag string, index int, format string, args ...any) error {
+	return &backendErr{flag: flag, index: index, msg: fmt.Sprintf(format, args...)}
+}
+
+// backends resolves --backend and --sim into the backends to run. They
+// are built but not started.
 func (o *options) backends() ([]agent.Backend, error) {
 	var names []string
 	for n := range strings.SplitSeq(o.backend, ",") {
@@ -54,7 +72,7 @@ func (o *options) backends() ([]agent.Backend, error) {
 	var expanded []string
 	for _, n := range names {
 		if seen[n] {
-			return nil, usagef("backend %q given twice", n)
+			return nil, badf("backend", -1, "backend %q given twice", n)
 		}
 		seen[n] = true
 		if n == "auto" {
@@ -62,30 +80,44 @@ func (o *options) backends() ([]agent.Backend, error) {
 			continue
 		}
 		if _, ok := factories[n]; !ok {
-			return nil, usagef("unknown backend %q (known: %s)", n, knownBackends)
+			return nil, badf("backend", -1, "unknown backend %q (known: %s)", n, knownBackends)
 		}
 		expanded = append(expanded, n)
 	}
 	hardware := slices.Contains(expanded, "pcsc") || slices.Contains(expanded, "ccid")
-	if (len(o.readerInclude) > 0 || len(o.readerExclude) > 0) && !hardware {
-		return nil, usagef("--reader-include and --reader-exclude apply to the pcsc and ccid backends, which --backend %q does not use", o.backend)
-	}
-	if err := o.readerFilter().Validate(); err != nil {
-		return nil, usageError{fmt.Sprintf("--reader-include/--reader-exclude: %v", err)}
+	for _, l := range []struct {
+		flag string
+		pats []string
+	}{{"reader-include", o.readerInclude}, {"reader-exclude", o.readerExclude}} {
+		if len(l.pats) > 0 && !hardware {
+			return nil, badf(l.flag, -1, "reader patterns apply to the pcsc and ccid backends, which backend %q does not use", o.backend)
+		}
+		for i, p := range l.pats {
+			if p == "" {
+				return nil, badf(l.flag, i, "empty pattern")
+			}
+			if err := (pcsc.Filter{Include: []string{p}}).Validate(); err != nil {
+				if inner := errors.Unwrap(err); inner != nil {
+					err = inner // without "reader include pattern: "
+				}
+				return nil, badf(l.flag, i, "bad pattern %v", err)
+			}
+		}
 	}
 	if o.pcscShared && !slices.Contains(expanded, "pcsc") {
-		return nil, usagef("--pcsc-shared applies to the pcsc backend, which --backend %q does not use", o.backend)
+		return nil, badf("pcsc-shared", -1, "applies to the pcsc backend, which backend %q does not use", o.backend)
 	}
 	var out []agent.Backend
 	built := map[string]bool{}
 	for _, n := range expanded {
 		if built[n] {
-			return nil, usagef("backend %q given twice (auto includes %s)", n, strings.Join(autoBackends, ", "))
+			closeBackends(out, o.logger())
+			return nil, badf("backend", -1, "backend %q given twice (auto includes %s)", n, strings.Join(autoBackends, ", "))
 		}
 		built[n] = true
-		f := factories[n]
-		b, err := f(o)
+		b, err := factories[n](o)
 		if err != nil {
+			closeBackends(out, o.logger())
 			return nil, err
 		}
 		out = append(out, b)
@@ -99,7 +131,7 @@ func newSimBackend(o *options) (agent.Backend, error) {
 		n = 1 // --backend sim alone: one card
 	}
 	if n < 0 {
-		return nil, usagef("--sim %d: the number of cards cannot be negative", n)
+		return nil, badf("sim", -1, "%d: the number of cards cannot be negative", n)
 	}
 	var p sim.Protocol
 	switch strings.ToLower(strings.ReplaceAll(o.simProtocol, "=", "")) {
@@ -108,14 +140,14 @@ func newSimBackend(o *options) (agent.Backend, error) {
 	case "t1":
 		p = sim.T1
 	default:
-		return nil, usagef("--sim-protocol %q: want t0 or t1", o.simProtocol)
+		return nil, badf("sim-protocol", -1, "%q: want t0 or t1", o.simProtocol)
 	}
 	if n > simbackend.MaxCards {
-		return nil, usagef("--sim %d: at most %d simulated cards", n, simbackend.MaxCards)
+		return nil, badf("sim", -1, "%d: at most %d simulated cards", n, simbackend.MaxCards)
 	}
 	b, err := simbackend.New(simbackend.Config{N: n, Protocol: p, T0GetResponse: o.simGetResponse})
 	if err != nil {
-		return nil, usageError{fmt.Sprintf("--sim: %v", err)}
+		return nil, badf("sim", -1, "%v", err)
 	}
 	return b, nil
 }
@@ -128,15 +160,11 @@ func (o *options) readerFilter() pcsc.Filter {
 }
 
 func newPCSCBackend(o *options) (agent.Backend, error) {
-	b, err := pcscagent.New(pcscagent.Config{
-		Filter: o.readerFilter(),
+	return pcscagent.New(pcscagent.Config{
+		Filter: o.readerFilter(), // validated by backends
 		Open:   pcsc.OpenOptions{Shared: o.pcscShared},
-		Logger: o.log,
+		Logger: o.logger(),
 	})
-	if err != nil {
-		return nil, usageError{fmt.Sprintf("--reader-include/--reader-exclude: %v", err)}
-	}
-	return b, nil
 }
 
 // ccidTestOptions, set by tests only, adjusts the CCID driver's options
@@ -144,7 +172,7 @@ func newPCSCBackend(o *options) (agent.Backend, error) {
 var ccidTestOptions func(*ccid.Options)
 
 func newCCIDBackend(o *options) (agent.Backend, error) {
-	opts := ccid.Options{Logger: o.log}
+	opts := ccid.Options{Logger: o.logger()}
 	if f := o.readerFilter(); len(f.Include)+len(f.Exclude) > 0 {
 		opts.ReaderFilter = f.Why
 	}

@@ -1,15 +1,18 @@
 // Command wsrc-agent puts the smart cards in this machine's readers on a
 // WSRC server, one WebSocket per card (package agent does the work; this
-// file holds flags, signals and output only).
+// command holds flags, the configuration file, signals, systemd and
+// output only).
 //
-//	wsrc-agent [flags]            serve every card until SIGINT/SIGTERM
-//	wsrc-agent readers [flags]    list readers, slots and cards, then exit
+//	wsrc-agent [flags]                 serve every card until SIGINT/SIGTERM
+//	wsrc-agent readers [flags]         list readers, slots and cards, then exit
+//	wsrc-agent check-config [flags]    check the configuration, then exit
 //
 // Run `wsrc-agent --help` for the flags.
 package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -21,6 +24,7 @@ import (
 	"syscall"
 
 	"github.com/wsrc-go/wsrc/agent"
+	"github.com/wsrc-go/wsrc/internal/config"
 	"github.com/wsrc-go/wsrc/internal/version"
 	"github.com/wsrc-go/wsrc/protocol"
 )
@@ -36,11 +40,11 @@ func main() {
 const (
 	exitOK    = 0
 	exitError = 1 // the agent could not go on
-	exitUsage = 2 // bad flags or arguments
+	exitUsage = 2 // bad flags, arguments or configuration (systemd does not retry it)
 )
 
-// envServer is the environment variable that gives --server's default.
-const envServer = "WSRC_AGENT_SERVER"
+// envServer is the environment variable that stands in for --server.
+var envServer = config.EnvName(envPrefix, "server")
 
 // defaultServer is pySim's default card port URL.
 var defaultServer = fmt.Sprintf("ws://127.0.0.1:%d/", protocol.DefaultCardPort)
@@ -55,14 +59,49 @@ it when the card is removed or its reader disappears. SIGINT or SIGTERM
 closes every session cleanly and exits 0.
 
 Usage:
-  wsrc-agent [flags]            serve every card until SIGINT/SIGTERM
-  wsrc-agent readers [flags]    list backends, readers, slots and cards,
-                                then exit (see "readers" below)
+  wsrc-agent [flags]               serve every card until SIGINT/SIGTERM
+  wsrc-agent readers [flags]       list backends, readers, slots and cards,
+                                   then exit (see "readers" below)
+  wsrc-agent check-config [flags]  check the configuration (file,
+                                   environment, flags), print OK or every
+                                   problem, exit 0 or 2
 
 Flags:
 `
 
 const usageTail = `
+Configuration (/etc/wsrc/agent.toml, or --config FILE):
+  A TOML file whose keys are the flags' names with "_" for "-" (server,
+  agent_name, backend, sim, reader_exclude = [...], pcsc_shared, log_level,
+  token_file...), plus token, and a [tls] table with ca_file, pin_sha256 =
+  [...], cert_file and key_file (the --tls-* flags). Precedence: flags, then
+  environment, then the file, then the defaults. A missing
+  /etc/wsrc/agent.toml is not an error; a file named by --config (or
+  WSRC_AGENT_CONFIG) must exist; --config "" reads no file. Unknown keys
+  and bad values are errors naming the file, line and key; the agent then
+  exits 2. See docs/examples/agent.toml.
+
+Environment:
+  WSRC_AGENT_<FLAG>    stands in for any flag: the flag name in upper case
+                       with "_" for "-" (WSRC_AGENT_SERVER,
+                       WSRC_AGENT_TLS_CA_FILE, WSRC_AGENT_TOKEN_FILE...)
+  WSRC_AGENT_TOKEN     the agent token itself (there is no --token flag:
+                       a command line is visible to every local user)
+  CREDENTIALS_DIRECTORY  with no token configured, the systemd credential
+                       "agent-token" is read if present
+                       (LoadCredential=agent-token:/etc/wsrc/agent.token)
+  PCSCLITE_CSOCK_NAME  pcscd's socket (default /run/pcscd/pcscd.comm)
+
+Server connection:
+  wss:// URLs are verified against the system's CA roots, or against
+  --tls-ca-file. --tls-pin-sha256 accepts exactly the server certificate
+  with that SHA-256 fingerprint (as "openssl x509 -noout -fingerprint
+  -sha256" prints it), e.g. a self-signed one; with --tls-ca-file as well,
+  both checks apply. --tls-cert-file and --tls-key-file present a client
+  certificate. The token is sent as "Authorization: Bearer <token>" and
+  never logged. When the server refuses it (HTTP 401) the agent logs
+  "server refused the agent token" and retries with its backoff.
+
 Backends (--backend, comma-separated):
   sim    simulated UICCs (card/sim), --sim N of them; card 0 is the
          recorded pySim test eUICC (ICCID 8949440000001155314), card i
@@ -109,47 +148,83 @@ readers:
   server's card port, which cannot list cards. For the server's view run
   "wsrc list" against its user port.
 
-Environment:
-  WSRC_AGENT_SERVER    default for --server
-  PCSCLITE_CSOCK_NAME  pcscd's socket (default /run/pcscd/pcscd.comm)
+systemd (Type=notify; all of this is skipped outside systemd):
+  READY=1 is sent when the server has accepted the first card session, or
+  10 s after start, whichever comes first: a Pi whose server is down (or
+  that has no card in yet) still starts, and keeps retrying, instead of
+  being killed and restarted by systemd for a start timeout. STATUS= says
+  how many cards are present and connected ("2 cards, 2 connected"),
+  at most every 5 s. Watchdog pings (half of WatchdogSec=) stop when the
+  agent's card manager no longer answers, so systemd restarts a wedged
+  agent. SIGTERM sends STOPPING=1 and closes every session with 1001.
 
 Examples:
-  wsrc-agent --server ws://relay.example.org:4221/
+  wsrc-agent --server wss://relay.example.org:4221/ --token-file /etc/wsrc/agent.token
   wsrc-agent --server ws://relay.example.org:4221/ --backend pcsc --reader-exclude '/(?i)yubikey/'
   WSRC_AGENT_SERVER=ws://127.0.0.1:4221/ wsrc-agent --sim 1 --sim-protocol t1
+  wsrc-agent check-config --config ./agent.toml
   wsrc-agent readers
   wsrc-agent readers --sim 2
 `
 
-// options are the parsed command line.
+// options are the settings from flags, environment and file.
 type options struct {
+	configPath     string
 	server         string
 	backend        string
 	sim            int
-	simSet         bool // --sim was given
+	simSet         bool // --sim was given (flag, environment or file)
 	simProtocol    string
 	simGetResponse bool
 	logLevel       string
 	agentName      string
 	showVersion    bool
-	readerInclude  patterns
-	readerExclude  patterns
+	readerInclude  stringList
+	readerExclude  stringList
 	pcscShared     bool
-
-	log *slog.Logger // set by dispatch, for the backends
+	tokenFile      string
+	tls            agent.TLSOptions
+	tlsPins        stringList // --tls-pin-sha256, copied into tls
 
 	args []string // positional arguments: the subcommand
+
+	// Where each flag's value came from, by flag name.
+	origin map[string]origin
+	// Set by loadFile.
+	file       *config.File // nil when no file was read
+	configUsed string       // its path
+	fileToken  string       // the file's token key
+	// Set by validate.
+	level       slog.LevelVar // the logger's level
+	token       string        // never logged
+	tokenFrom   string        // where the token came from, for the log
+	tlsConfig   *tls.Config
+	backendList []agent.Backend
+	warnings    []string // logged once the logger exists
+
+	log *slog.Logger // set by dispatch (at o.level), for the backends
 }
 
-func newFlagSet(o *options, getenv func(string) string, stderr io.Writer) *flag.FlagSet {
+// logger is the program's logger, or a silent one before dispatch has
+// made it.
+func (o *options) logger() *slog.Logger {
+	if o.log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return o.log
+}
+
+func newFlagSet(o *options, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("wsrc-agent", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	server := defaultServer
-	if v := getenv(envServer); v != "" {
-		server = v
-	}
 	host, _ := os.Hostname()
-	fs.StringVar(&o.server, "server", server, "`URL` of the WSRC server's card port (ws:// or wss://); env "+envServer)
+	fs.StringVar(&o.configPath, "config", defaultConfigPath, "configuration `file` (TOML); \"\" reads none")
+	fs.StringVar(&o.server, "server", defaultServer, "`URL` of the WSRC server's card port (ws:// or wss://)")
+	fs.StringVar(&o.tokenFile, "token-file", "", "read the agent's token from `file` (e.g. a systemd credential); see WSRC_AGENT_TOKEN")
+	fs.StringVar(&o.tls.CAFile, "tls-ca-file", "", "trust the CA certificates in PEM `file` instead of the system roots for wss://")
+	fs.Var(&o.tlsPins, "tls-pin-sha256", "accept the server certificate with this SHA-256 `fingerprint` (hex, colons allowed); repeatable")
+	fs.StringVar(&o.tls.CertFile, "tls-cert-file", "", "client certificate (PEM `file`) to present to the server")
+	fs.StringVar(&o.tls.KeyFile, "tls-key-file", "", "private key (PEM `file`) of --tls-cert-file")
 	fs.StringVar(&o.backend, "backend", "", "card `backends` to use: sim, pcsc, ccid or auto, comma-separated (default auto, or sim with --sim; see below)")
 	fs.IntVar(&o.sim, "sim", 0, "number `N` of simulated cards (implies --backend sim when no other backend is chosen; default 1 with --backend sim)")
 	fs.StringVar(&o.simProtocol, "sim-protocol", "t0", "`protocol` the simulated cards announce in their ATR: t0 or t1")
@@ -168,24 +243,26 @@ func newFlagSet(o *options, getenv func(string) string, stderr io.Writer) *flag.
 	return fs
 }
 
-// patterns is a repeatable string flag.
-type patterns []string
+// stringList is a repeatable string flag.
+type stringList []string
 
-func (p *patterns) String() string { return strings.Join(*p, ", ") }
+func (p *stringList) String() string { return strings.Join(*p, ", ") }
 
-func (p *patterns) Set(v string) error {
+func (p *stringList) Set(v string) error {
 	if v == "" {
-		return errors.New("empty pattern")
+		return errors.New("empty value")
 	}
 	*p = append(*p, v)
 	return nil
 }
 
-// parseArgs parses flags before and after the subcommand:
-// `wsrc-agent --sim 2 readers` and `wsrc-agent readers --sim 2` alike.
-func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (*options, error) {
-	o := &options{}
-	fs := newFlagSet(o, getenv, stderr)
+// parseArgs parses flags before and after the subcommand
+// (`wsrc-agent --sim 2 readers` and `wsrc-agent readers --sim 2` alike),
+// then lets the environment stand in for flags not given. It records
+// where each setting came from; the file is read later (loadFile).
+func parseArgs(args []string, lookup func(string) (string, bool), stderr io.Writer) (*options, error) {
+	o := &options{origin: map[string]origin{}}
+	fs := newFlagSet(o, stderr)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -197,11 +274,18 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (*op
 		}
 		o.args = append(o.args, fs.Args()...)
 	}
-	fs.Visit(func(f *flag.Flag) {
-		if f.Name == "sim" {
-			o.simSet = true
+	cmdline := config.Explicit(fs)
+	if err := config.FlagsFromEnv(fs, envPrefix, lookup); err != nil {
+		fmt.Fprintf(stderr, "wsrc-agent: %v\n", err)
+		return nil, err
+	}
+	for name := range config.Explicit(fs) {
+		o.origin[name] = fromEnv
+		if cmdline[name] {
+			o.origin[name] = fromFlag
 		}
-	})
+	}
+	o.simSet = o.origin["sim"] != fromDefault
 	return o, nil
 }
 
@@ -215,7 +299,11 @@ func usagef(format string, args ...any) error {
 }
 
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
-	o, err := parseArgs(args, getenv, stderr)
+	lookup := func(k string) (string, bool) {
+		v := getenv(k)
+		return v, v != ""
+	}
+	o, err := parseArgs(args, lookup, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return exitOK
 	}
@@ -226,13 +314,23 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		fmt.Fprintln(stdout, "wsrc-agent", version.Version)
 		return exitOK
 	}
-	err = dispatch(ctx, o, stdout, stderr)
-	var ue usageError
+	err = dispatch(ctx, o, lookup, stdout, stderr)
+	var (
+		ue  usageError
+		ce  configErrors
+		fe  *config.Error
+		fes config.Errors
+	)
 	switch {
 	case err == nil:
 		return exitOK
 	case errors.As(err, &ue):
 		fmt.Fprintf(stderr, "wsrc-agent: %v\nRun 'wsrc-agent --help' for usage.\n", err)
+		return exitUsage
+	case errors.As(err, &ce), errors.As(err, &fe), errors.As(err, &fes):
+		for line := range strings.SplitSeq(err.Error(), "\n") {
+			fmt.Fprintf(stderr, "wsrc-agent: %s\n", line)
+		}
 		return exitUsage
 	default:
 		fmt.Fprintf(stderr, "wsrc-agent: %v\n", err)
@@ -240,30 +338,72 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 }
 
-func dispatch(ctx context.Context, o *options, stdout, stderr io.Writer) error {
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
-		return usagef("--log-level %q: want debug, info, warn or error", o.logLevel)
+// configure reads the file and validates everything.
+func configure(o *options, lookup func(string) (string, bool)) error {
+	o.tls.PinSHA256 = o.tlsPins
+	if err := o.loadFile(); err != nil {
+		return err
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-	o.log = log
-	readers := len(o.args) > 0 && o.args[0] == "readers"
+	return o.validate(lookup)
+}
+
+func dispatch(ctx context.Context, o *options, lookup func(string) (string, bool), stdout, stderr io.Writer) error {
+	cmd := ""
+	if len(o.args) > 0 {
+		cmd = o.args[0]
+	}
 	switch {
-	case len(o.args) > 0 && !readers:
-		return usagef("unknown command %q (the only command is readers)", o.args[0])
+	case cmd != "" && cmd != "readers" && cmd != "check-config":
+		return usagef("unknown command %q (the commands are readers and check-config)", cmd)
 	case len(o.args) > 1:
-		return usagef("readers takes no arguments, got %q", strings.Join(o.args[1:], " "))
+		return usagef("%s takes no arguments, got %q", cmd, strings.Join(o.args[1:], " "))
 	}
-	backends, err := o.backends()
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: &o.level}))
+	o.log = log // its level is set by configure
+	err := configure(o, lookup)
+	if cmd == "check-config" {
+		return checkConfig(o, err, stdout)
+	}
 	if err != nil {
 		return err
 	}
-	if readers {
-		err := printReaders(ctx, stdout, agent.Describe(ctx, backends...))
-		closeBackends(backends, log)
+	for _, w := range o.warnings {
+		log.Warn(w)
+	}
+	if cmd == "readers" {
+		err := printReaders(ctx, stdout, agent.Describe(ctx, o.backendList...))
+		closeBackends(o.backendList, log)
 		return err
 	}
-	return serve(ctx, o, log, backends)
+	return serve(ctx, o, log)
+}
+
+// checkConfig is `wsrc-agent check-config`: OK and a summary, or every
+// problem (exit 2).
+func checkConfig(o *options, err error, stdout io.Writer) error {
+	if err != nil {
+		return err
+	}
+	closeBackends(o.backendList, o.logger())
+	file := o.configUsed
+	if file == "" {
+		file = "none"
+	}
+	names := make([]string, len(o.backendList))
+	for i, b := range o.backendList {
+		names[i] = b.Name()
+	}
+	fmt.Fprintf(stdout, "OK\nconfiguration file: %s\nserver: %s\nbackends: %s\n", file, o.server, strings.Join(names, ","))
+	switch {
+	case o.token != "":
+		fmt.Fprintf(stdout, "token: from %s\n", o.tokenFrom)
+	default:
+		fmt.Fprintln(stdout, "token: none")
+	}
+	for _, w := range o.warnings {
+		fmt.Fprintf(stdout, "warning: %s\n", w)
+	}
+	return nil
 }
 
 // closeBackends releases what Probe left open (the ccid backend keeps its
@@ -278,18 +418,30 @@ func closeBackends(backends []agent.Backend, log *slog.Logger) {
 	}
 }
 
-func serve(ctx context.Context, o *options, log *slog.Logger, backends []agent.Backend) error {
+func serve(ctx context.Context, o *options, log *slog.Logger) error {
 	m := agent.NewManager(agent.Config{
 		Server: o.server,
 		Agent:  o.agentName,
 		Logger: log,
-	}, backends...)
-	names := make([]string, len(backends))
-	for i, b := range backends {
+		TLS:    o.tlsConfig,
+		Token:  o.token,
+	}, o.backendList...)
+	names := make([]string, len(o.backendList))
+	for i, b := range o.backendList {
 		names[i] = b.Name()
 	}
-	log.Info("wsrc-agent starting", "version", version.Version, "server", o.server, "backends", strings.Join(names, ","))
-	err := m.Run(ctx)
+	attrs := []any{"version", version.Version, "server", o.server, "backends", strings.Join(names, ",")}
+	if o.configUsed != "" {
+		attrs = append(attrs, "config", o.configUsed)
+	}
+	if o.token != "" {
+		attrs = append(attrs, "token_from", o.tokenFrom)
+	}
+	log.Info("wsrc-agent starting", attrs...)
+	if cleartextToken(o.server, o.token) {
+		log.Warn("the agent token travels unencrypted to a ws:// server on another machine; use wss://")
+	}
+	err := runWithSystemd(ctx, m, log)
 	if errors.Is(err, agent.ErrBadServerURL) {
 		return usageError{fmt.Sprintf("--server: %v", err)}
 	}

@@ -4,11 +4,8 @@ import (
 	"context"
 	"io"
 	"os"
-	"os/exec"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/gorilla/websocket"
 	"go.uber.org/goleak"
@@ -19,6 +16,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	defaultConfigPath = "" // never this machine's /etc/wsrc/agent.toml
 	if os.Getenv("WSRC_AGENT_TEST_MAIN") == "1" {
 		// Re-executed by TestSignal: be the real program.
 		os.Args = append([]string{"wsrc-agent"}, strings.Fields(os.Getenv("WSRC_AGENT_TEST_ARGS"))...)
@@ -29,6 +27,8 @@ func TestMain(m *testing.M) {
 }
 
 func noEnv(string) string { return "" }
+
+func noLookup(string) (string, bool) { return "", false }
 
 // syncBuffer collects output safely from the agent's goroutines.
 type syncBuffer = agenttest.Buffer
@@ -47,33 +47,41 @@ func TestUsage(t *testing.T) {
 		want string // in stdout+stderr
 	}{
 		{[]string{"--help"}, 0, "wsrc-agent readers [flags]"},
-		{[]string{"-h"}, 0, "WSRC_AGENT_SERVER"},
+		{[]string{"-h"}, 0, "WSRC_AGENT_<FLAG>"},
+		{[]string{"-h"}, 0, "wsrc-agent check-config [flags]"},
 		{[]string{"--version"}, 0, "wsrc-agent "},
 		{[]string{"--no-such-flag"}, 2, "flag provided but not defined"},
 		{[]string{"--sim", "x"}, 2, "invalid value"},
 		{[]string{"-h"}, 0, "--reader-include"},
 		{[]string{"--help"}, 0, `It does not ask the server`},
-		{[]string{"--backend", "sim", "--reader-exclude", "x"}, 2, `apply to the pcsc and ccid backends, which --backend "sim" does not use`},
-		{[]string{"--backend", "ccid", "--reader-exclude", "[x"}, 2, `--reader-include/--reader-exclude: reader exclude pattern: "[x"`},
-		{[]string{"--backend", "ccid", "--pcsc-shared"}, 2, `--pcsc-shared applies to the pcsc backend, which --backend "ccid" does not use`},
 		{[]string{"--help"}, 0, `apply to the pcsc and ccid backends alike`},
-		{[]string{"--backend", "auto,pcsc"}, 2, `backend "pcsc" given twice (auto includes ccid, pcsc)`},
+		{[]string{"--help"}, 0, `READY=1 is sent when the server has accepted the first card session`},
+		{[]string{"--backend", "sim", "--reader-exclude", "x"}, 2, `--reader-exclude: reader patterns apply to the pcsc and ccid backends, which backend "sim" does not use`},
+		{[]string{"--backend", "ccid", "--reader-exclude", "[x"}, 2, `--reader-exclude: bad pattern "[x": syntax error in pattern`},
+		{[]string{"--backend", "ccid", "--pcsc-shared"}, 2, `--pcsc-shared: applies to the pcsc backend, which backend "ccid" does not use`},
+		{[]string{"--backend", "auto,pcsc"}, 2, `--backend: backend "pcsc" given twice (auto includes ccid, pcsc)`},
 		{[]string{"--backend", "ccid,auto"}, 2, `backend "ccid" given twice (auto includes ccid, pcsc)`},
 		{[]string{"--backend", "auto,auto"}, 2, `backend "auto" given twice`},
-		{[]string{"--reader-include", "["}, 2, `--reader-include/--reader-exclude: reader include pattern: "["`},
-		{[]string{"--backend", "pcsc", "--reader-exclude", "/(/"}, 2, `reader exclude pattern: "/(/"`},
-		{[]string{"--reader-include", ""}, 2, "empty pattern"},
-		{[]string{"--sim", "1", "--reader-include", "x*"}, 2, `apply to the pcsc and ccid backends, which --backend "" does not use`},
-		{[]string{"--backend", "sim", "--pcsc-shared"}, 2, `--pcsc-shared applies to the pcsc backend, which --backend "sim" does not use`},
-		{[]string{"--backend", "floppy"}, 2, `unknown backend "floppy" (known: sim, pcsc, ccid, auto)`},
+		{[]string{"--reader-include", "["}, 2, `--reader-include: bad pattern "["`},
+		{[]string{"--backend", "pcsc", "--reader-exclude", "/(/"}, 2, `--reader-exclude: bad pattern "/(/"`},
+		{[]string{"--reader-include", ""}, 2, "empty value"},
+		{[]string{"--sim", "1", "--reader-include", "x*"}, 2, `reader patterns apply to the pcsc and ccid backends, which backend "" does not use`},
+		{[]string{"--backend", "floppy"}, 2, `--backend: unknown backend "floppy" (known: sim, pcsc, ccid, auto)`},
 		{[]string{"--backend", "sim,sim"}, 2, `backend "sim" given twice`},
-		{[]string{"--sim", "-1"}, 2, "cannot be negative"},
+		{[]string{"--sim", "-1"}, 2, "--sim: -1: the number of cards cannot be negative"},
 		{[]string{"--sim", "100000"}, 2, "at most 1000"},
-		{[]string{"--sim", "1", "--sim-protocol", "t2"}, 2, `--sim-protocol "t2": want t0 or t1`},
-		{[]string{"--sim", "1", "--log-level", "loud"}, 2, `--log-level "loud"`},
+		{[]string{"--sim", "1", "--sim-protocol", "t2"}, 2, `--sim-protocol: "t2": want t0 or t1`},
+		{[]string{"--sim", "1", "--log-level", "loud"}, 2, `--log-level: "loud"`},
 		{[]string{"--sim", "1", "frobnicate"}, 2, `unknown command "frobnicate"`},
 		{[]string{"readers", "extra", "--sim", "1"}, 2, "readers takes no arguments"},
 		{[]string{"--sim", "1", "--server", "http://127.0.0.1:1/"}, 2, "--server: bad server URL"},
+		{[]string{"--sim", "1", "--server", "wss://pi:hunter2@relay.example/"}, 2, `--server: bad server URL "wss://pi:xxxxx@relay.example/": user information in the URL is not supported`},
+		{[]string{"--sim", "1", "--tls-ca-file", "/nonexistent/ca.pem"}, 2, "--tls-ca-file: TLS settings need a wss:// server URL"},
+		{[]string{"--sim", "1", "--server", "wss://h/", "--tls-ca-file", "/nonexistent/ca.pem"}, 2, "--tls-ca-file: reading CA file: open /nonexistent/ca.pem"},
+		{[]string{"--sim", "1", "--server", "wss://h/", "--tls-pin-sha256", "abc"}, 2, `--tls-pin-sha256: pin "abc": want a SHA-256 fingerprint`},
+		{[]string{"--sim", "1", "--server", "wss://h/", "--tls-cert-file", "/x"}, 2, "--tls-cert-file: a client certificate needs tls key_file (--tls-key-file) too"},
+		{[]string{"--sim", "1", "--token-file", "/nonexistent/token"}, 2, "--token-file: reading the token file: open /nonexistent/token"},
+		{[]string{"--sim", "1", "--config", "/nonexistent/agent.toml"}, 2, "reading configuration: open /nonexistent/agent.toml"},
 	} {
 		code, out, errs := runCmd(t, noEnv, tc.args...)
 		if code != tc.code || !strings.Contains(out+errs, tc.want) {
@@ -96,11 +104,12 @@ func TestBackendChoice(t *testing.T) {
 		{[]string{"--backend", "sim,auto"}, "sim,ccid,pcsc"},
 		{[]string{"--backend", " CCID "}, "ccid"},
 	} {
-		o, err := parseArgs(tc.args, noEnv, io.Discard)
+		o, err := parseArgs(tc.args, noLookup, io.Discard)
 		if err != nil {
 			t.Fatal(err)
 		}
 		bs, err := o.backends()
+		closeBackends(bs, o.logger())
 		if err != nil {
 			t.Errorf("%q: %v", tc.args, err)
 			continue
@@ -183,42 +192,5 @@ func TestServe(t *testing.T) {
 	}
 	if !strings.Contains(stderr.String(), "wsrc-agent stopped") {
 		t.Errorf("log lacks the stop line:\n%s", stderr.String())
-	}
-}
-
-// TestSignal runs the real program (this test binary re-executed) and
-// stops it with SIGTERM: it closes its session with 1001 and exits 0.
-func TestSignal(t *testing.T) {
-	if testing.Short() {
-		t.Skip("re-executes the test binary")
-	}
-	srv := agenttest.NewServer(t)
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "WSRC_AGENT_TEST_MAIN=1", "WSRC_AGENT_TEST_ARGS=--sim 1 --server "+srv.URL())
-	var stderr syncBuffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	conn := srv.Accept()
-	conn.Hello()
-	conn.Transmit([]byte{0x00, 0xa4, 0x00, 0x00, 0x02, 0x3f, 0x00})
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	if code, _ := conn.ExpectClose(); code != websocket.CloseGoingAway {
-		t.Errorf("close code %d, want 1001", code)
-	}
-	select {
-	case err := <-exited:
-		if err != nil {
-			t.Errorf("exit: %v; stderr:\n%s", err, stderr.String())
-		}
-	case <-time.After(10 * time.Second):
-		cmd.Process.Kill()
-		<-exited
-		t.Fatalf("no exit within 10s of SIGTERM; stderr:\n%s", stderr.String())
 	}
 }

@@ -19,7 +19,17 @@
 // away, answers malformed or unknown messages with an error message instead
 // of dying, and closes its WebSocket cleanly on shutdown.
 //
-// Backends are described for `wsrc-agent readers` by [Prober]: each reader
+// Connection security: wss:// URLs are verified as [TLSOptions] say
+// (system roots, a CA file, pinned certificate fingerprints) and may
+// present a client certificate; [Config].Token goes in every upgrade
+// request as "Authorization: Bearer <token>" and is never logged. A
+// refusal (401, 429) is logged plainly and retried with the usual backoff.
+// Keepalive: each connection pings every Timing.PingPeriod, and a server
+// silent for Timing.PongWait (default two ping periods) is taken for dead.
+// [Manager].State and [Manager].Ping let the program report status and
+// run a watchdog (cmd/wsrc-agent does both for systemd).
+//
+// Backends are described for `wsrc-agent readers` by Backend.Probe: each reader
 // is loaded, skipped (with a reason) or failed, as in periph.io's driver
 // registry, so "CCID first, PC/SC as fallback" can say why a reader went to
 // one backend or the other.

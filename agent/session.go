@@ -106,6 +106,10 @@ var errDisconnected = errors.New("server sent disconnect")
 //     double from Timing.MinBackoff up to Timing.MaxBackoff, each drawn at
 //     random from the upper half [d/2, d]; a connection that stayed up for
 //     Timing.StableAfter resets them to the start.
+//   - A refused upgrade is no different, but says why: HTTP 401 is logged
+//     as "server refused the agent token" (ErrUnauthorized), HTTP 429 as
+//     throttled (ErrThrottled), and then waits at least the server's
+//     Retry-After.
 //   - When the server sends disconnect, Run answers disconnect_ack, closes
 //     the WebSocket (1000) and stays away for Timing.DisconnectHoldoff
 //     before dialling again.

@@ -111,6 +111,9 @@ func (o *options) loadFile() error {
 	}
 	var ce config.Errors
 	if err != nil && !errors.As(err, &ce) {
+		if errors.Is(err, fs.ErrPermission) {
+			err = fmt.Errorf("%w (run as root or as a member of the group that may read it, or give --config \"\" to read none)", err)
+		}
 		return configErrors{o.errorf("config", -1, "%v", err)} // unreadable: exit 2 too
 	}
 	if err != nil {
@@ -170,7 +173,9 @@ func (es configErrors) Error() string {
 // server URL, the token, the TLS files, the log level, and the backends
 // (built, not started: no reader is touched). It fills o.token, o.tlsConfig
 // and o.backendList, and returns every problem found, not just the first.
-func (o *options) validate(lookup func(string) (string, bool)) error {
+// Without connect (`wsrc-agent readers`), the token and TLS files are not
+// read: listing readers needs neither, nor the permission to read them.
+func (o *options) validate(lookup func(string) (string, bool), connect bool) error {
 	var errs configErrors
 	add := func(err error) {
 		if err == nil {
@@ -194,8 +199,10 @@ func (o *options) validate(lookup func(string) (string, bool)) error {
 	if err := agent.CheckServerURL(o.server); err != nil {
 		add(o.errorf("server", -1, "%v", err))
 	}
-	add(o.resolveToken(lookup))
-	add(o.checkTLS(u, uerr == nil))
+	if connect {
+		add(o.resolveToken(lookup))
+		add(o.checkTLS(u, uerr == nil))
+	}
 	backends, err := o.backends()
 	if err != nil {
 		add(o.backendError(err))

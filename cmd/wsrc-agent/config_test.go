@@ -162,7 +162,7 @@ func TestConfigPrecedence(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := configure(o, noLookup); err != nil {
+	if err := configure(o, noLookup, true); err != nil {
 		t.Fatal(err)
 	}
 	closeBackends(o.backendList, o.logger())
@@ -224,7 +224,7 @@ func TestTokenSources(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			err = configure(o, lookup)
+			err = configure(o, lookup, true)
 			closeBackends(o.backendList, o.logger())
 			if want, ok := strings.CutPrefix(tc.want, "error: "); ok {
 				if err == nil || !strings.Contains(err.Error(), want) {
@@ -236,6 +236,11 @@ func TestTokenSources(t *testing.T) {
 				t.Fatalf("token %q (%v), want %q", o.token, err, tc.want)
 			}
 		})
+	}
+
+	// readers needs no token: an unreadable token file does not stop it.
+	if code, _, errs := runCmd(t, noEnv, "readers", "--sim", "1", "--token-file", "/nonexistent/token"); code != 0 {
+		t.Errorf("readers with an unreadable token file: exit %d\n%s", code, errs)
 	}
 
 	// A token file every user can read gets a warning.

@@ -338,13 +338,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 }
 
-// configure reads the file and validates everything.
-func configure(o *options, lookup func(string) (string, bool)) error {
+// configure reads the file and validates everything (see validate for
+// connect).
+func configure(o *options, lookup func(string) (string, bool), connect bool) error {
 	o.tls.PinSHA256 = o.tlsPins
 	if err := o.loadFile(); err != nil {
 		return err
 	}
-	return o.validate(lookup)
+	return o.validate(lookup, connect)
 }
 
 func dispatch(ctx context.Context, o *options, lookup func(string) (string, bool), stdout, stderr io.Writer) error {
@@ -360,7 +361,7 @@ func dispatch(ctx context.Context, o *options, lookup func(string) (string, bool
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: &o.level}))
 	o.log = log // its level is set by configure
-	err := configure(o, lookup)
+	err := configure(o, lookup, cmd != "readers")
 	if cmd == "check-config" {
 		return checkConfig(o, err, stdout)
 	}

@@ -22,35 +22,44 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv(childEnv) == "1" {
+		os.Exit(runChild())
+	}
 	goleak.VerifyTestMain(m)
 }
 
+// noEnv is a lookupEnv with nothing set.
+func noEnv(string) (string, bool) { return "", false }
+
+// discard is stdio with no input and no output.
+var discard = stdio{strings.NewReader(""), io.Discard, io.Discard}
+
 func TestFlags(t *testing.T) {
 	var out bytes.Buffer
-	o, err := parseFlags([]string{"--user-bind-host", "localhost", "--user-bind-port", "5220",
-		"-card-bind-host=0.0.0.0", "--card-bind-port=5221", "--request-timeout", "3m", "--log-level", "debug"}, &out)
+	o, explicit, err := parseFlags([]string{"--user-bind-host", "localhost", "--user-bind-port", "5220",
+		"-card-bind-host=0.0.0.0", "--card-bind-port=5221", "--request-timeout", "3m", "--log-level", "debug"}, &out, noEnv)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if o.userHost != "localhost" || o.userPort != 5220 || o.cardHost != "0.0.0.0" || o.cardPort != 5221 ||
-		o.cfg.RequestTimeout != 3*time.Minute || o.logLevel != slog.LevelDebug {
-		t.Fatalf("parsed %+v", o)
+		o.requestTimeout != 3*time.Minute || o.logLevel != "debug" || !explicit["card-bind-host"] || explicit["config"] {
+		t.Fatalf("parsed %+v %v", o, explicit)
 	}
-	o, err = parseFlags(nil, &out)
+	o, _, err = parseFlags(nil, &out, noEnv)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if o.userHost != "127.0.0.1" || o.userPort != 4220 || o.cardHost != "127.0.0.1" || o.cardPort != 4221 ||
-		o.cfg.RequestTimeout != server.DefaultRequestTimeout || o.cfg.ShowRemoteAddr {
+		o.requestTimeout != server.DefaultRequestTimeout || o.showRemoteAddr || o.configPath != DefaultConfigPath {
 		t.Fatalf("defaults %+v", o)
 	}
+	lookupEnv = noEnv
+	t.Cleanup(func() { lookupEnv = os.LookupEnv })
 	for _, bad := range [][]string{
 		{"--user-bind-port", "70000"}, {"--log-level", "loud"}, {"--request-timeout", "0s"}, {"extra"}, {"--nope"},
+		{"--config", "/nonexistent/server.toml"},
 	} {
-		if _, err := parseFlags(bad, io.Discard); err == nil {
-			t.Errorf("%q accepted", bad)
-		}
-		if code := run(context.Background(), bad, io.Discard); code != 2 {
+		if code := run(context.Background(), bad, discard, nil); code != exitUsage {
 			t.Errorf("%q: exit %d, want 2", bad, code)
 		}
 	}
@@ -58,10 +67,12 @@ func TestFlags(t *testing.T) {
 
 func TestHelp(t *testing.T) {
 	var out bytes.Buffer
-	if code := run(context.Background(), []string{"--help"}, &out); code != 0 {
+	if code := run(context.Background(), []string{"--help"}, stdio{nil, &out, &out}, nil); code != 0 {
 		t.Fatalf("exit %d", code)
 	}
-	for _, want := range []string{"drop-in for pySim", "--user-bind-host", "--card-bind-port", "--request-timeout", "--log-level", "4220", "4221"} {
+	for _, want := range []string{"drop-in for pySim", "--user-bind-host", "--card-bind-port", "--request-timeout", "--log-level",
+		"4220", "4221", "--config", "--tls-cert", "--insecure-no-auth", "check-config", "hash-password", "gen-token", "SIGHUP",
+		"WSRC_SERVER_USER_BIND_HOST"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("--help lacks %q:\n%s", want, out.String())
 		}
@@ -83,36 +94,96 @@ func TestListenLocalhost(t *testing.T) {
 	}
 }
 
+// testSettings resolves settings for tests: no configuration file unless
+// path is given, free loopback ports, the flags in args.
+func testSettings(t *testing.T, path string, args ...string) (*settings, options, map[string]bool) {
+	t.Helper()
+	if path == "" {
+		path = "/nonexistent/wsrc-test.toml"
+	} else {
+		args = append(args, "--config", path)
+	}
+	o, explicit, err := parseFlags(append([]string{"--user-bind-port", "0", "--card-bind-port", "0"}, args...), io.Discard, noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.configPath = path
+	s, err := loadSettings(o, explicit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, o, explicit
+}
+
+// running is the whole server (serveMain) on loopback, in a goroutine.
+type running struct {
+	user, card string // addresses
+	cancel     context.CancelFunc
+	done       chan int
+	hup        chan os.Signal
+	log        *syncBuffer
+}
+
+// start runs serveMain with s, on loopback listeners it opens itself.
+func start(t *testing.T, s *settings, o options, explicit map[string]bool) *running {
+	t.Helper()
+	ul, err := listen("127.0.0.1", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := listen("127.0.0.1", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.userHost, s.userPort = "127.0.0.1", ul[0].Addr().(*net.TCPAddr).Port
+	s.cardHost, s.cardPort = "127.0.0.1", cl[0].Addr().(*net.TCPAddr).Port
+	closeAll(ul) // serveMain binds them again
+	closeAll(cl)
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &running{user: ul[0].Addr().String(), card: cl[0].Addr().String(), cancel: cancel, done: make(chan int, 1),
+		hup: make(chan os.Signal, 1), log: &syncBuffer{}}
+	started := make(chan struct{})
+	w := &watchWriter{want: "wsrc-server started", seen: started, w: io.MultiWriter(r.log, t.Output())}
+	logger := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	go func() { r.done <- serveMain(ctx, s, o, explicit, logger, r.hup) }()
+	select {
+	case <-started:
+	case code := <-r.done:
+		t.Fatalf("server exited with %d before it started", code)
+	}
+	t.Cleanup(func() { r.stop(t) })
+	return r
+}
+
+// stop ends the server (once) and checks its exit status.
+func (r *running) stop(t *testing.T) {
+	t.Helper()
+	if r.cancel == nil {
+		return
+	}
+	r.cancel()
+	r.cancel = nil
+	if code := <-r.done; code != 0 {
+		t.Errorf("server exit %d", code)
+	}
+}
+
 // The whole program on loopback: a card and a user connect, then the
 // context ends (as on SIGTERM) and both are closed with 1001.
 func TestRunAndShutdown(t *testing.T) {
-	ulns, err := listen("127.0.0.1", 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	clns, err := listen("127.0.0.1", 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	logger := slog.New(slog.NewTextHandler(t.Output(), nil))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- serve(ctx, server.New(server.Config{}, logger), logger, ulns, clns) }()
-
-	card := wstest.Dial(t, "ws://"+clns[0].Addr().String()+"/")
+	s, o, ex := testSettings(t, "")
+	r := start(t, s, o, ex)
+	card := wstest.Dial(t, "ws://"+r.card+"/")
 	card.Send(`{"msg_type":"hello","client_type":"card","atr":"3b00"}`)
 	if got := card.Recv(); !strings.Contains(got, "hello_ack") {
 		t.Fatalf("card got %s", got)
 	}
-	user := wstest.Dial(t, "ws://"+ulns[0].Addr().String()+"/")
+	user := wstest.Dial(t, "ws://"+r.user+"/")
 	user.Send(`{"msg_type":"hello","client_type":"user"}`)
 	if got := user.Recv(); !strings.Contains(got, "hello_ack") {
 		t.Fatalf("user got %s", got)
 	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	r.stop(t)
 	for _, p := range []*wstest.Peer{card, user} {
 		// The card may get an identification c_apdu first.
 		if code, reason, _ := p.DrainClosed(); code != websocket.CloseGoingAway || reason != "server shutting down" {
@@ -147,10 +218,14 @@ func TestNoReaderDependencies(t *testing.T) {
 
 // SIGTERM ends the program in order, with exit status 0.
 func TestSIGTERM(t *testing.T) {
+	lookupEnv = noEnv
+	t.Cleanup(func() { lookupEnv = os.LookupEnv })
 	started := make(chan struct{})
-	w := &watchWriter{want: "wsrc-server started", seen: started}
+	w := &watchWriter{want: "wsrc-server started", seen: started, w: io.Discard}
 	done := make(chan int, 1)
-	go func() { done <- runWithSignals([]string{"--user-bind-port", "0", "--card-bind-port", "0"}, w) }()
+	go func() {
+		done <- runWithSignals([]string{"--user-bind-port", "0", "--card-bind-port", "0", "--config", ""}, stdio{nil, io.Discard, w})
+	}()
 	<-started
 	if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -160,11 +235,13 @@ func TestSIGTERM(t *testing.T) {
 	}
 }
 
-// watchWriter closes seen when a write contains want.
+// watchWriter passes writes on to w and closes seen when a write
+// contains want.
 type watchWriter struct {
 	mu   sync.Mutex
 	want string
 	seen chan struct{}
+	w    io.Writer
 }
 
 func (w *watchWriter) Write(p []byte) (int, error) {
@@ -174,5 +251,23 @@ func (w *watchWriter) Write(p []byte) (int, error) {
 		close(w.seen)
 		w.seen = nil
 	}
-	return len(p), nil
+	return w.w.Write(p)
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent use.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }

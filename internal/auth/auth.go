@@ -320,3 +320,19 @@ func (s *Store) AgentRequest(r *http.Request) (*Principal, error) {
 	}
 	return s.AuthenticateAgent(c)
 }
+
+// UserCount returns the number of users (0 for a nil Store).
+func (s *Store) UserCount() int {
+	if s == nil {
+		return 0
+	}
+	return len(s.users)
+}
+
+// AgentCount returns the number of agents (0 for a nil Store).
+func (s *Store) AgentCount() int {
+	if s == nil {
+		return 0
+	}
+	return len(s.agents)
+}

@@ -198,6 +198,18 @@ func TestTLSPolicy(t *testing.T) {
 			t.Errorf("TLS version %x accepted", v)
 		}
 	}
+	// TLS 1.2 without AEAD: refused.
+	cbc, err := tls.Dial("tcp", r.user, &tls.Config{RootCAs: ca.pool, ServerName: "localhost", MaxVersion: tls.VersionTLS12,
+		CipherSuites: []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA, tls.TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA}})
+	if err == nil {
+		cbc.Close()
+		t.Error("a CBC cipher suite was accepted")
+	}
+	tls12, err := tls.Dial("tcp", r.user, &tls.Config{RootCAs: ca.pool, ServerName: "localhost", MaxVersion: tls.VersionTLS12})
+	if err != nil {
+		t.Fatalf("TLS 1.2 with AEAD: %v", err)
+	}
+	tls12.Close()
 	c, err := tls.Dial("tcp", r.card, &tls.Config{RootCAs: ca.pool, ServerName: "localhost", NextProtos: []string{"h2", "http/1.1"}})
 	if err != nil {
 		t.Fatal(err)

@@ -108,8 +108,8 @@ func tcpListenerFile(t *testing.T) (*os.File, string) {
 }
 
 // The server takes its ports from systemd, reports READY=1 and a status
-// line that follows the cards and users, and on SIGTERM says STOPPING=1,
-// closes users with a reason and exits 0.
+// line that follows the cards and users, feeds the watchdog, and on
+// SIGTERM says STOPPING=1, closes users with a reason and exits 0.
 func TestSocketActivationAndNotify(t *testing.T) {
 	notify, msgs := fakeNotify(t)
 	userF, userAddr := tcpListenerFile(t)
@@ -121,7 +121,7 @@ func TestSocketActivationAndNotify(t *testing.T) {
 	args, _ := json.Marshal([]string{"--config", "", "--user-bind-port", "1", "--card-bind-port", "1", "--log-level", "debug"})
 	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), childEnv+"=1", childArgsEnv+"="+string(args), "NOTIFY_SOCKET="+notify,
-		"LISTEN_FDS=2", "LISTEN_FDNAMES=card:user")
+		"LISTEN_FDS=2", "LISTEN_FDNAMES=card:user", "WATCHDOG_USEC=200000")
 	cmd.ExtraFiles = []*os.File{cardF, userF}
 	var stderr syncBuffer
 	cmd.Stderr = &stderr
@@ -137,6 +137,7 @@ func TestSocketActivationAndNotify(t *testing.T) {
 		}
 	}()
 	await(t, msgs, "READY=1")
+	await(t, msgs, "WATCHDOG=1") // every 100 ms: half of WATCHDOG_USEC
 	card := wstest.Dial(t, "ws://"+cardAddr+"/")
 	card.Send(`{"msg_type":"hello","client_type":"card","atr":"3b00"}`)
 	if got := card.Recv(); !strings.Contains(got, "hello_ack") {

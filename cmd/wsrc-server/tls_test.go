@@ -318,3 +318,30 @@ func TestACMEServe(t *testing.T) {
 	defer c.Close()
 	roundTrip(t, c, `{"msg_type":"hello","client_type":"user"}`, "hello_ack")
 }
+
+// A client that opens a connection and then sends nothing (no TLS
+// handshake, no request) is dropped after header_timeout.
+func TestHandshakeTimeout(t *testing.T) {
+	ca := newTestCA(t)
+	certFile, keyFile := ca.writeCert(t, t.TempDir(), "slow")
+	path := writeConfig(t, "[limits]\nheader_timeout = \"1s\"\n")
+	s, o, ex := testSettings(t, path, "--tls-cert", certFile, "--tls-key", keyFile)
+	r := start(t, s, o, ex)
+	var conns []net.Conn
+	for _, addr := range []string{r.user, r.card} {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conns = append(conns, c)
+	}
+	start := time.Now()
+	for _, c := range conns {
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, err := c.Read(make([]byte, 1))
+		if d := time.Since(start); err == nil || d > 5*time.Second {
+			t.Errorf("%s: silent client kept for %v (%v), want about 1s", c.RemoteAddr(), d, err)
+		}
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -28,6 +29,8 @@ var wantFiles = map[string][]shipped{
 		{"/usr/lib/udev/rules.d/60-wsrc-agent.rules", 0o644, "systemd/60-wsrc-agent.rules"},
 		{"/usr/share/polkit-1/rules.d/60-wsrc-agent.rules", 0o644, "systemd/wsrc-agent.polkit.rules"},
 		{"/etc/default/wsrc-agent", 0o644, "systemd/default/wsrc-agent"},
+		{"/etc/wsrc/agent.toml", 0o644, "deploy/nfpm/etc/agent.toml"},
+		{"/usr/share/doc/wsrc-agent/examples/agent.toml", 0o644, "docs/examples/agent.toml"},
 		{"/usr/share/doc/wsrc-agent/copyright", 0o644, "deploy/nfpm/doc/copyright"},
 		{"/usr/share/doc/wsrc-agent/changelog.gz", 0o644, ""},
 		{"/usr/share/lintian/overrides/wsrc-agent", 0o644, "deploy/nfpm/lintian/wsrc-agent"},
@@ -61,7 +64,7 @@ var wantScripts = map[string][]string{
 
 // wantConffiles is the conffiles list of each package.
 var wantConffiles = map[string][]string{
-	"wsrc-agent":  {"/etc/default/wsrc-agent"},
+	"wsrc-agent":  {"/etc/default/wsrc-agent", "/etc/wsrc/agent.toml"},
 	"wsrc-server": {"/etc/default/wsrc-server"},
 	"wsrc":        nil,
 }
@@ -200,7 +203,8 @@ func TestMaintainerScripts(t *testing.T) {
 				}
 			}
 			got := strings.Fields(string(d.Ctrl["conffiles"].Data))
-			if strings.Join(got, " ") != strings.Join(wantConffiles[d.Name], " ") {
+			slices.Sort(got)
+			if !slices.Equal(got, wantConffiles[d.Name]) {
 				t.Errorf("conffiles %q, want %q", got, wantConffiles[d.Name])
 			}
 			for _, c := range got {

@@ -101,7 +101,7 @@ func newSandbox(t *testing.T, debs string) *sandbox {
 }
 
 // run runs a shell command in the sandbox, stdin from /dev/null, and
-// returns its combined output and exit status.
+// returns its combined output, without trailing newlines, and exit status.
 func (sb *sandbox) run(command string) (string, int) {
 	sb.t.Helper()
 	quoted := "'" + strings.ReplaceAll(command, "'", `'\''`) + "'"
@@ -117,7 +117,7 @@ func (sb *sandbox) run(command string) (string, int) {
 			if err != nil {
 				sb.t.Fatalf("sandbox: bad status line %q", l)
 			}
-			return strings.TrimSuffix(out.String(), "\n"), rc
+			return strings.TrimRight(out.String(), "\n"), rc
 		}
 		out.WriteString(l)
 		if err != nil {

@@ -112,9 +112,11 @@ type Config struct {
 	// message over the limit is answered with an error and dropped (an
 	// agent's reply to a pending request always passes); RateStrikes such
 	// messages without the peer backing off (letting its bucket fill up)
-	// close the connection with 1008. Defaults 1000/s, 2000 and 100; a
-	// negative MessageRate disables the limit. No real card answers 1000
-	// APDUs per second, and a user has only one request in flight.
+	// close the connection with 1008. MessageRate 0 or negative: no limit
+	// (the default of this package, for benchmarks and embedders;
+	// wsrc-server sets DefaultMessageRate). Defaults for the others: 2000
+	// and 100. No real card answers 1000 APDUs per second, and a user has
+	// only one request in flight.
 	MessageRate  float64
 	MessageBurst int
 	RateStrikes  int
@@ -161,7 +163,7 @@ const (
 	DefaultPongTimeout     = 20 * time.Second
 	DefaultMaxConns        = 10000
 	DefaultMaxConnsPerAddr = 64
-	DefaultMessageRate     = 1000
+	DefaultMessageRate     = 1000 // wsrc-server's; Config's zero value is no limit
 	DefaultMessageBurst    = 2000
 	DefaultRateStrikes     = 100
 )
@@ -196,8 +198,8 @@ func (c *Config) setDefaults() {
 	if c.MaxConnsPerAddr == 0 {
 		c.MaxConnsPerAddr = DefaultMaxConnsPerAddr
 	}
-	if c.MessageRate == 0 {
-		c.MessageRate = DefaultMessageRate
+	if c.MessageRate <= 0 {
+		c.MessageRate = -1 // no limit
 	}
 	if c.MessageBurst <= 0 {
 		c.MessageBurst = DefaultMessageBurst

@@ -273,6 +273,7 @@ func (s *settings) limits(p *problems, o options, fc *fileConfig) {
 	count("message_burst", l.MessageBurst, 1, 1<<20, &c.MessageBurst)
 	count("rate_strikes", l.RateStrikes, 1, 1<<20, &c.RateStrikes)
 	count("auth_failure_burst", l.AuthFailureBurst, 1, 1<<20, &c.AuthFailureBurst)
+	c.MessageRate = server.DefaultMessageRate
 	switch r := l.MessageRate; {
 	case p.file.IsDefined("limits.message_rate") && r == 0:
 		c.MessageRate = -1 // 0 in the file: no limit

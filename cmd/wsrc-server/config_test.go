@@ -59,7 +59,7 @@ func TestResolveDefaultsAndPrecedence(t *testing.T) {
 		t.Fatal(err)
 	}
 	if s.userHost != "127.0.0.1" || s.userPort != 4220 || s.cardPort != 4221 || s.store != nil || s.tls.enabled() ||
-		s.headerTimeout != defaultHeaderTimeout || s.srv.MessageRate != 0 {
+		s.headerTimeout != defaultHeaderTimeout || s.srv.MessageRate != 1000 {
 		t.Fatalf("defaults %+v", s)
 	}
 	path := writeConfig(t, `

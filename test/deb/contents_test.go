@@ -42,6 +42,8 @@ var wantFiles = map[string][]shipped{
 		{"/usr/lib/systemd/system/wsrc-server-card.socket", 0o644, "systemd/wsrc-server-card.socket"},
 		{"/usr/lib/sysusers.d/wsrc-server.conf", 0o644, "systemd/wsrc.sysusers.conf"},
 		{"/etc/default/wsrc-server", 0o644, "systemd/default/wsrc-server"},
+		{"/etc/wsrc/server.toml", 0o644, "deploy/nfpm/etc/server.toml"},
+		{"/usr/share/doc/wsrc-server/examples/server.toml", 0o644, "docs/examples/server.toml"},
 		{"/usr/share/doc/wsrc-server/copyright", 0o644, "deploy/nfpm/doc/copyright"},
 		{"/usr/share/doc/wsrc-server/changelog.gz", 0o644, ""},
 		{"/usr/share/lintian/overrides/wsrc-server", 0o644, "deploy/nfpm/lintian/wsrc-server"},
@@ -65,7 +67,7 @@ var wantScripts = map[string][]string{
 // wantConffiles is the conffiles list of each package.
 var wantConffiles = map[string][]string{
 	"wsrc-agent":  {"/etc/default/wsrc-agent", "/etc/wsrc/agent.toml"},
-	"wsrc-server": {"/etc/default/wsrc-server"},
+	"wsrc-server": {"/etc/default/wsrc-server", "/etc/wsrc/server.toml"},
 	"wsrc":        nil,
 }
 

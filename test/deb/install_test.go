@@ -142,7 +142,8 @@ func TestInstallCycle(t *testing.T) {
 	for _, cmd := range []string{"wsrc-agent --version", "wsrc-server --version", "wsrc version"} {
 		sb.must(cmd)
 	}
-	checkAgentConfig(t, sb, "ws://127.0.0.1:4221/", "after install")
+	checkConfig(t, sb, "agent", "server: ws://127.0.0.1:4221/", "after install")
+	checkConfig(t, sb, "server", "card port 127.0.0.1:4221, no authentication", "after install")
 	if calls := serviceCalls(sb); len(calls) > 0 {
 		t.Errorf("without systemd the scripts called %q", calls)
 	}
@@ -151,6 +152,7 @@ func TestInstallCycle(t *testing.T) {
 	// socket (to let the server bind its own address).
 	sb.must(`sed -i 's|^#server = .*|server = "wss://relay.example.org:4221/"|' /etc/wsrc/agent.toml`)
 	sb.must(`echo 'WSRC_AGENT_ARGS="--log-level debug"' >>/etc/default/wsrc-agent`)
+	sb.must(`printf '[card_port]\nbind_port = 4321\n' >>/etc/wsrc/server.toml`)
 	sb.must(`echo 'WSRC_SERVER_ARGS="--log-level debug"' >>/etc/default/wsrc-server`)
 	sb.must("mkdir -p /var/lib/wsrc-agent /var/lib/wsrc-server && touch /var/lib/wsrc-agent/kept /var/lib/wsrc-server/kept")
 	sb.must("/usr/bin/systemctl disable wsrc-server-user.socket")
@@ -167,7 +169,8 @@ func TestInstallCycle(t *testing.T) {
 		}
 	}
 	checkEdited(t, sb, "after upgrade")
-	checkAgentConfig(t, sb, "wss://relay.example.org:4221/", "after upgrade")
+	checkConfig(t, sb, "agent", "server: wss://relay.example.org:4221/", "after upgrade")
+	checkConfig(t, sb, "server", "card port 127.0.0.1:4321", "after upgrade")
 	if out := sb.must("cat /etc/default/wsrc-agent.dpkg-dist"); !strings.Contains(out, upgradeMarker) {
 		t.Errorf("/etc/default/wsrc-agent.dpkg-dist is not the new upstream file:\n%s", out)
 	}
@@ -217,7 +220,7 @@ func TestInstallCycle(t *testing.T) {
 	}
 	left := []string{
 		"/etc/default/wsrc-agent", "/etc/default/wsrc-agent.dpkg-dist", "/etc/default/wsrc-server",
-		"/etc/wsrc/agent.toml",
+		"/etc/wsrc/agent.toml", "/etc/wsrc/server.toml",
 		"/var/lib/wsrc-agent", "/var/lib/wsrc-server",
 		"/etc/systemd/system/wsrc-agent.service", "/etc/systemd/system/wsrc-server.service",
 	}
@@ -232,23 +235,24 @@ func TestInstallCycle(t *testing.T) {
 	if out, _ := sb.run("ls /var/lib/systemd/deb-systemd-helper-enabled /var/lib/systemd/deb-systemd-helper-masked 2>/dev/null | grep wsrc"); out != "" {
 		t.Errorf("deb-systemd-helper state left after purge:\n%s", out)
 	}
-	if out, rc := sb.run("dpkg-statoverride --list /etc/wsrc/agent.toml"); rc == 0 {
+	if out, rc := sb.run("dpkg-statoverride --list '/etc/wsrc/*'"); rc == 0 {
 		t.Errorf("statoverride left after purge: %s", out)
 	}
 	sb.must("getent passwd wsrc")
 }
 
-// checkAgentConfig checks /etc/wsrc/agent.toml: 0640 root:wsrc, and the
-// packaged agent, run as user wsrc like the service, reads it and takes
-// the server URL from it.
-func checkAgentConfig(t *testing.T, sb *sandbox, server, when string) {
+// checkConfig checks /etc/wsrc/<name>.toml: 0640 root:wsrc, and
+// `wsrc-<name> check-config`, run as user wsrc like the service, reads it
+// and says want.
+func checkConfig(t *testing.T, sb *sandbox, name, want, when string) {
 	t.Helper()
-	if got := sb.must("stat -c '%U:%G %a' /etc/wsrc/agent.toml"); got != "root:wsrc 640" {
-		t.Errorf("/etc/wsrc/agent.toml is %s %s, want root:wsrc 640", got, when)
+	file := "/etc/wsrc/" + name + ".toml"
+	if got := sb.must("stat -c '%U:%G %a' " + file); got != "root:wsrc 640" {
+		t.Errorf("%s is %s %s, want root:wsrc 640", file, got, when)
 	}
-	out := sb.must("setpriv --reuid=wsrc --regid=wsrc --init-groups wsrc-agent check-config")
-	if !strings.Contains(out, "server: "+server) {
-		t.Errorf("wsrc-agent check-config as user wsrc %s:\n%s\nwant server: %s", when, out, server)
+	out := sb.must("setpriv --reuid=wsrc --regid=wsrc --init-groups wsrc-" + name + " check-config")
+	if !strings.Contains(out, want) {
+		t.Errorf("wsrc-%s check-config as user wsrc %s:\n%s\nwant %q", name, when, out, want)
 	}
 }
 
@@ -269,6 +273,7 @@ func checkEdited(t *testing.T, sb *sandbox, when string) {
 		"/etc/wsrc/agent.toml":     `server = "wss://relay.example.org:4221/"`,
 		"/etc/default/wsrc-agent":  `WSRC_AGENT_ARGS="--log-level debug"`,
 		"/etc/default/wsrc-server": `WSRC_SERVER_ARGS="--log-level debug"`,
+		"/etc/wsrc/server.toml":    "bind_port = 4321",
 	} {
 		if out, _ := sb.run("cat " + file); !strings.Contains(out, line) {
 			t.Errorf("%s lost the administrator's line %s:\n%s", file, when, out)

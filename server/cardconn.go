@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -30,6 +31,9 @@ type cardConn struct {
 	state    string   // protocol.StateInit, StateReady or StateAssociated
 	id       identity // what users select the card by
 	userName string   // the associated user's name or address, for events
+	userID   uint64   // the associated user's connection ID; 0 when none
+
+	apdus atomic.Uint64 // c_apdus relayed to the card, for Server.Snapshot
 
 	mu      sync.Mutex  // guards the fields below; lock order: mu, then hub.mu
 	user    *userConn   // the associated user; nil when none
@@ -171,10 +175,12 @@ func (cc *cardConn) identify() bool {
 			c.readFailed(tr.lost)
 			return false
 		case tr.lost != nil && isTimeout(tr.lost), errors.Is(err, context.DeadlineExceeded):
+			c.problem(ProblemIdentify)
 			msg := fmt.Sprintf("identification timed out: no answer within %v (the card agent must answer each c_apdu with r_apdu)", timeout)
 			c.fail(websocket.ClosePolicyViolation, "identification timed out", msg)
 			return false
 		case tr.bad != nil:
+			c.problem(ProblemIdentify)
 			msg := fmt.Sprintf("identification failed: invalid answer to c_apdu %x: %v", tr.cmd, tr.bad)
 			c.fail(websocket.CloseProtocolError, "invalid answer during identification", msg)
 			return false
@@ -185,6 +191,7 @@ func (cc *cardConn) identify() bool {
 		default:
 			// A malformed answer (e.g. no status word): the agent speaks
 			// the protocol but not sensibly; drop it.
+			c.problem(ProblemIdentify)
 			c.fail(websocket.CloseProtocolError, "identification failed", "identification failed: "+err.Error())
 			return false
 		}
@@ -265,6 +272,7 @@ func (t *identTransmitter) Transmit(ctx context.Context, cmd []byte) (resp []byt
 		case protocol.Error:
 			return nil, &cardRefused{m.Message}
 		default:
+			c.problem(ProblemUnexpected)
 			c.sendError("unexpected %s during identification: the server is waiting for the r_apdu answering c_apdu %x", m.MsgType(), cmd)
 		}
 	}
@@ -287,6 +295,7 @@ func (cc *cardConn) serve() string {
 			continue
 		}
 		if err != nil {
+			c.problem(ProblemBadMessage)
 			msg := describeBad(err)
 			if replyLike(err) {
 				cc.complete("", nil, "card agent sent an invalid reply: "+msg)
@@ -297,10 +306,12 @@ func (cc *cardConn) serve() string {
 		switch mm := m.(type) {
 		case protocol.RAPDU:
 			if why := cc.complete(protocol.TypeRAPDU, m, ""); why != "" { // m: no new interface value
+				c.problem(ProblemUnexpected)
 				c.sendError("unexpected r_apdu: %s", why)
 			}
 		case protocol.ResetResp:
 			if why := cc.complete(protocol.TypeResetResp, m, ""); why != "" {
+				c.problem(ProblemUnexpected)
 				c.sendError("unexpected reset_resp: %s", why)
 			}
 		case protocol.Error:
@@ -312,8 +323,10 @@ func (cc *cardConn) serve() string {
 		case protocol.DisconnectAck:
 			c.log().Debug("disconnect_ack")
 		case protocol.Hello:
+			c.problem(ProblemUnexpected)
 			c.sendError("duplicate hello: this connection has already said hello")
 		default:
+			c.problem(ProblemUnexpected)
 			c.sendError("unexpected %s from a card agent: the card port accepts r_apdu, reset_resp and error", m.MsgType())
 		}
 	}
@@ -486,8 +499,9 @@ func (cc *cardConn) send(u *userConn, m protocol.Message, want string) string {
 		return "card disconnected: " + cc.gone
 	}
 	cc.pending = request{from: u, want: want, sent: m.MsgType(), deadline: time.Now().Add(d)}
-	if cc.srv().cfg.Tracer != nil {
-		if ca, ok := m.(protocol.CAPDU); ok {
+	if ca, ok := m.(protocol.CAPDU); ok {
+		cc.apdus.Add(1)
+		if cc.srv().cfg.Tracer != nil {
 			cc.pending.cmd = ca.Command
 		}
 	}
@@ -551,12 +565,12 @@ func (cc *cardConn) associate(u *userConn, key, value string) string {
 		cc.mu.Unlock()
 		return fmt.Sprintf("card %s %s is still being identified; try again in a moment", key, value)
 	}
-	cc.setState(protocol.StateAssociated, u.c.peerName())
+	cc.setState(protocol.StateAssociated, u.c)
 	cc.user = u
 	if cc.c.write(protocol.StateNotification{NewState: protocol.StateAssociated}) != nil {
 		// The card connection is closing; its goroutine cleans up.
 		cc.user = nil
-		cc.setState(protocol.StateReady, "")
+		cc.setState(protocol.StateReady, nil)
 		cc.mu.Unlock()
 		return fmt.Sprintf("card %s %s disconnected", key, value)
 	}
@@ -565,11 +579,15 @@ func (cc *cardConn) associate(u *userConn, key, value string) string {
 	return ""
 }
 
-// setState changes the listed state and user; cc.mu must be held.
-func (cc *cardConn) setState(state, user string) {
+// setState changes the listed state and user (nil: none); cc.mu must be
+// held.
+func (cc *cardConn) setState(state string, user *conn) {
 	cc.srv().hub.mu.Lock()
 	cc.state = state
-	cc.userName = user
+	cc.userName, cc.userID = "", 0
+	if user != nil {
+		cc.userName, cc.userID = user.peerName(), user.id
+	}
 	cc.srv().hub.mu.Unlock()
 }
 
@@ -581,7 +599,7 @@ func (cc *cardConn) release(u *userConn) {
 		return
 	}
 	cc.user = nil
-	cc.setState(protocol.StateReady, "")
+	cc.setState(protocol.StateReady, nil)
 	cc.emit()
 	_ = cc.c.write(protocol.StateNotification{NewState: protocol.StateReady})
 	cc.mu.Unlock()

@@ -26,6 +26,7 @@ type conn struct {
 	addr    string          // the peer's address as http gave it ("ip:port")
 	remote  protocol.RemoteAddr
 	id      uint64    // ConnEvent.ID
+	since   time.Time // when it was accepted
 	who     principal // the authenticated peer; anonymous on an open port
 	addrKey string    // the per-address count this connection holds; "" for none
 	atr     string    // card connections: the hello ATR, for logs; set before the goroutine starts relaying
@@ -47,7 +48,7 @@ type conn struct {
 }
 
 func newConn(s *Server, ws *websocket.Conn, role, remote string) *conn {
-	c := &conn{srv: s, ws: ws, role: role, addr: remote, remote: remoteAddr(remote)}
+	c := &conn{srv: s, ws: ws, role: role, addr: remote, remote: remoteAddr(remote), since: time.Now()}
 	ws.SetPongHandler(c.pong)
 	return c
 }
@@ -65,6 +66,9 @@ func (c *conn) log() *slog.Logger {
 	}
 	return l
 }
+
+// problem tells the Observer about a problem on this connection.
+func (c *conn) problem(kind ProblemKind) { c.srv.obs.Problem(c.event(), kind) }
 
 // event describes the connection for the Observer.
 func (c *conn) event() ConnEvent {
@@ -174,6 +178,7 @@ func (c *conn) write(m protocol.Message) error {
 	}
 	c.wmu.Unlock()
 	if err != nil && !errors.Is(err, websocket.ErrCloseSent) {
+		c.problem(ProblemWrite)
 		c.log().Info("write failed; closing", "msg_type", m.MsgType(), "err", err)
 		c.ws.Close()
 	}
@@ -400,6 +405,7 @@ func (c *conn) readFailedClose(err error) string {
 	case closing:
 		return why
 	case errors.As(err, &big):
+		c.problem(ProblemTooBig)
 		c.fail(websocket.CloseMessageTooBig, big.Error(), big.Error())
 		return big.Error()
 	case errors.As(err, &ce) && (ce.Code == websocket.CloseNormalClosure || ce.Code == websocket.CloseGoingAway):
@@ -407,6 +413,7 @@ func (c *conn) readFailedClose(err error) string {
 	case endedByPeer(err):
 		return "the " + peer + "'s connection was lost"
 	case isTimeout(err) && keepalive:
+		c.problem(ProblemKeepalive)
 		c.closeNow(websocket.CloseInternalServerErr, "keepalive ping timeout")
 		return "the " + peer + " stopped answering keepalive pings"
 	default:

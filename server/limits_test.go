@@ -2,6 +2,7 @@ package server
 
 import (
 	"fmt"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -37,6 +38,9 @@ func (r *recorder) Relayed(ev RequestEvent) {
 	r.add("relayed card=%d %s %s %v %s", ev.CardID, ev.User, ev.Type, ev.Duration, ev.Outcome)
 }
 func (r *recorder) Refused(ev Refusal) { r.add("%s", ev.Reason) }
+func (r *recorder) Problem(ev ConnEvent, kind ProblemKind) {
+	r.add("problem %s %d %s", ev.Port, ev.ID, kind)
+}
 
 func (r *recorder) TraceAPDU(t APDUTrace) {
 	r.mu.Lock()
@@ -250,6 +254,11 @@ func TestObserverAndTracer(t *testing.T) {
 			t.Fatalf("stats %+v", st)
 		}
 		p.roundTrip(t, "00b0000000", "aa")
+		cards, users := e.srv.Snapshot()
+		if len(cards) != 1 || len(users) != 1 || cards[0].ID != 1 || cards[0].User != 2 || cards[0].APDUs != 1 ||
+			cards[0].State != "associated" || cards[0].Remote != "127.0.0.1:40001" || users[0].ID != 2 || users[0].Card != 1 {
+			t.Fatalf("snapshot %+v %+v", cards, users)
+		}
 		p.user.Send(`{"msg_type": "reset_req"}`)
 		expectJSON(t, p.card.Recv(), `{"msg_type": "reset_req"}`)
 		p.card.Send(`{"atr": "3b0d", "msg_type": "reset_resp"}`)
@@ -293,6 +302,59 @@ func TestObserverAndTracer(t *testing.T) {
 		reset := rec.traces[3]
 		if !reset.Reset || reset.Command != nil || fmt.Sprintf("%x", reset.Response) != "3b0d" {
 			t.Errorf("reset trace %+v", reset)
+		}
+	})
+}
+
+// Problems are reported by kind, for metrics.
+func TestObserverProblems(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rec := &recorder{}
+		e := newEnv(t, Config{MaxFrameSize: 1024, Observer: rec})
+		u := e.helloUser()
+		for _, tc := range []struct{ send, want string }{
+			{`{"msg_type": "bogus"}`, "problem user 1 bad_message"},
+			{`{"msg_type": "c_apdu", "command": "00b0000000"}`, "problem user 1 unexpected_message"},
+			{`{"msg_type": "select_card", "id_type": "atr", "id_str": "3b"}`, "problem user 1 select"},
+			{`{"msg_type": "select_card", "id_type": "foo", "id_str": "3b"}`, "problem user 1 bad_message"},
+		} {
+			u.Send(tc.send)
+			u.Recv()
+			if got := rec.last(); got != tc.want {
+				t.Errorf("%s: %q, want %q", tc.send, got, tc.want)
+			}
+		}
+		late := e.user()
+		late.Recv() // no hello within 10s
+		late.WaitClosed()
+		synctest.Wait()
+		if rec.find("problem user 2 hello") == "" {
+			t.Error("no hello problem")
+		}
+		u.Send(`{"msg_type": "list_cards", "pad": "` + strings.Repeat("x", 1100) + `"}`)
+		u.Recv()
+		u.WaitClosed()
+		synctest.Wait()
+		if rec.find("problem user 1 too_big") == "" {
+			t.Error("no too_big problem")
+		}
+		c := e.pipe(e.srv.CardHandler(), "", wstest.IgnorePings())
+		helloCard(t, c, "3b01")
+		identifyATROnly(t, c)
+		c.WaitClosed()
+		synctest.Wait()
+		if rec.find("problem card 3 keepalive") == "" {
+			t.Errorf("no keepalive problem: %q", rec.lines)
+		}
+		noKey := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			r.Header.Del("Sec-Websocket-Key")
+			e.srv.UserHandler().ServeHTTP(w, r)
+		})
+		if _, err := wstest.DialPipe(noKey, "127.0.0.1:1"); err == nil {
+			t.Fatal("bad upgrade accepted")
+		}
+		if rec.find("problem user 0 upgrade") == "" {
+			t.Error("no upgrade problem")
 		}
 	})
 }

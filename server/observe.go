@@ -37,7 +37,27 @@ type Observer interface {
 	Relayed(RequestEvent)
 	// Refused: an upgrade request or a message was turned away.
 	Refused(Refusal)
+	// Problem: a peer broke the protocol or a connection failed (see
+	// ProblemKind); the peer got an error or was closed.
+	Problem(ev ConnEvent, kind ProblemKind)
 }
+
+// ProblemKind classifies problems for metrics: a closed set.
+type ProblemKind string
+
+// Problem kinds. Agents' error answers and request timeouts are Relayed
+// outcomes, connection limits Refusals.
+const (
+	ProblemBadMessage ProblemKind = "bad_message"        // undecodable: bad JSON, unknown msg_type, bad hex...
+	ProblemUnexpected ProblemKind = "unexpected_message" // valid, but not in this state (c_apdu before select_card...)
+	ProblemHello      ProblemKind = "hello"              // the connection ended before or at its hello
+	ProblemIdentify   ProblemKind = "identify"           // a card's identification failed (timeout, garbage)
+	ProblemSelect     ProblemKind = "select"             // select_card found no card the user may take
+	ProblemKeepalive  ProblemKind = "keepalive"          // a ping went unanswered
+	ProblemWrite      ProblemKind = "write"              // a write failed or timed out (a slow peer)
+	ProblemTooBig     ProblemKind = "too_big"            // a message over the size limit
+	ProblemUpgrade    ProblemKind = "upgrade"            // not a valid WebSocket upgrade request (ConnEvent.ID 0)
+)
 
 // ConnEvent describes one connection.
 type ConnEvent struct {
@@ -119,6 +139,9 @@ func (NopObserver) Relayed(RequestEvent) {}
 // Refused does nothing.
 func (NopObserver) Refused(Refusal) {}
 
+// Problem does nothing.
+func (NopObserver) Problem(ConnEvent, ProblemKind) {}
+
 // Observers returns an Observer that calls each of obs in turn (nil
 // entries skipped).
 func Observers(obs ...Observer) Observer {
@@ -169,6 +192,12 @@ func (m multiObserver) Refused(ev Refusal) {
 	}
 }
 
+func (m multiObserver) Problem(ev ConnEvent, kind ProblemKind) {
+	for _, o := range m {
+		o.Problem(ev, kind)
+	}
+}
+
 // Tracer receives every APDU exchange with a card: the users' relayed
 // c_apdus and the server's own identification commands, and resets. It
 // is called once per exchange, on the card connection's goroutine, when
@@ -194,4 +223,53 @@ type APDUTrace struct {
 	SW       uint16 // status word; 0 for a reset or without an answer
 	Reset    bool   // a reset_req / reset_resp exchange
 	Err      string // why there was no answer; "" when answered
+}
+
+// CardStatus is one card connection in a Snapshot.
+type CardStatus struct {
+	ID           uint64 // ConnEvent.ID
+	Identities   protocol.Identities
+	State        string // protocol.StateInit, StateReady or StateAssociated
+	Agent        string // the authenticated agent, else the name from hello
+	AgentVersion string // from hello; "" when not said
+	Reader       string
+	Remote       string    // "ip:port"
+	Since        time.Time // when the connection was accepted
+	APDUs        uint64    // c_apdus relayed to it
+	User         uint64    // the associated user's ID; 0 when none
+}
+
+// UserStatus is one user connection in a Snapshot.
+type UserStatus struct {
+	ID     uint64
+	Name   string // the authenticated user; "" on an open port
+	Remote string
+	Since  time.Time
+	Card   uint64 // the selected card's ID; 0 when none
+}
+
+// Snapshot returns every card connection (in list order) and every user
+// connection (in no particular order), for a status page. It takes the
+// server's locks briefly; call it on demand, not per event.
+func (s *Server) Snapshot() (cards []CardStatus, users []UserStatus) {
+	byUser := map[uint64]uint64{}
+	s.hub.mu.Lock()
+	cards = make([]CardStatus, 0, len(s.hub.cards))
+	for _, cc := range s.hub.cards {
+		cards = append(cards, CardStatus{ID: cc.c.id, Identities: cc.id.identities(), State: cc.state, Agent: cc.agent,
+			AgentVersion: cc.hello.Version, Reader: cc.hello.Reader, Remote: cc.c.addr, Since: cc.c.since,
+			APDUs: cc.apdus.Load(), User: cc.userID})
+		if cc.userID != 0 {
+			byUser[cc.userID] = cc.c.id
+		}
+	}
+	s.hub.mu.Unlock()
+	s.mu.Lock()
+	for c := range s.conns {
+		if c.role == roleUser {
+			users = append(users, UserStatus{ID: c.id, Name: c.who.name(), Remote: c.addr, Since: c.since, Card: byUser[c.id]})
+		}
+	}
+	s.mu.Unlock()
+	return cards, users
 }

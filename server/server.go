@@ -328,6 +328,7 @@ func (s *Server) accept(w http.ResponseWriter, r *http.Request, role string) {
 	if err != nil {
 		s.release(role, addrKey)
 		s.log.Debug("upgrade failed", "port", role, "remote", r.RemoteAddr, "err", err)
+		s.obs.Problem(ConnEvent{Port: role, Remote: r.RemoteAddr, Name: who.name()}, ProblemUpgrade)
 		return
 	}
 	c := newConn(s, ws, role, r.RemoteAddr)

@@ -91,6 +91,7 @@ func (u *userConn) serve() {
 			continue
 		}
 		if err != nil {
+			c.problem(ProblemBadMessage)
 			c.sendError("%s", describeBad(err))
 			u.done(false)
 			continue
@@ -106,11 +107,13 @@ func (u *userConn) serve() {
 		case protocol.ResetReq:
 			inFlight = u.relay(m, protocol.TypeResetResp)
 		case protocol.Hello:
+			c.problem(ProblemUnexpected)
 			c.sendError("duplicate hello: this connection has already said hello")
 		case protocol.Error:
 			// Never answered, so that two peers cannot trade errors forever.
 			c.log().Info("user sent an error", "message", mm.Message)
 		default:
+			c.problem(ProblemUnexpected)
 			c.sendError("unexpected %s from a user: the user port accepts list_cards, select_card, c_apdu and reset_req", m.MsgType())
 		}
 		if !inFlight {
@@ -144,10 +147,12 @@ func (u *userConn) selectCard(m protocol.SelectCard) {
 	c := u.c
 	key := identityKey(m.IDType)
 	if key == "" {
+		c.problem(ProblemBadMessage)
 		c.sendError("select_card: unknown id_type %q (use one of ATR, EID, ICCID, IMSI)", m.IDType)
 		return
 	}
 	if m.IDStr == "" {
+		c.problem(ProblemBadMessage)
 		c.sendError("select_card: id_str is empty")
 		return
 	}
@@ -156,6 +161,7 @@ func (u *userConn) selectCard(m protocol.SelectCard) {
 		gone := u.card.gone != ""
 		u.card.mu.Unlock()
 		if !gone {
+			c.problem(ProblemUnexpected)
 			c.sendError(errAlreadyAssoc)
 			return
 		}
@@ -166,6 +172,7 @@ func (u *userConn) selectCard(m protocol.SelectCard) {
 		why = cc.associate(u, key, m.IDStr)
 	}
 	if why != "" {
+		c.problem(ProblemSelect)
 		c.sendError("%s", why)
 		return
 	}
@@ -183,6 +190,7 @@ func (u *userConn) selectCard(m protocol.SelectCard) {
 func (u *userConn) relay(m protocol.Message, want string) bool {
 	cc := u.card
 	if cc == nil {
+		u.c.problem(ProblemUnexpected)
 		u.c.sendError(errNoCard)
 		return false
 	}
@@ -198,6 +206,11 @@ func (u *userConn) relay(m protocol.Message, want string) bool {
 // with client type want, within HelloTimeout. On any other outcome the
 // connection is closed with a reason and ok is false.
 func (c *conn) readHello(want string) (h protocol.Hello, ok bool) {
+	defer func() {
+		if !ok {
+			c.problem(ProblemHello)
+		}
+	}()
 	cfg := &c.srv.cfg
 	c.setReadDeadline(time.Now().Add(cfg.HelloTimeout))
 	m, err := c.next()

@@ -42,6 +42,10 @@
 // in flight per user, a write timeout for slow peers, keepalive pings.
 // The defaults are in Config; docs/security.md explains them.
 //
+// Watching: Config.Observer hears of connections, cards, requests,
+// refusals and problems, Config.Tracer of every APDU exchange, and
+// Snapshot and Stats give the current state (observe.go).
+//
 // The server never listens: cmd/wsrc-server (or a test) creates the
 // listeners and serves UserHandler and CardHandler on them, which leaves
 // TLS and socket activation to the caller. Because

@@ -232,6 +232,12 @@ type testVM struct {
 // left and checks that the VSCard clients ended cleanly.
 func boot(t *testing.T, p prereqs, initrd string, script string, cards ...vscard.Card) *testVM {
 	t.Helper()
+	return bootWith(t, p, initrd, script, nil, cards...)
+}
+
+// bootWith is boot with words added to the kernel command line.
+func bootWith(t *testing.T, p prereqs, initrd string, script string, cmdline []string, cards ...vscard.Card) *testVM {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), vmTimeout)
 	t.Cleanup(cancel)
 	start := time.Now()
@@ -241,6 +247,7 @@ func boot(t *testing.T, p prereqs, initrd string, script string, cards ...vscard
 		Initrd:  initrd,
 		Files:   map[string][]byte{"/vmscript": []byte(script)},
 		Readers: len(cards),
+		Append:  cmdline,
 		Stderr:  testWriter{t, "qemu: "},
 		Args:    strings.Fields(os.Getenv(qemuArgsEnv)),
 	})

@@ -283,7 +283,11 @@ func (s *settings) limits(p *problems, o options, fc *fileConfig) {
 		c.MessageRate = float64(r)
 	}
 	if err := c.Validate(); err != nil {
-		p.add("limits.pong_timeout", "%v", err)
+		key := "limits.pong_timeout"
+		if !p.file.IsDefined(key) {
+			key = "limits.ping_interval"
+		}
+		p.add(key, "%v", err)
 	}
 }
 

@@ -141,7 +141,8 @@ func TestConfigErrors(t *testing.T) {
 	cases := []struct{ text, want string }{
 		{"log_level = \"loud\"\n", ":1: log_level: \"loud\" is not a log level"},
 		{"[limits]\nhello_timeout = 10\n", ":2: limits.hello_timeout: 10ns is too short"},
-		{"[limits]\nping_interval = \"10s\"\npong_timeout = \"20s\"\n", "limits.pong_timeout: pong timeout 20s exceeds the ping interval 10s"},
+		{"[limits]\nping_interval = \"10s\"\npong_timeout = \"20s\"\n", ":3: limits.pong_timeout: pong timeout 20s exceeds the ping interval 10s"},
+		{"[limits]\nping_interval = \"10s\"\n", ":2: limits.ping_interval: pong timeout 20s exceeds the ping interval 10s"},
 		{"[limits]\nmax_message_size = 10\n", ":2: limits.max_message_size: 10 is out of range"},
 		{"[limits]\nmessage_rate = -5\n", ":2: limits.message_rate: -5 is out of range"},
 		{"[user_port]\nbind_port = 99999\n", ":2: user_port.bind_port: 99999 is not a TCP port"},
@@ -216,7 +217,7 @@ all_cards = true
 	if code := checkConfig([]string{"--config", good}, stdio{nil, &out, &errOut}); code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut.String())
 	}
-	for _, want := range []string{"OK: " + good, "user port 0.0.0.0:4220, 1 users", "card port 127.0.0.1:4221, no authentication", "no TLS"} {
+	for _, want := range []string{"OK: " + good, "user port 0.0.0.0:4220, 1 user", "card port 127.0.0.1:4221, no authentication", "no TLS"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, out.String())
 		}

@@ -43,6 +43,9 @@ func checkConfig(args []string, std stdio) int {
 	}
 	authMode := func(on bool, n int, what string) string {
 		if on {
+			if n == 1 {
+				what = strings.TrimSuffix(what, "s")
+			}
 			return fmt.Sprintf("%d %s", n, what)
 		}
 		return "no authentication"

@@ -7,12 +7,13 @@
 #   test   build + the real third-party stacks the tests drive:
 #          pcscd with vsmartcard's vpcd, QEMU for the usb-ccid VM test,
 #          systemd's analyzers for the units, Chromium for the status page,
-#          tshark to decode APDU traces
+#          tshark to decode APDU traces, Python websockets (a pySim-like
+#          client that sends URL credentials as HTTP Basic)
 set -euo pipefail
 
 declare -A profile
 profile[build]="gcc libc6-dev pkg-config libusb-1.0-0-dev libpcsclite-dev"
-profile[test]="${profile[build]} pcscd vsmartcard-vpcd libccid qemu-system-x86 xz-utils systemd chromium tshark"
+profile[test]="${profile[build]} pcscd vsmartcard-vpcd libccid qemu-system-x86 xz-utils systemd chromium tshark python3-websockets"
 
 want=()
 for p in "$@"; do

@@ -1,16 +1,13 @@
 package agent
 
 import (
-	"bufio"
 	"bytes"
-	"os"
-	"path/filepath"
 	"reflect"
-	"strings"
 	"testing"
 
 	"github.com/wsrc-go/wsrc/agent/agenttest"
 	"github.com/wsrc-go/wsrc/card/sim"
+	"github.com/wsrc-go/wsrc/internal/transcript"
 	"github.com/wsrc-go/wsrc/protocol"
 )
 
@@ -21,75 +18,18 @@ type transcriptRow struct {
 	frame   []byte // exactly as recorded
 }
 
-// loadTranscript parses the card-socket rows of sections 1-3 of
-// ../shared/protocol/transcript.md (relative to the repository root),
-// skipping the test when the file is absent.
+// loadTranscript returns the card#1 frames of sections 1 to 3 of pySim's
+// recording, skipping the test when the recording is absent.
 func loadTranscript(t *testing.T) []transcriptRow {
 	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
+	var rows []transcriptRow
+	for _, r := range transcript.Load(t) {
+		if r.Section > 3 || r.Socket != "card#1" || !r.IsFrame() {
+			continue
 		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("repository root (go.mod) not found")
-		}
-		dir = parent
-	}
-	path := filepath.Join(dir, "..", "shared", "protocol", "transcript.md")
-	data, err := os.ReadFile(path)
-	if os.IsNotExist(err) {
-		t.Skipf("transcript not found at %s (it lives in the shared folder beside the repository)", path)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	rows, err := parseTranscript(data)
-	if err != nil {
-		t.Fatalf("%s: %v", path, err)
+		rows = append(rows, transcriptRow{section: r.Section, toCard: r.Dir == transcript.ServerToCard, frame: []byte(r.Message)})
 	}
 	return rows
-}
-
-// parseTranscript returns the card#1 rows of sections 1 to 3.
-func parseTranscript(data []byte) ([]transcriptRow, error) {
-	var rows []transcriptRow
-	section := 0
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if rest, ok := strings.CutPrefix(line, "### "); ok {
-			section = 0
-			if len(rest) > 1 && rest[1] == '.' && rest[0] >= '1' && rest[0] <= '9' {
-				section = int(rest[0] - '0')
-			}
-			continue
-		}
-		if section < 1 || section > 3 || !strings.HasPrefix(line, "|") {
-			continue
-		}
-		cols := strings.Split(line, " | ")
-		if len(cols) != 4 || strings.TrimSpace(cols[1]) != "card#1" {
-			continue
-		}
-		var toCard bool
-		switch strings.TrimSpace(cols[2]) {
-		case "server → card":
-			toCard = true
-		case "card → server":
-		default:
-			continue // connect/close rows
-		}
-		msg := strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(cols[3]), "|"))
-		msg = strings.TrimSuffix(strings.TrimPrefix(msg, "`"), "`")
-		rows = append(rows, transcriptRow{section: section, toCard: toCard, frame: []byte(msg)})
-	}
-	return rows, sc.Err()
 }
 
 // TestTranscript plays pySim's server side of the recording (card
@@ -158,24 +98,4 @@ func decode(t *testing.T, b []byte) protocol.Message {
 		t.Fatalf("decoding %s: %v", b, err)
 	}
 	return m
-}
-
-func TestParseTranscript(t *testing.T) {
-	in := "### 1. x\n\n| t | socket | direction | message |\n|---:|---|---|---|\n" +
-		"| 0.3 | card#1 | *connect* | opened |\n" +
-		"| 0.3 | card#1 | card → server | `{\"msg_type\": \"hello\"}` |\n" +
-		"| 0.3 | user#1 | server → user | `{\"msg_type\": \"hello_ack\"}` |\n" +
-		"| 0.4 | card#1 | server → card | `{\"msg_type\": \"hello_ack\"}` |\n" +
-		"### 4. y\n| 0.5 | card#1 | server → card | `{\"msg_type\": \"c_apdu\"}` |\n"
-	rows, err := parseTranscript([]byte(in))
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := []transcriptRow{
-		{1, false, []byte(`{"msg_type": "hello"}`)},
-		{1, true, []byte(`{"msg_type": "hello_ack"}`)},
-	}
-	if !reflect.DeepEqual(rows, want) {
-		t.Errorf("rows = %+v", rows)
-	}
 }

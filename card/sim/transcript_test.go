@@ -1,16 +1,14 @@
 package sim
 
 import (
-	"bufio"
 	"context"
 	"encoding/hex"
 	"encoding/json"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/wsrc-go/wsrc/card"
+	"github.com/wsrc-go/wsrc/internal/transcript"
 )
 
 // step is one card-side exchange of the recording: a c_apdu and the
@@ -22,77 +20,36 @@ type step struct {
 	response []byte // data followed by SW
 }
 
-// transcriptPath finds ../shared/protocol/transcript.md relative to the
-// module root (the directory holding go.mod).
-func transcriptPath(t *testing.T) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Skip("module root (go.mod) not found; cannot locate ../shared/protocol/transcript.md")
-		}
-		dir = parent
-	}
-	p := filepath.Join(dir, "..", "shared", "protocol", "transcript.md")
-	if _, err := os.Stat(p); err != nil {
-		t.Skipf("recorded transcript not available (%v): skipping the replay against pySim's recording", err)
-	}
-	return p
-}
-
 // loadTranscript returns the card-side steps of every card socket, in order.
 func loadTranscript(t *testing.T) map[string][]step {
 	t.Helper()
-	f, err := os.Open(transcriptPath(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
 	steps := map[string][]step{}
-	sc := bufio.NewScanner(f)
-	sc.Buffer(nil, 1<<20)
-	for n := 1; sc.Scan(); n++ {
-		cols := strings.Split(sc.Text(), "|")
-		if len(cols) < 6 {
+	for _, r := range transcript.Load(t) {
+		if !strings.HasPrefix(r.Socket, "card#") || !r.IsFrame() {
 			continue
 		}
-		sock, dir := strings.TrimSpace(cols[2]), strings.TrimSpace(cols[3])
-		if !strings.HasPrefix(sock, "card#") {
-			continue
-		}
-		msg := strings.Trim(strings.TrimSpace(strings.Join(cols[4:len(cols)-1], "|")), "`")
 		var m struct {
 			MsgType  string `json:"msg_type"`
 			Command  string `json:"command"`
 			Response string `json:"response"`
 			SW       string `json:"sw"`
 		}
-		if err := json.Unmarshal([]byte(msg), &m); err != nil {
-			continue // *connect* / *close* rows
+		if err := json.Unmarshal([]byte(r.Message), &m); err != nil {
+			t.Fatalf("transcript line %d: %v", r.Line, err)
 		}
-		ss := steps[sock]
+		ss := steps[r.Socket]
 		switch {
-		case dir == "server → card" && m.MsgType == "c_apdu":
-			ss = append(ss, step{line: n, command: unhex(t, m.Command)})
-		case dir == "server → card" && m.MsgType == "reset_req":
-			ss = append(ss, step{line: n, reset: true})
-		case dir == "card → server" && m.MsgType == "r_apdu":
+		case r.Dir == transcript.ServerToCard && m.MsgType == "c_apdu":
+			ss = append(ss, step{line: r.Line, command: unhex(t, m.Command)})
+		case r.Dir == transcript.ServerToCard && m.MsgType == "reset_req":
+			ss = append(ss, step{line: r.Line, reset: true})
+		case r.Dir == transcript.CardToServer && m.MsgType == "r_apdu":
 			if len(ss) == 0 || ss[len(ss)-1].reset || ss[len(ss)-1].response != nil {
-				t.Fatalf("transcript line %d: r_apdu without a c_apdu", n)
+				t.Fatalf("transcript line %d: r_apdu without a c_apdu", r.Line)
 			}
 			ss[len(ss)-1].response = append(unhex(t, m.Response), unhex(t, m.SW)...)
 		}
-		steps[sock] = ss
-	}
-	if err := sc.Err(); err != nil {
-		t.Fatal(err)
+		steps[r.Socket] = ss
 	}
 	if len(steps) == 0 {
 		t.Fatal("no card-side exchanges found in the transcript")

@@ -108,6 +108,7 @@ func (s *Server) cardHandshake(c *conn) func() {
 	}
 	if old := s.hub.add(cc); old != nil {
 		reason := "replaced by a new connection from the same agent and reader"
+		old.c.lost.Store(true) // the agent came back: the old connection was stale
 		l := old.c.log()
 		if auth.ClientKey(old.c.addr) == auth.ClientKey(c.addr) {
 			l.Info("card connection replaced by the agent's new one", "agent", logSafe(cc.agent), "reader", logSafe(hello.Reader), "new_remote", c.addr)
@@ -143,10 +144,10 @@ func (cc *cardConn) emit() {
 	h := &cc.srv().hub
 	h.mu.Lock()
 	ev := CardEvent{ID: cc.c.id, Agent: cc.agent, Reader: cc.hello.Reader, Identities: cc.id.identities(),
-		State: cc.state, User: cc.userName}
+		State: cc.state, User: cc.userName, Remote: cc.c.addr}
 	h.mu.Unlock()
 	if cc.gone != "" {
-		ev.State, ev.User = "", ""
+		ev.State, ev.User, ev.Lost = "", "", cc.c.lost.Load()
 	}
 	cc.srv().obs.CardChanged(ev)
 }
@@ -169,6 +170,7 @@ func (cc *cardConn) identify() bool {
 		case errors.As(err, &refused):
 			// The agent is alive and in step with us but its card could
 			// not answer: usable by ATR (and whatever was found).
+			c.problem(ProblemIdentify)
 			c.log().Warn("identification incomplete: card agent answered with an error; card usable by its ATR", "err", err)
 		case tr.lost != nil && endedByPeer(tr.lost):
 			c.log().Info("card agent left during identification", "err", tr.lost)
@@ -540,6 +542,7 @@ func (cc *cardConn) checkTimeout() {
 	}
 	cc.pending = request{}
 	cc.mu.Unlock()
+	cc.c.lost.Store(true) // the agent stopped answering
 	d := cc.srv().cfg.RequestTimeout
 	msg := fmt.Sprintf("no reply to %s within %v", p.sent, d)
 	cc.c.log().Warn("card agent did not answer in time; disconnecting it", "msg_type", p.sent, "timeout", d)

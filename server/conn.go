@@ -8,6 +8,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -35,6 +36,10 @@ type conn struct {
 	rbuf   []byte     // read buffer, reused across messages
 	bucket rateBucket // the message rate limit
 	ended  string     // why the connection ended, when known (for the Observer)
+
+	// lost is set when the connection was lost rather than closed (see
+	// CardEvent.Lost); by whoever finds out, before the card's end.
+	lost atomic.Bool
 
 	wmu  sync.Mutex // serialises data-frame writes; guards wbuf
 	wbuf []byte     // encoding buffer, reused across writes
@@ -178,6 +183,7 @@ func (c *conn) write(m protocol.Message) error {
 	}
 	c.wmu.Unlock()
 	if err != nil && !errors.Is(err, websocket.ErrCloseSent) {
+		c.lost.Store(true)
 		c.problem(ProblemWrite)
 		c.log().Info("write failed; closing", "msg_type", m.MsgType(), "err", err)
 		c.ws.Close()
@@ -408,11 +414,14 @@ func (c *conn) readFailedClose(err error) string {
 		c.problem(ProblemTooBig)
 		c.fail(websocket.CloseMessageTooBig, big.Error(), big.Error())
 		return big.Error()
-	case errors.As(err, &ce) && (ce.Code == websocket.CloseNormalClosure || ce.Code == websocket.CloseGoingAway):
+	case errors.As(err, &ce) && ce.Code != websocket.CloseAbnormalClosure:
+		// A close frame, whatever its code: the peer meant to go.
 		return "the " + peer + " closed the connection"
-	case endedByPeer(err):
+	case endedByPeer(err): // no close frame (1006), EOF, reset
+		c.lost.Store(true)
 		return "the " + peer + "'s connection was lost"
 	case isTimeout(err) && keepalive:
+		c.lost.Store(true)
 		c.problem(ProblemKeepalive)
 		c.closeNow(websocket.CloseInternalServerErr, "keepalive ping timeout")
 		return "the " + peer + " stopped answering keepalive pings"

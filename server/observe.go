@@ -51,7 +51,7 @@ const (
 	ProblemBadMessage ProblemKind = "bad_message"        // undecodable: bad JSON, unknown msg_type, bad hex...
 	ProblemUnexpected ProblemKind = "unexpected_message" // valid, but not in this state (c_apdu before select_card...)
 	ProblemHello      ProblemKind = "hello"              // the connection ended before or at its hello
-	ProblemIdentify   ProblemKind = "identify"           // a card's identification failed (timeout, garbage)
+	ProblemIdentify   ProblemKind = "identify"           // a card's identification failed (timeout, garbage, or an agent's error: the card is then usable by ATR)
 	ProblemSelect     ProblemKind = "select"             // select_card found no card the user may take
 	ProblemKeepalive  ProblemKind = "keepalive"          // a ping went unanswered
 	ProblemWrite      ProblemKind = "write"              // a write failed or timed out (a slow peer)
@@ -75,6 +75,15 @@ type CardEvent struct {
 	Identities protocol.Identities
 	State      string // protocol.StateInit, StateReady, StateAssociated; "" when gone
 	User       string // the associated user (name, else address); "" when none
+	Remote     string // the card agent's "ip:port"
+	// Lost, when State is "", says the connection was lost rather than
+	// closed: the agent vanished without a close frame, stopped answering
+	// (keepalive pings, a relayed request, a write), or said hello again
+	// for the same agent name and reader (the old connection was stale).
+	// A close by the agent, the server's shutdown and the server closing
+	// the agent for breaking the protocol or its rules are not losses.
+	// An agent that comes back after a loss has reconnected.
+	Lost bool
 }
 
 // RequestEvent describes one relayed request.

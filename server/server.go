@@ -532,6 +532,17 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return ctx.Err()
 }
 
+// Ready reports whether the server accepts connections: nil, or why not
+// (for a readiness check such as /readyz).
+func (s *Server) Ready() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return errors.New("shutting down")
+	}
+	return nil
+}
+
 // Cards returns what list_cards_ack would show an admin right now.
 func (s *Server) Cards() []protocol.CardInfo { return s.hub.list(principal{}, true) }
 

@@ -61,6 +61,28 @@ fuzz: ## Run every fuzz target for 30 s each
 	  done; \
 	done
 
+.PHONY: cross
+cross: ## Cross-build Pi binaries into build/cross/ (server arm64/armv6/armv7, agent arm64/armhf)
+	@scripts/cross-build.sh build
+
+.PHONY: cross-test
+cross-test: ## Cross-build, then run the pure-Go tests for arm64 and armv7 under qemu-user
+	@scripts/cross-build.sh all
+
+.PHONY: units
+units: ## Check systemd units, sysusers and udev rules (verify, security score)
+	$(GO) test -count=1 -v ./test/units
+
+.PHONY: install
+install: ## Install bin/ programs and systemd/ files under $(DESTDIR) (run `make build` first)
+	install -D -m755 -t $(DESTDIR)/usr/bin $(BIN)/wsrc-server $(BIN)/wsrc-agent $(BIN)/wsrc
+	install -D -m644 -t $(DESTDIR)/usr/lib/systemd/system systemd/wsrc-server.service systemd/wsrc-server-user.socket systemd/wsrc-server-card.socket systemd/wsrc-agent.service
+	install -D -m644 systemd/wsrc.sysusers.conf $(DESTDIR)/usr/lib/sysusers.d/wsrc.conf
+	install -D -m644 systemd/60-wsrc-agent.rules $(DESTDIR)/usr/lib/udev/rules.d/60-wsrc-agent.rules
+	install -D -m644 systemd/wsrc-agent.polkit.rules $(DESTDIR)/usr/share/polkit-1/rules.d/60-wsrc-agent.rules
+	install -D -m644 systemd/default/wsrc-server $(DESTDIR)/etc/default/wsrc-server
+	install -D -m644 systemd/default/wsrc-agent $(DESTDIR)/etc/default/wsrc-agent
+
 .PHONY: clean
 clean: ## Remove build outputs
 	rm -rf $(BIN) build

@@ -42,7 +42,7 @@ GO=${GO:-go}
 OUT=${OUT:-build/cross}
 VERSION=${VERSION:-$(git describe --tags --always --dirty 2>/dev/null || echo dev)}
 LDFLAGS="-s -w -X github.com/wsrc-go/wsrc/internal/version.Version=$VERSION"
-CROSS_TEST_PKGS=${CROSS_TEST_PKGS:-./protocol/... ./card/...}
+CROSS_TEST_PKGS=${CROSS_TEST_PKGS:-./protocol/... ./card/... ./agent ./agent/simbackend ./ccid/t1 ./server}
 SERVER_PKG=${SERVER_PKG:-./cmd/wsrc-server}
 AGENT_PKG=${AGENT_PKG:-./cmd/wsrc-agent}
 CROSS_TEST_ARCHES=${CROSS_TEST_ARCHES:-arm64 armv7}

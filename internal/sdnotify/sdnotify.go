@@ -5,7 +5,8 @@
 // It sits in cmd/wsrc-server and cmd/wsrc-agent, between flag parsing and
 // the one call into package server or agent: the binary asks Listeners for
 // sockets systemd bound (else it binds its own), calls Ready once it
-// serves, runs Watchdog for as long as it runs, and Stopping when it shuts
+// serves, runs Watchdog for as long as it runs (or calls Ping every
+// Interval while its own health check passes), and Stopping when it shuts
 // down. The unit files in systemd/ (Type=notify, NotifyAccess=main,
 // WatchdogSec=, FileDescriptorName=user / card) are the other half.
 //
@@ -64,7 +65,18 @@ func Stopping() error {
 	return send(daemon.SdNotifyStopping)
 }
 
-// Interval returns how often Watchdog pings: half of the unit's
+// Ping sends one WATCHDOG=1 now: the keep-alive for a caller that runs
+// its own loop, every Interval, and pings only while its own health check
+// passes (a relay whose locks still turn, an agent whose card manager
+// still answers), so that a wedged process is restarted although its
+// goroutines still run. Watchdog is the loop for callers without such a
+// check. Not under systemd (NOTIFY_SOCKET unset) it does nothing; with
+// the watchdog off systemd ignores the message.
+func Ping() error {
+	return send(daemon.SdNotifyWatchdog)
+}
+
+// Interval returns how often Watchdog (or a caller of Ping) pings: half of the unit's
 // WatchdogSec=, as sd_watchdog_enabled(3) advises, or 0 when the watchdog
 // is off or meant for another process (WATCHDOG_PID). A malformed
 // WATCHDOG_USEC is an error.
@@ -77,7 +89,8 @@ func Interval() (time.Duration, error) {
 }
 
 // Watchdog sends WATCHDOG=1 every Interval until ctx is done, then returns
-// nil. When the watchdog is off it returns nil at once, so callers can
+// nil, whatever the state of the rest of the process (see Ping for pings
+// gated on a health check). When the watchdog is off it returns nil at once, so callers can
 // always start it: `go sdnotify.Watchdog(ctx)` (or in an errgroup).
 //
 // The goroutine that runs Watchdog is its only owner; it starts nothing.

@@ -64,6 +64,7 @@ func TestNotifications(t *testing.T) {
 		{"status", func() error { return Status("%d cards, %s", 2, "1 user") }, "STATUS=2 cards, 1 user"},
 		{"status with line breaks", func() error { return Status("a\nb\r\nc") }, "STATUS=a b c"},
 		{"stopping", Stopping, "STOPPING=1"},
+		{"ping", Ping, "WATCHDOG=1"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if err := tc.call(); err != nil {
@@ -99,7 +100,7 @@ func TestNotUnderSystemdIsNoop(t *testing.T) {
 	t.Setenv("NOTIFY_SOCKET", "")
 	t.Setenv("WATCHDOG_USEC", "")
 	for name, f := range map[string]func() error{
-		"Ready": Ready, "Stopping": Stopping,
+		"Ready": Ready, "Stopping": Stopping, "Ping": Ping,
 		"Status":   func() error { return Status("x") },
 		"Watchdog": func() error { return Watchdog(t.Context()) }, // returns at once
 	} {

@@ -54,7 +54,7 @@ func fixture() Snapshot {
 			},
 		},
 		Users: []User{
-			{ID: 7, RemoteAddr: "127.0.0.1:50123", ConnectedSince: t0.Add(-10 * time.Minute), Card: ptr(1)},
+			{ID: 7, Name: "alice", RemoteAddr: "127.0.0.1:50123", ConnectedSince: t0.Add(-10 * time.Minute), Card: ptr(1)},
 			{ID: 8, RemoteAddr: "[::1]:50124", ConnectedSince: t0.Add(-time.Second)},
 		},
 	}

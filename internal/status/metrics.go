@@ -62,6 +62,18 @@ const (
 	// ErrorUpgrade: a request to a WSRC port was not a valid WebSocket
 	// upgrade ("upgrade").
 	ErrorUpgrade
+	// ErrorAuth: an upgrade request was refused with 401, for missing,
+	// wrong or malformed credentials ("auth").
+	ErrorAuth
+	// ErrorThrottled: an upgrade request was refused with 429 after too
+	// many failed authentications from its address ("throttled").
+	ErrorThrottled
+	// ErrorRateLimit: a peer's message was dropped, or the peer closed,
+	// for exceeding the message rate limit ("rate_limit").
+	ErrorRateLimit
+	// ErrorCardNotAllowed: a card agent registered a card its rules
+	// exclude, and was closed ("card_not_allowed").
+	ErrorCardNotAllowed
 
 	numErrorKinds // must stay last
 )
@@ -79,6 +91,10 @@ var errorKindNames = [numErrorKinds]string{
 	ErrorTooBig:            "too_big",
 	ErrorConnLimit:         "conn_limit",
 	ErrorUpgrade:           "upgrade",
+	ErrorAuth:              "auth",
+	ErrorThrottled:         "throttled",
+	ErrorRateLimit:         "rate_limit",
+	ErrorCardNotAllowed:    "card_not_allowed",
 }
 
 // String returns the kind's label value.

@@ -86,6 +86,9 @@ type Card struct {
 type User struct {
 	// ID identifies the connection for the server's lifetime.
 	ID uint64 `json:"id"`
+	// Name is the authenticated user's name; "" on a user port without
+	// accounts.
+	Name string `json:"name"`
 	// RemoteAddr is the user's network address, "ip:port".
 	RemoteAddr string `json:"remote_addr"`
 	// ConnectedSince is when the connection was accepted.

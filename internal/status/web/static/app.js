@@ -139,7 +139,7 @@
     if (c && c.identities && c.identities.ICCID) {
       card.appendChild(el('span', ' ICCID ' + c.identities.ICCID, 'muted mono'));
     }
-    return row([cell('#' + u.id, 'id'), cell(u.remote_addr, 'mono'), since(u.connected_since, now), card], { user: u.id });
+    return row([cell('#' + u.id, 'id'), cell(u.name || '', 'name'), cell(u.remote_addr, 'mono'), since(u.connected_since, now), card], { user: u.id });
   }
 
   function render(s) {

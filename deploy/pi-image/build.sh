@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# deploy/pi-image/build.sh [all|image|base|rootfs|compress|deps] — build the
+# deploy/pi-image/build.sh [all|image|base|rootfs|compress|deps|test-deps] — build the
 # WSRC Raspberry Pi SD-card image (arm64: Pi 3, 4, 400, Zero 2 W, CM3/CM4)
 # from Debian's packages, the way Debian's own raspi images are made
 # (raspi-team/image-specs), with mmdebstrap instead of vmdb2 and without
@@ -23,6 +23,8 @@
 #   deps      install what is missing and register qemu-aarch64 in
 #             binfmt_misc (the arm64 maintainer scripts run under
 #             qemu-user-static); every other step does this first too.
+#   test-deps install what the boot test (test/piboot) needs:
+#             qemu-system-arm (qemu-system-aarch64), mtools, e2fsprogs.
 #
 # Needs root (mmdebstrap --mode=root, chroot, file ownership in the tree)
 # and Debian's archive over the network; downloads are kept in
@@ -92,6 +94,18 @@ deps() {
         apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     fi
     binfmt
+}
+
+# test_deps: what test/piboot's TestPiBoot runs on the host.
+test_deps() {
+    local want=(qemu-system-arm mtools e2fsprogs) missing=() p
+    for p in "${want[@]}"; do installed "$p" || missing+=("$p"); done
+    ((${#missing[@]})) || return 0
+    [[ $(id -u) -eq 0 ]] || die "run as root to install ${missing[*]}"
+    log "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq || apt-get update -qq || log "apt-get update reported errors; trying the install anyway"
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
 # binfmt: let the kernel run arm64 ELF files through qemu-aarch64-static.
@@ -286,12 +300,13 @@ main() {
     local step=${1:-all}
     case $step in
     deps) timed deps deps ;;
+    test-deps) test_deps ;;
     base) deps && timed base base ;;
     rootfs) deps && timed rootfs rootfs ;;
     image) deps && timed base base && timed rootfs rootfs && timed image image ;;
     compress) timed compress compress ;;
     all) deps && timed base base && timed rootfs rootfs && timed image image && timed compress compress ;;
-    *) die "usage: $0 [all|image|base|rootfs|compress|deps]" ;;
+    *) die "usage: $0 [all|image|base|rootfs|compress|deps|test-deps]" ;;
     esac
 }
 

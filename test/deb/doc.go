@@ -25,6 +25,10 @@
 //     systemd (a recording systemctl and udevadm stand in) to check what the
 //     scripts start, restart and stop. The upgrade package is the built one
 //     repacked with a higher version and a changed /etc/default file.
+//   - deploy/cloud-init/user-data.yaml (needs no package): YAML with known
+//     keys (python3-yaml), cloud-init's schema check where cloud-init is
+//     installed, its server.toml accepted by `wsrc-server check-config`
+//     once the placeholders hold real hashes, shellcheck on its scripts.
 //
 // Without packages in build/deb (or $WSRC_DEB_DIR) the tests skip; with
 // WSRC_DEB_TEST=1 (make deb-test) they fail instead. A missing tool

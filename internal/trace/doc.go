@@ -76,7 +76,8 @@
 // card ID and logical channel from SELECT (by FID, path or AID), short
 // file identifiers, MANAGE CHANNEL and resets. Wherever it does not know
 // the current file — a card's first events, after a SELECT it cannot
-// follow (parent DF, unknown P1), after dropped events — it assumes the
+// follow (parent DF, unknown P1), after dropped events, after a command
+// that got no answer (traced with SW 0000) — it assumes the
 // worst: reads and updates of the current EF and GET RESPONSE are then
 // redacted until a SELECT makes the state known again.
 //

@@ -178,6 +178,10 @@ func efFor(fid uint16) efKind {
 	return efNone
 }
 
+// swNoAnswer is the SW of an exchange that got no answer (see Event.SW):
+// no card sends 0000.
+const swNoAnswer = 0x0000
+
 // pendKind says whether a GET RESPONSE on the channel would fetch the rest
 // of a redacted response (T=0: 61xx, GSM: 9Fxx).
 type pendKind uint8
@@ -307,6 +311,12 @@ func decide(st *cardState, cmd, resp []byte, sw uint16) Redacted {
 		st.manageChannel(ch, p1, p2, resp, ok)
 	}
 
+	// SW 0000 (no status word: the exchange failed, the command may or
+	// may not have reached the card) leaves the channel's state unknown.
+	if sw == swNoAnswer {
+		*ch = chanState{}
+		return r
+	}
 	// A redacted response can continue in GET RESPONSE on this channel;
 	// any other command ends what was pending.
 	if more := byte(sw>>8) == 0x61 || byte(sw>>8) == 0x9F; r&RedactedResponse != 0 && more {

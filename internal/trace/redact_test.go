@@ -127,6 +127,16 @@ var redactScenarios = []struct {
 		{"80e2910005 bf3603aabbcc", "", 0x9000, RedactedCommand},       // BoundProfilePackage
 		{"80e2910005 bf9903aabbcc", "", 0x9000, RedactedCommand},       // not on the list
 	}},
+	{"an exchange without an answer", []exch{
+		{"00a40004023f00", "", 0x9000, 0},
+		{"00a40004022fe2", "", 0x9000, 0},
+		{"00b000000a", "98001032547698103214", 0x9000, 0},
+		{"00a40004026f08", "", 0x0000, 0},                      // no answer: was EF.Keys selected?
+		{"00b0000021", "0700112233", 0x9000, RedactedResponse}, // assume so
+		{"00a40004022fe2", "", 0x9000, 0},
+		{"0020000108 31323334ffffffff", "", 0x0000, RedactedCommand}, // PIN without answer: still hidden
+		{"00b000000a", "98001032547698103214", 0x9000, RedactedResponse},
+	}},
 	{"malformed and odd commands", []exch{
 		{"0020", "", 0x6700, 0},
 		{"002000", "", 0x6700, 0},

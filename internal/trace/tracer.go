@@ -82,8 +82,12 @@ type Event struct {
 	ICCID, EID string
 	Command    []byte // the command APDU as relayed
 	Response   []byte // response data, without the status word
-	SW         uint16
-	Duration   time.Duration // command to response
+	// SW is the status word; 0 for a command that got no answer (the
+	// agent answered with an error, or the connection ended): it is
+	// traced with SW 0000, and as the card may or may not have executed
+	// it, redaction forgets what it knew of the channel's selected file.
+	SW       uint16
+	Duration time.Duration // command to response
 }
 
 // ResetEvent is a card reset (or the first ATR of a connection).

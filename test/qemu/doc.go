@@ -11,7 +11,17 @@
 // They skip (with the reason) when qemu-system-x86_64 or the kernel is
 // missing, and fail instead when CI=true. -short skips them too.
 //
-// Guest programs live in guest/: usbapdu (raw usbfs, proves the harness),
-// loopcheck (the guest's loopback network), ccidwatch (the ccid package
-// over gousb and libusb). The full-stack test runs the real cmd/ binaries.
+// Guest programs live in guest/: usbapdu (raw usbfs through
+// guest/internal/rawccid, proves the harness), loopcheck (the guest's
+// loopback network), ccidwatch (the ccid package over gousb and libusb),
+// apdubench (per-APDU timing through one stack: raw usbfs, the ccid
+// package, or pcscd + libccid through the pcsc package). The full-stack
+// test runs the real cmd/ binaries.
+//
+// TestQEMUBenchCCIDvsPCSC compares the direct driver with pcscd + libccid
+// on the same emulated reader (pcscd and libccid are copied from the host
+// into the guest). In a plain run it is a quick correctness check; with
+// WSRC_VM_BENCH=1 it is the benchmark behind docs/performance.md ("CCID in
+// a VM"). WSRC_VM_QEMU_ARGS adds arguments to every VM's QEMU, e.g. trace
+// options for profiling.
 package qemu

@@ -53,6 +53,10 @@ bench: deps ## Run the Go benchmarks (relay, CCID, T=1, codec)
 bench-relay: build ## Relay benchmark (closed/open loop, idle memory); paste into docs/performance.md
 	$(BIN)/wsrc-bench
 
+.PHONY: bench-vm
+bench-vm: deps-test ## CCID in a VM: direct driver vs pcscd + libccid (QEMU, ~2 min); paste into docs/performance.md
+	scripts/fetch-kernel.sh && WSRC_VM_BENCH=1 $(GO) test -count=1 -timeout 20m -run TestQEMUBenchCCIDvsPCSC -v ./test/qemu/
+
 .PHONY: fuzz
 fuzz: ## Run every fuzz target for 30 s each
 	@for pkg in $$($(GO) list ./...); do \

@@ -87,6 +87,23 @@ install: ## Install bin/ programs and systemd/ files under $(DESTDIR) (run `make
 	install -D -m644 systemd/default/wsrc-server $(DESTDIR)/etc/default/wsrc-server
 	install -D -m644 systemd/default/wsrc-agent $(DESTDIR)/etc/default/wsrc-agent
 
+.PHONY: deb
+deb: ## Build the Debian packages (wsrc-agent, wsrc-server, wsrc; amd64/arm64/armhf) into build/deb/
+	@scripts/package.sh
+
+.PHONY: deb-test
+deb-test: deb ## Build the .debs, then check them (contents, deps, lintian, install/upgrade/remove/purge)
+	@scripts/deps.sh deb
+	WSRC_DEB_TEST=1 $(GO) test -count=1 -v ./test/deb
+
+.PHONY: container
+container: ## Build the wsrc-server container image wsrc-server:latest (FROM scratch, nothing pulled)
+	@deploy/container/build.sh prebuilt wsrc-server:latest
+
+.PHONY: container-test
+container-test: ## Build the server image and run it read-only with an agent and a user (starts dockerd if needed)
+	@scripts/container-test.sh
+
 .PHONY: clean
 clean: ## Remove build outputs
 	rm -rf $(BIN) build

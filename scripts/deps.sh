@@ -8,16 +8,19 @@
 #          pcscd with vsmartcard's vpcd, QEMU for the usb-ccid VM test,
 #          systemd's analyzers for the units, Chromium for the status page,
 #          tshark to decode APDU traces, Python websockets (a pySim-like
-#          client that sends URL credentials as HTTP Basic)
+#          client that sends URL credentials as HTTP Basic), PyYAML for
+#          the cloud-init example
+#   deb    the package checks: lintian, shellcheck, dpkg-dev
 set -euo pipefail
 
 declare -A profile
 profile[build]="gcc libc6-dev pkg-config libusb-1.0-0-dev libpcsclite-dev"
-profile[test]="${profile[build]} pcscd vsmartcard-vpcd libccid qemu-system-x86 xz-utils systemd chromium tshark python3-websockets"
+profile[test]="${profile[build]} pcscd vsmartcard-vpcd libccid qemu-system-x86 xz-utils systemd chromium tshark python3-websockets python3-yaml"
+profile[deb]="lintian shellcheck dpkg-dev file binutils python3-yaml systemd"
 
 want=()
 for p in "$@"; do
-    [[ -n "${profile[$p]:-}" ]] || { echo "deps.sh: unknown profile '$p' (build, test)" >&2; exit 2; }
+    [[ -n "${profile[$p]:-}" ]] || { echo "deps.sh: unknown profile '$p' (build, test, deb)" >&2; exit 2; }
     want+=(${profile[$p]})
 done
 

@@ -11,11 +11,13 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -191,17 +193,24 @@ func TestServeReadOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// Host networking with loopback binds: every packet of the test stays
+	// on 127.0.0.1, and dockerd needs no bridge (it can run with
+	// --bridge=none, as .ci/run starts it).
+	userAddr := "127.0.0.1:" + freePort(t)
+	cardAddr := "127.0.0.1:" + freePort(t)
 	name := randomName("wsrc-server-test-")
 	mustRun(t, nil, "docker", "run", "--detach", "--name", name,
 		"--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
 		"--volume", config+":/etc/wsrc/server.toml:ro",
-		"--publish", "127.0.0.1::4220", "--publish", "127.0.0.1::4221", tag)
+		"--network", "host",
+		"--env", "WSRC_SERVER_USER_BIND_HOST=127.0.0.1", "--env", "WSRC_SERVER_USER_BIND_PORT="+strings.Split(userAddr, ":")[1],
+		"--env", "WSRC_SERVER_CARD_BIND_HOST=127.0.0.1", "--env", "WSRC_SERVER_CARD_BIND_PORT="+strings.Split(cardAddr, ":")[1],
+		"--env", "WSRC_SERVER_STATUS_BIND=127.0.0.1:"+freePort(t),
+		tag)
 	t.Cleanup(func() { cleanup("rm", "--force", name) })
 
 	logs := start(t, "docker", []string{"logs", "--follow", name}, nil)
 	logs.waitFor(t, regexp.MustCompile(`msg="wsrc-server started".*user_auth=true card_auth=true`))
-	userAddr := mustRun(t, nil, "docker", "port", name, "4220/tcp")
-	cardAddr := mustRun(t, nil, "docker", "port", name, "4221/tcp")
 
 	agent := start(t, bins["wsrc-agent"], []string{"--config", "", "--server", "ws://" + cardAddr + "/", "--sim", "1"},
 		[]string{"WSRC_AGENT_TOKEN=" + agentToken})
@@ -375,4 +384,15 @@ func (p *process) wait(t *testing.T) {
 			t.Fatalf("%s did not end:\n%s", p.cmd.Path, p.text())
 		}
 	}
+}
+
+// freePort returns a TCP port on 127.0.0.1 that nothing listens on now.
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
 }

@@ -15,7 +15,7 @@ set -euo pipefail
 
 declare -A profile
 profile[build]="gcc libc6-dev pkg-config libusb-1.0-0-dev libpcsclite-dev"
-profile[test]="${profile[build]} pcscd vsmartcard-vpcd libccid qemu-system-x86 xz-utils systemd chromium tshark python3-websockets python3-yaml"
+profile[test]="${profile[build]} pcscd vsmartcard-vpcd libccid qemu-system-x86 xz-utils systemd chromium tshark python3-websockets python3-yaml lintian shellcheck dpkg-dev file binutils"
 profile[deb]="lintian shellcheck dpkg-dev file binutils python3-yaml systemd"
 
 want=()

@@ -61,8 +61,32 @@ type fileConfig struct {
 		AuthFailureBurst  int           `toml:"auth_failure_burst"`
 		AuthFailurePeriod time.Duration `toml:"auth_failure_period"`
 	} `toml:"limits"`
+	Status struct {
+		Bind         string   `toml:"bind"`
+		AllowedHosts []string `toml:"allowed_hosts"`
+	} `toml:"status"`
+	Trace struct {
+		Pcap     string   `toml:"pcap"`
+		Dir      string   `toml:"dir"`
+		Log      bool     `toml:"log"`
+		NoRedact bool     `toml:"no_redact"`
+		Cards    []string `toml:"cards"`
+		MaxSize  fileSize `toml:"max_size"`
+		Keep     int      `toml:"keep"`
+	} `toml:"trace"`
 	Users  []fileUser  `toml:"user"`
 	Agents []fileAgent `toml:"agent"`
+}
+
+// fileSize is a size in the file: an integer (bytes) or a string with a
+// unit ("100M"). Decoding keeps it as written; resolve checks it, so that
+// a mistake is reported with its line like any other.
+type fileSize struct{ raw any }
+
+// UnmarshalTOML implements toml.Unmarshaler.
+func (f *fileSize) UnmarshalTOML(v any) error {
+	f.raw = v
+	return nil
 }
 
 type port struct {
@@ -104,8 +128,31 @@ type settings struct {
 	headerTimeout      time.Duration
 	srv                server.Config // without Auth, Observer, Tracer
 	store              *auth.Store   // nil when neither users nor agents are configured
+	admins             int           // users with admin = true (they may use the status listener)
 	tls                tlsSettings
+	status             statusSettings
+	trace              traceSettings
 }
+
+// statusSettings: the status listener (status page, JSON, metrics,
+// health checks).
+type statusSettings struct {
+	bind         string   // host:port; "" disables the listener
+	allowedHosts []string // Host header names accepted besides loopback's, lower case
+}
+
+// traceSettings: APDU tracing (internal/trace); off unless pcap, dir or
+// log is set.
+type traceSettings struct {
+	pcap, dir string
+	log       bool
+	noRedact  bool
+	cards     []string // --trace-card: card IDs, ICCIDs or EIDs; none: every card
+	maxSize   int64    // rotate a pcap file past this size; 0: never
+	keep      int      // rotated files kept; 0: trace's default
+}
+
+func (t traceSettings) enabled() bool { return t.pcap != "" || t.dir != "" || t.log }
 
 // tlsSettings: certificate files, or ACME, or neither (plain ws://).
 type tlsSettings struct {
@@ -129,20 +176,32 @@ const (
 	defaultHeaderTimeout = 10 * time.Second
 	defaultACMECacheDir  = "/var/lib/wsrc-server/acme"
 	defaultACMEHTTP      = ":80"
+	// defaultStatusBind is the status listener's address: loopback, on
+	// the port after pySim's two (4222 is NATS's client port).
+	defaultStatusBind = "127.0.0.1:4223"
 )
 
 // flagKeys maps the flags that stand for file settings to their keys.
 var flagKeys = map[string]string{
-	"user-bind-host":   "user_port.bind_host",
-	"user-bind-port":   "user_port.bind_port",
-	"card-bind-host":   "card_port.bind_host",
-	"card-bind-port":   "card_port.bind_port",
-	"request-timeout":  "limits.request_timeout",
-	"show-remote-addr": "show_remote_addr",
-	"log-level":        "log_level",
-	"tls-cert":         "tls.cert_file",
-	"tls-key":          "tls.key_file",
-	"insecure-no-auth": "insecure_no_auth",
+	"user-bind-host":      "user_port.bind_host",
+	"user-bind-port":      "user_port.bind_port",
+	"card-bind-host":      "card_port.bind_host",
+	"card-bind-port":      "card_port.bind_port",
+	"request-timeout":     "limits.request_timeout",
+	"show-remote-addr":    "show_remote_addr",
+	"log-level":           "log_level",
+	"tls-cert":            "tls.cert_file",
+	"tls-key":             "tls.key_file",
+	"insecure-no-auth":    "insecure_no_auth",
+	"status-bind":         "status.bind",
+	"status-allowed-host": "status.allowed_hosts",
+	"trace-pcap":          "trace.pcap",
+	"trace-dir":           "trace.dir",
+	"trace-log":           "trace.log",
+	"trace-no-redact":     "trace.no_redact",
+	"trace-card":          "trace.cards",
+	"trace-max-size":      "trace.max_size",
+	"trace-keep":          "trace.keep",
 }
 
 // problems collects validation errors, each attributed to a file line or
@@ -187,7 +246,7 @@ func resolve(o options, f *config.File, fc *fileConfig, explicit map[string]bool
 		s.configPath = f.Path
 	}
 	// Values: file first, then flags.
-	pick := func(flag string, fileSet bool, fileVal, flagVal any) any {
+	var pick picker = func(flag string, fileSet bool, fileVal, flagVal any) any {
 		if explicit[flag] || !fileSet {
 			return flagVal
 		}
@@ -215,6 +274,8 @@ func resolve(o options, f *config.File, fc *fileConfig, explicit map[string]bool
 	s.limits(p, o, fc)
 	s.tlsConfig(p, o, fc)
 	s.accounts(p, fc)
+	s.statusConfig(p, o, fc, pick, def)
+	s.traceConfig(p, o, fc, pick, def)
 	if s.store == nil || !s.store.HasUsers() {
 		if !s.insecureNoAuth && !loopbackHost(s.userHost) {
 			p.add("user_port.bind_host", "the user port would be open to anyone on %q: configure [[user]] accounts, bind it to loopback, or set insecure_no_auth (--insecure-no-auth)", s.userHost)
@@ -230,6 +291,10 @@ func resolve(o options, f *config.File, fc *fileConfig, explicit map[string]bool
 	}
 	return s, nil
 }
+
+// picker returns a setting's value: the flag's when it was given or the
+// file does not set it (fileSet), else the file's.
+type picker func(flag string, fileSet bool, fileVal, flagVal any) any
 
 // limits fills s.srv's limits from fc (and --request-timeout).
 func (s *settings) limits(p *problems, o options, fc *fileConfig) {
@@ -441,6 +506,9 @@ func (s *settings) accounts(p *problems, fc *fileConfig) {
 		}
 		if u.AllCards && len(u.Cards) > 0 {
 			p.add(key+".all_cards", "all_cards and cards exclude each other")
+		}
+		if u.Admin {
+			s.admins++
 		}
 		users = append(users, auth.User{Name: u.Name, PasswordHash: u.PasswordHash, TokenHashes: tokens(key, u.TokenHashes),
 			Admin: u.Admin, AllCards: u.AllCards, Cards: rules(key, u.Cards)})

@@ -35,6 +35,8 @@ import (
 	"github.com/wsrc-go/wsrc/internal/auth"
 	"github.com/wsrc-go/wsrc/internal/config"
 	"github.com/wsrc-go/wsrc/internal/sdnotify"
+	"github.com/wsrc-go/wsrc/internal/status"
+	"github.com/wsrc-go/wsrc/internal/trace"
 	"github.com/wsrc-go/wsrc/internal/version"
 	"github.com/wsrc-go/wsrc/protocol"
 	"github.com/wsrc-go/wsrc/server"
@@ -84,6 +86,15 @@ type options struct {
 	logLevel           string
 	tlsCert, tlsKey    string
 	insecureNoAuth     bool
+	statusBind         string
+	statusHosts        []string
+	tracePcap          string
+	traceDir           string
+	traceLog           bool
+	traceNoRedact      bool
+	traceCards         []string
+	traceMaxSize       int64
+	traceKeep          int
 }
 
 const usage = `Usage: wsrc-server [flags]
@@ -145,7 +156,19 @@ func newFlagSet(o *options, out io.Writer) (*flag.FlagSet, *bool) {
 	fs.StringVar(&o.tlsCert, "tls-cert", "", "TLS certificate chain file (PEM) for both ports; reloaded on SIGHUP")
 	fs.StringVar(&o.tlsKey, "tls-key", "", "TLS private key file (PEM) for --tls-cert")
 	fs.BoolVar(&o.insecureNoAuth, "insecure-no-auth", false,
-		"allow a port without accounts to listen on a non-loopback address: anyone who can reach it can use it")
+		"allow a port without accounts to listen on a non-loopback address (and the status listener without an admin user): anyone who can reach it can use it")
+	fs.StringVar(&o.statusBind, "status-bind", defaultStatusBind,
+		"`host:port` of the status listener: live page, /api/v1/status, /metrics, /healthz, /readyz (operators only: it shows card identities and addresses; off loopback it needs an admin user's credentials); empty disables it")
+	fs.Var(listFlag{&o.statusHosts}, "status-allowed-host",
+		"a `name` the status listener accepts in the Host header besides localhost and loopback addresses (DNS rebinding protection); repeatable, or comma-separated")
+	fs.StringVar(&o.tracePcap, "trace-pcap", "", "write every relayed APDU to this pcap `file` (GSMTAP SIM, for Wireshark); PINs and keys redacted")
+	fs.StringVar(&o.traceDir, "trace-dir", "", "write one pcap file per card into this `directory` (named by EID, ICCID or card ID)")
+	fs.BoolVar(&o.traceLog, "trace-log", false, "log one line per relayed APDU (redacted like the pcap files)")
+	fs.BoolVar(&o.traceNoRedact, "trace-no-redact", false, "trace PINs, keys and authentication data as relayed: only with test cards")
+	fs.Var(listFlag{&o.traceCards}, "trace-card",
+		"trace only this card: a card `ID` (as on the status page), ICCID or EID; repeatable, or comma-separated (default: every card)")
+	fs.Var(sizeFlag{&o.traceMaxSize}, "trace-max-size", "start a new pcap file when one would grow past this `size` (e.g. 100M; default: never)")
+	fs.IntVar(&o.traceKeep, "trace-keep", 0, "how many rotated pcap files to keep per file (default 4)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	return fs, showVersion
 }
@@ -255,35 +278,53 @@ func indent(s string) string {
 // listeners are the sockets the server serves on.
 type listeners struct {
 	user, card []net.Listener
+	status     []net.Listener // none when the status listener is off
 	acmeHTTP   []net.Listener // for HTTP-01 challenges; none without ACME
+	// activated names the ports whose sockets came from systemd.
+	activated map[string]bool
 }
 
 func (l *listeners) close() {
 	closeAll(l.user)
 	closeAll(l.card)
+	closeAll(l.status)
 	closeAll(l.acmeHTTP)
 }
 
-// openListeners takes the sockets systemd passed (names user, card and
-// acme-http), and binds the others itself.
+// Port names, as logs and systemd's socket names (FileDescriptorName=)
+// give them.
+const (
+	portUser     = "user"
+	portCard     = "card"
+	portStatus   = "status"
+	portACMEHTTP = "acme-http"
+)
+
+// openListeners takes the sockets systemd passed (names user, card,
+// status and acme-http), and binds the others itself.
 func openListeners(s *settings, logger *slog.Logger) (*listeners, error) {
 	socks, err := sdnotify.Listeners()
 	if err != nil {
 		return nil, err
 	}
-	l := &listeners{user: socks.User, card: socks.Card}
+	l := &listeners{user: socks.User, card: socks.Card, status: socks.Other[portStatus], activated: map[string]bool{}}
 	if len(l.user) > 0 {
+		l.activated[portUser] = true
 		logger.Info("user port from systemd socket activation; --user-bind-host/--user-bind-port ignored")
 	}
 	if len(l.card) > 0 {
+		l.activated[portCard] = true
 		logger.Info("card port from systemd socket activation; --card-bind-host/--card-bind-port ignored")
 	}
-	const acmeSocket = "acme-http"
+	if len(l.status) > 0 {
+		l.activated[portStatus] = true
+		logger.Info("status listener from systemd socket activation; --status-bind ignored")
+	}
 	if s.tls.acme != nil {
-		l.acmeHTTP = socks.Other[acmeSocket]
+		l.acmeHTTP = socks.Other[portACMEHTTP]
 	}
 	for name, lns := range socks.Other {
-		if name == acmeSocket && s.tls.acme != nil {
+		if name == portStatus || name == portACMEHTTP && s.tls.acme != nil {
 			continue
 		}
 		logger.Warn("socket from systemd not used", "name", name)
@@ -292,6 +333,13 @@ func openListeners(s *settings, logger *slog.Logger) (*listeners, error) {
 	fail := func(what string, err error) (*listeners, error) {
 		l.close()
 		return nil, fmt.Errorf("listening for %s: %w", what, err)
+	}
+	if len(l.status) == 0 && s.status.bind != "" {
+		host, port, _ := net.SplitHostPort(s.status.bind) // checked by statusConfig
+		n, _ := strconv.Atoi(port)
+		if l.status, err = listen(host, n); err != nil {
+			return fail("the status listener", err)
+		}
 	}
 	if len(l.user) == 0 {
 		if l.user, err = listen(s.userHost, s.userPort); err != nil {
@@ -313,29 +361,42 @@ func openListeners(s *settings, logger *slog.Logger) (*listeners, error) {
 	return l, nil
 }
 
-// checkOpenPorts refuses a port without accounts that listens beyond
-// loopback (the configuration check saw the bind flags; this sees the
-// real sockets, e.g. from systemd).
-func checkOpenPorts(s *settings, store *auth.Store, l *listeners) error {
+// openPorts finds the ports without accounts that listen beyond loopback
+// (the configuration check saw the bind flags; this sees the real
+// sockets, e.g. from systemd): port name → why it must not serve.
+func openPorts(s *settings, l *listeners) map[string]error {
+	probs := map[string]error{}
 	if s.insecureNoAuth {
-		return nil
+		return probs
 	}
-	var errs []error
 	for _, p := range []struct {
-		name, accounts string
-		open           bool
-		lns            []net.Listener
+		name, what, accounts string
+		open                 bool
+		lns                  []net.Listener
 	}{
-		{"user", "[[user]] accounts", !store.HasUsers(), l.user},
-		{"card", "[[agent]] tokens", !store.HasAgents(), l.card},
+		{portUser, "the user port", "[[user]] accounts", !s.store.HasUsers(), l.user},
+		{portCard, "the card port", "[[agent]] tokens", !s.store.HasAgents(), l.card},
+		{portStatus, "the status listener", "an admin user ([[user]] with admin = true)", s.admins == 0, l.status},
 	} {
 		if !p.open {
 			continue
 		}
 		for _, ln := range p.lns {
-			if a, ok := ln.Addr().(*net.TCPAddr); !ok || !a.IP.IsLoopback() {
-				errs = append(errs, fmt.Errorf("the %s port listens on %v but has no authentication: configure %s, listen on loopback only, or set insecure_no_auth", p.name, ln.Addr(), p.accounts))
+			if !isLoopback(ln.Addr()) {
+				probs[p.name] = fmt.Errorf("%s listens on %v but has no authentication: configure %s, listen on loopback only, or set insecure_no_auth", p.what, ln.Addr(), p.accounts)
+				break
 			}
+		}
+	}
+	return probs
+}
+
+// joinProblems lists the problems of openPorts in port order.
+func joinProblems(probs map[string]error) error {
+	var errs []error
+	for _, name := range []string{portUser, portCard, portStatus} {
+		if err := probs[name]; err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
@@ -374,16 +435,53 @@ func closeAll(lns []net.Listener) {
 	}
 }
 
-// authSwitch is the server's Authenticator: the current account store,
+// authSwitch is the server's Authenticator: the current accounts,
 // swapped on SIGHUP. A nil store leaves both ports open.
-type authSwitch struct{ p atomic.Pointer[auth.Store] }
+type authSwitch struct{ p atomic.Pointer[accounts] }
+
+// accounts are the users and agents of one configuration.
+type accounts struct {
+	store  *auth.Store // nil: none
+	admins int         // users with admin = true
+}
+
+func (a *authSwitch) store(s *settings) { a.p.Store(&accounts{s.store, s.admins}) }
+
+func (a *authSwitch) load() *accounts { return a.p.Load() }
 
 func (a *authSwitch) UserRequest(r *http.Request) (*auth.Principal, error) {
-	return a.p.Load().UserRequest(r)
+	return a.load().store.UserRequest(r)
 }
 
 func (a *authSwitch) AgentRequest(r *http.Request) (*auth.Principal, error) {
-	return a.p.Load().AgentRequest(r)
+	return a.load().store.AgentRequest(r)
+}
+
+// portGate stands in front of a port's handler: while the port must not
+// serve (a socket from systemd on every address, and no accounts yet) it
+// answers 503 and says why in the log, not to the client. A reload that
+// brings the accounts opens it.
+type portGate struct {
+	next http.Handler
+	why  atomic.Pointer[error] // nil: serving
+}
+
+func (g *portGate) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if g.why.Load() != nil {
+		w.Header().Set("Retry-After", "60")
+		http.Error(w, "this WSRC server is not set up to serve this port yet: its operator has to configure accounts (see the server's log)", http.StatusServiceUnavailable)
+		return
+	}
+	g.next.ServeHTTP(w, r)
+}
+
+// set closes the gate with err, or opens it (nil); it reports whether
+// that changed anything.
+func (g *portGate) set(err error) bool {
+	if err == nil {
+		return g.why.Swap(nil) != nil
+	}
+	return g.why.Swap(&err) == nil
 }
 
 // serveMain listens and serves until ctx ends.
@@ -393,24 +491,49 @@ func serveMain(ctx context.Context, s *settings, o options, explicit map[string]
 		logger.Error("cannot listen", "err", err)
 		return exitFailure
 	}
-	if err := checkOpenPorts(s, s.store, lns); err != nil {
-		lns.close()
-		logger.Error("refusing to start", "err", err)
-		return exitUsage
+	probs := openPorts(s, lns)
+	for name := range probs {
+		// A socket systemd passed is served (closed, with 503s) until a
+		// reload brings accounts: exiting would only make systemd start
+		// the server again at the next connection, and again.
+		if !lns.activated[name] {
+			lns.close()
+			logger.Error("refusing to start", "err", joinProblems(probs))
+			return exitUsage
+		}
 	}
-	a := &app{s: s, o: o, explicit: explicit, log: logger, lns: lns}
+	a := &app{s: s, o: o, explicit: explicit, log: logger, lns: lns, started: time.Now(),
+		gates: map[string]*portGate{portUser: {}, portCard: {}, portStatus: {}}}
 	if err := a.setupTLS(); err != nil {
 		lns.close()
 		logger.Error("TLS", "err", err)
 		return exitUsage
 	}
-	a.auth.p.Store(s.store)
-	status := newStatusNotifier()
+	a.auth.store(s)
+	tr, err := newTracer(s.trace, logger)
+	if err != nil {
+		lns.close()
+		logger.Error("cannot start", "err", err)
+		return exitUsage
+	}
+	a.metrics = status.NewMetrics()
+	if tr != nil {
+		a.metrics.Registry().MustRegister(traceCollector(tr)...)
+	}
+	sd := newStatusNotifier()
 	cfg := s.srv
 	cfg.Auth = &a.auth
-	cfg.Observer = status
+	obs := []server.Observer{sd, newMetricsObserver(a.metrics)}
+	if tr != nil {
+		at := &apduTracer{tr: tr}
+		cfg.Tracer = at
+		obs = append(obs, at)
+	}
+	cfg.Observer = server.Observers(obs...)
 	a.srv = server.New(cfg, logger)
-	if err := a.serve(ctx, status, hup); err != nil {
+	a.tracer, a.sd = tr, sd
+	a.setGates(probs)
+	if err := a.serve(ctx, hup); err != nil {
 		logger.Error("shutdown", "err", err)
 		return exitFailure
 	}
@@ -424,11 +547,54 @@ type app struct {
 	explicit map[string]bool
 	log      *slog.Logger
 	lns      *listeners
+	started  time.Time
 	srv      *server.Server
 	auth     authSwitch
+	gates    map[string]*portGate // by port name; closed while the port must not serve
+	metrics  *status.Metrics
+	tracer   *trace.Tracer     // nil without tracing
+	sd       *statusNotifier   // systemd's status line
 	certs    *certReloader     // nil unless TLS from files
 	tlsCfg   *tls.Config       // nil without TLS
 	acme     *autocert.Manager // nil without ACME
+}
+
+// setGates closes the gates of the ports in probs (see openPorts) and
+// opens the others, logging each change, and updates systemd's status
+// line.
+func (a *app) setGates(probs map[string]error) {
+	var closed []string
+	for _, name := range []string{portUser, portCard, portStatus} {
+		err := probs[name]
+		if err != nil {
+			closed = append(closed, name)
+		}
+		switch changed := a.gates[name].set(err); {
+		case changed && err != nil:
+			a.log.Error("NOT SERVING this port (connections get HTTP 503): add the accounts to the configuration file, then reload (systemctl reload wsrc-server)",
+				"port", name, "err", err, "config", a.s.configPath)
+		case changed:
+			a.log.Info("serving the port now that it has accounts", "port", name)
+		}
+	}
+	note := ""
+	if len(closed) > 0 {
+		note = "NOT SERVING the " + strings.Join(closed, " and ") + " port(s): no accounts, see the log"
+	}
+	a.sd.setNote(note)
+}
+
+// ready is /readyz: the relay takes connections on every port.
+func (a *app) ready() error {
+	if err := a.srv.Ready(); err != nil {
+		return err
+	}
+	for _, name := range []string{portUser, portCard} {
+		if why := a.gates[name].why.Load(); why != nil {
+			return fmt.Errorf("not serving the %s port: %w", name, *why)
+		}
+	}
+	return nil
 }
 
 // setupTLS prepares the TLS configuration of both ports, if any.
@@ -454,10 +620,18 @@ func (a *app) setupTLS() error {
 	return nil
 }
 
+// Timeouts of the status listener's plain, short requests.
+const (
+	statusWriteTimeout = 30 * time.Second
+	statusIdleTimeout  = 60 * time.Second
+)
+
 // serve runs the HTTP servers on the listeners (which it owns) until ctx
 // ends, then shuts down: no new connections, every open one closed with
-// 1001 and a reason.
-func (a *app) serve(ctx context.Context, status *statusNotifier, hup <-chan os.Signal) error {
+// 1001 and a reason, the tracer flushed, and the status listener last,
+// so that /readyz says so and /metrics can be scraped while the relay
+// drains.
+func (a *app) serve(ctx context.Context, hup <-chan os.Signal) error {
 	logger := a.log
 	httpLog := log.New(&slogWriter{logger}, "", 0)
 	newHTTP := func(h http.Handler) *http.Server {
@@ -469,37 +643,66 @@ func (a *app) serve(ctx context.Context, status *statusNotifier, hup <-chan os.S
 			TLSNextProto:      map[string]func(*http.Server, *tls.Conn, http.Handler){}, // no HTTP/2
 		}
 	}
-	users, cards := newHTTP(a.srv.UserHandler()), newHTTP(a.srv.CardHandler())
+	a.gates[portUser].next, a.gates[portCard].next = a.srv.UserHandler(), a.srv.CardHandler()
+	users, cards := newHTTP(a.gates[portUser]), newHTTP(a.gates[portCard])
 	servers := []*http.Server{users, cards}
 	type group struct {
 		hs   *http.Server
-		lns  []net.Listener
+		ln   net.Listener
 		name string
 		tls  bool
 	}
-	groups := []group{{users, a.lns.user, "user", a.tlsCfg != nil}, {cards, a.lns.card, "card", a.tlsCfg != nil}}
+	var groups []group
+	for _, ln := range a.lns.user {
+		groups = append(groups, group{users, ln, portUser, a.tlsCfg != nil})
+	}
+	for _, ln := range a.lns.card {
+		groups = append(groups, group{cards, ln, portCard, a.tlsCfg != nil})
+	}
 	if len(a.lns.acmeHTTP) > 0 {
 		h := newHTTP(acmeHTTPHandler(a.acme))
 		servers = append(servers, h)
-		groups = append(groups, group{h, a.lns.acmeHTTP, "acme-http", false})
+		for _, ln := range a.lns.acmeHTTP {
+			groups = append(groups, group{h, ln, portACMEHTTP, false})
+		}
+	}
+	// One HTTP server per status listener: each knows whether it is on
+	// loopback (Host check) or not (credentials, and TLS when the relay
+	// has it).
+	statusHandler := status.NewHandler(status.Options{Source: statusSource(a.srv, a.started), Metrics: a.metrics,
+		Ready: a.ready, Logger: logger})
+	statusThrottle := auth.NewThrottle(a.s.srv.AuthFailureBurst, a.s.srv.AuthFailurePer)
+	var statusServers []*http.Server
+	for _, ln := range a.lns.status {
+		loop := isLoopback(ln.Addr())
+		a.gates[portStatus].next = statusHandler
+		g := &statusGuard{next: a.gates[portStatus], loopback: loop, allowed: a.s.status.allowedHosts, auth: &a.auth,
+			throttle: statusThrottle, insecure: a.s.insecureNoAuth, log: logger}
+		hs := newHTTP(g)
+		hs.WriteTimeout, hs.IdleTimeout = statusWriteTimeout, statusIdleTimeout
+		statusServers = append(statusServers, hs)
+		groups = append(groups, group{hs, ln, portStatus, !loop && a.tlsCfg != nil})
 	}
 	var wg sync.WaitGroup
-	errc := make(chan error, len(a.lns.user)+len(a.lns.card)+len(a.lns.acmeHTTP))
-	scheme := "ws"
-	if a.tlsCfg != nil {
-		scheme = "wss"
-	}
+	errc := make(chan error, len(groups))
 	for _, g := range groups {
-		for _, ln := range g.lns {
-			if g.tls {
-				ln = tls.NewListener(ln, a.tlsCfg)
-			}
-			logger.Info("listening", "port", g.name, "addr", ln.Addr().String(), "scheme", scheme)
-			if !g.tls && g.name != "acme-http" && !isLoopback(ln.Addr()) {
-				logger.Warn("no TLS on a port reachable from the network: passwords, tokens and APDUs cross it in clear text", "port", g.name)
-			}
-			wg.Go(func() { errc <- g.hs.Serve(ln) })
+		ln, scheme := g.ln, "ws"
+		if g.name == portStatus || g.name == portACMEHTTP {
+			scheme = "http"
 		}
+		if g.tls {
+			ln = tls.NewListener(ln, a.tlsCfg)
+			scheme += "s"
+		}
+		logger.Info("listening", "port", g.name, "addr", ln.Addr().String(), "scheme", scheme)
+		if !g.tls && g.name != portACMEHTTP && !isLoopback(ln.Addr()) {
+			what := "passwords, tokens and APDUs cross it in clear text"
+			if g.name == portStatus {
+				what = "credentials and card identities cross it in clear text"
+			}
+			logger.Warn("no TLS on a port reachable from the network: "+what, "port", g.name)
+		}
+		wg.Go(func() { errc <- g.hs.Serve(ln) })
 	}
 	logger.Info("wsrc-server started", "version", version.Version, "config", a.s.configPath,
 		"user_auth", a.s.store.HasUsers(), "card_auth", a.s.store.HasAgents())
@@ -507,11 +710,13 @@ func (a *app) serve(ctx context.Context, status *statusNotifier, hup <-chan os.S
 	bg, stopBG := context.WithCancel(context.Background())
 	var bgWG sync.WaitGroup
 	bgWG.Go(func() {
-		if err := sdnotify.Watchdog(bg); err != nil {
+		// Pinged only while the relay's registries answer: a relay
+		// wedged on its own locks is restarted.
+		if err := sdnotify.WatchdogWhile(bg, func() error { a.srv.Stats(); return nil }); err != nil {
 			logger.Warn("systemd watchdog", "err", err)
 		}
 	})
-	bgWG.Go(func() { status.run(bg, a.srv.Stats, statusEvery, sdnotify.Status) })
+	bgWG.Go(func() { a.sd.run(bg, a.srv.Stats, statusEvery, sdnotify.Status) })
 	if err := sdnotify.Ready(); err != nil {
 		logger.Warn("systemd readiness", "err", err)
 	}
@@ -534,12 +739,19 @@ loop:
 	_ = sdnotify.Status("shutting down: closing connections")
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 	defer cancel()
-	// Listeners first (no new upgrades), then the WebSockets.
+	// Listeners first (no new upgrades), then the WebSockets, then the
+	// tracer (the last exchanges are written), the status listener last.
 	for _, hs := range servers {
 		_ = hs.Shutdown(sctx)
 	}
 	if serr := a.srv.Shutdown(sctx); serr != nil && err == nil {
 		err = serr
+	}
+	if terr := a.tracer.Close(); terr != nil {
+		logger.Warn("closing the APDU trace", "err", terr)
+	}
+	for _, hs := range statusServers {
+		_ = hs.Shutdown(sctx)
 	}
 	stopBG()
 	bgWG.Wait()
@@ -549,20 +761,30 @@ loop:
 
 // reload re-reads the TLS certificate files and the configuration file's
 // accounts (SIGHUP). Anything invalid keeps the running state and is
-// logged; connections already open keep their rights.
+// logged; connections already open keep their rights. A port that is
+// served is never opened to anyone by a reload; one that is not served
+// (see portGate) starts serving once the accounts are there.
 func (a *app) reload() {
 	a.log.Info("SIGHUP: reloading")
 	s := a.s
 	if a.s.configPath != "" {
 		ns, err := loadSettings(a.o, a.explicit)
+		var probs map[string]error
+		if err == nil {
+			probs = openPorts(ns, a.lns)
+			for name, perr := range probs {
+				if a.gates[name].why.Load() == nil {
+					err = errors.Join(err, perr) // served now: it must stay closed to strangers
+				}
+			}
+		}
 		switch {
 		case err != nil:
 			a.log.Error("configuration not reloaded: keeping the running one", "err", err)
-		case checkOpenPorts(ns, ns.store, a.lns) != nil:
-			a.log.Error("configuration not reloaded: keeping the running one", "err", checkOpenPorts(ns, ns.store, a.lns))
 		default:
 			s = ns
-			a.auth.p.Store(ns.store)
+			a.auth.store(ns)
+			a.setGates(probs)
 			a.log.Info("accounts reloaded (they apply to new connections; other settings need a restart)",
 				"users", ns.store.UserCount(), "agents", ns.store.AgentCount())
 		}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -103,7 +104,7 @@ func testSettings(t *testing.T, path string, args ...string) (*settings, options
 	} else {
 		args = append(args, "--config", path)
 	}
-	o, explicit, err := parseFlags(append([]string{"--user-bind-port", "0", "--card-bind-port", "0"}, args...), io.Discard, noEnv)
+	o, explicit, err := parseFlags(append([]string{"--user-bind-port", "0", "--card-bind-port", "0", "--status-bind", "127.0.0.1:0"}, args...), io.Discard, noEnv)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,6 +119,7 @@ func testSettings(t *testing.T, path string, args ...string) (*settings, options
 // running is the whole server (serveMain) on loopback, in a goroutine.
 type running struct {
 	user, card string // addresses
+	status     string // the status listener's address; "" when off
 	cancel     context.CancelFunc
 	done       chan int
 	hup        chan os.Signal
@@ -152,8 +154,14 @@ func start(t *testing.T, s *settings, o options, explicit map[string]bool) *runn
 		t.Fatalf("server exited with %d before it started", code)
 	}
 	t.Cleanup(func() { r.stop(t) })
+	if m := statusAddrRE.FindStringSubmatch(r.log.String()); m != nil {
+		r.status = m[1]
+	}
 	return r
 }
+
+// statusAddrRE finds the status listener's address in the log.
+var statusAddrRE = regexp.MustCompile(`msg=listening port=status addr=(\S+)`)
 
 // stop ends the server (once) and checks its exit status.
 func (r *running) stop(t *testing.T) {
@@ -224,7 +232,7 @@ func TestSIGTERM(t *testing.T) {
 	w := &watchWriter{want: "wsrc-server started", seen: started, w: io.Discard}
 	done := make(chan int, 1)
 	go func() {
-		done <- runWithSignals([]string{"--user-bind-port", "0", "--card-bind-port", "0", "--config", ""}, stdio{nil, io.Discard, w})
+		done <- runWithSignals([]string{"--user-bind-port", "0", "--card-bind-port", "0", "--status-bind", "127.0.0.1:0", "--config", ""}, stdio{nil, io.Discard, w})
 	}()
 	<-started
 	if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/wsrc-go/wsrc/server"
@@ -23,7 +24,15 @@ const statusEvery = time.Second
 // they changed, at most once per statusEvery.
 type statusNotifier struct {
 	server.NopObserver
-	poke chan struct{} // buffered 1: a pending update
+	poke chan struct{}          // buffered 1: a pending update
+	note atomic.Pointer[string] // put before the counts; nil or "" for none
+}
+
+// setNote puts note before the counts (a port not served, say); "" for
+// none.
+func (n *statusNotifier) setNote(note string) {
+	n.note.Store(&note)
+	n.kick()
 }
 
 func newStatusNotifier() *statusNotifier {
@@ -69,7 +78,11 @@ func (n *statusNotifier) run(ctx context.Context, stats func() server.Stats, eve
 			return
 		case <-n.poke:
 		}
-		if line := statusLine(stats()); line != last {
+		line := statusLine(stats())
+		if note := n.note.Load(); note != nil && *note != "" {
+			line = *note + "; " + line
+		}
+		if line != last {
 			if err := send("%s", line); err == nil {
 				last = line
 			}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -107,6 +108,53 @@ func tcpListenerFile(t *testing.T) (*os.File, string) {
 	return f, l.Addr().String()
 }
 
+// child is wsrc-server running in a re-executed test binary (runChild),
+// as systemd would run it.
+type child struct {
+	cmd    *exec.Cmd
+	exited chan error // Wait's result
+	stderr *syncBuffer
+}
+
+// startChild starts the child with args, the environment variables env
+// and the listening sockets files (fds 3, 4, ...); it is killed when the
+// test ends without having waited for it, and when ctx ends.
+func startChild(t *testing.T, ctx context.Context, args []string, env []string, files ...*os.File) *child {
+	t.Helper()
+	a, _ := json.Marshal(args)
+	c := &child{cmd: exec.CommandContext(ctx, os.Args[0], "-test.run=^$"), exited: make(chan error, 1), stderr: &syncBuffer{}}
+	c.cmd.Env = append(append(os.Environ(), childEnv+"=1", childArgsEnv+"="+string(a)), env...)
+	c.cmd.ExtraFiles = files
+	c.cmd.Stderr = c.stderr
+	if err := c.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { c.exited <- c.cmd.Wait() }()
+	t.Cleanup(func() {
+		if c.cmd.ProcessState == nil {
+			c.cmd.Process.Kill()
+			<-c.exited
+		}
+	})
+	return c
+}
+
+// signal sends sig to the child.
+func (c *child) signal(t *testing.T, sig os.Signal) {
+	t.Helper()
+	if err := c.cmd.Process.Signal(sig); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// wait waits for the child to exit and fails the test unless it exits 0.
+func (c *child) wait(t *testing.T) {
+	t.Helper()
+	if err := <-c.exited; err != nil {
+		t.Fatalf("child: %v\n%s", err, c.stderr.String())
+	}
+}
+
 // The server takes its ports from systemd, reports READY=1 and a status
 // line that follows the cards and users, feeds the watchdog, and on
 // SIGTERM says STOPPING=1, closes users with a reason and exits 0.
@@ -118,24 +166,8 @@ func TestSocketActivationAndNotify(t *testing.T) {
 	defer cancel()
 	// The bind flags name a port that is surely not free: socket
 	// activation must override them.
-	args, _ := json.Marshal([]string{"--config", "", "--user-bind-port", "1", "--card-bind-port", "1", "--log-level", "debug"})
-	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), childEnv+"=1", childArgsEnv+"="+string(args), "NOTIFY_SOCKET="+notify,
-		"LISTEN_FDS=2", "LISTEN_FDNAMES=card:user", "WATCHDOG_USEC=200000")
-	cmd.ExtraFiles = []*os.File{cardF, userF}
-	var stderr syncBuffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	defer func() {
-		if cmd.ProcessState == nil {
-			cmd.Process.Kill()
-			<-exited
-		}
-	}()
+	c := startChild(t, ctx, []string{"--config", "", "--user-bind-port", "1", "--card-bind-port", "1", "--status-bind", "", "--log-level", "debug"},
+		[]string{"NOTIFY_SOCKET=" + notify, "LISTEN_FDS=2", "LISTEN_FDNAMES=card:user", "WATCHDOG_USEC=200000"}, cardF, userF)
 	await(t, msgs, "READY=1")
 	await(t, msgs, "WATCHDOG=1") // every 100 ms: half of WATCHDOG_USEC
 	card := wstest.Dial(t, "ws://"+cardAddr+"/")
@@ -153,24 +185,22 @@ func TestSocketActivationAndNotify(t *testing.T) {
 	user.Recv()
 	await(t, msgs, "STATUS=1 card (0 in use), 1 user")
 
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
+	c.signal(t, syscall.SIGTERM)
 	await(t, msgs, "STOPPING=1")
 	if code, reason := user.WaitClosed(); code != websocket.CloseGoingAway || reason != "server shutting down" {
 		t.Errorf("user closed with %d %q", code, reason)
 	}
-	if err := <-exited; err != nil {
-		t.Fatalf("child: %v\n%s", err, stderr.String())
-	}
-	if !strings.Contains(stderr.String(), "user port from systemd socket activation") {
-		t.Errorf("log:\n%s", stderr.String())
+	c.wait(t)
+	if !strings.Contains(c.stderr.String(), "user port from systemd socket activation") {
+		t.Errorf("log:\n%s", c.stderr.String())
 	}
 }
 
 // A socket-activated port without accounts on a non-loopback address is
-// refused (exit 2), as a bind flag would be.
-func TestSocketActivationOpenPortRefused(t *testing.T) {
+// not served: exiting would make systemd start the server again at the
+// next connection, in a loop. The server runs, answers 503, says why in
+// the log and the status line, and serves once a reload brings accounts.
+func TestSocketActivationOpenPortWaitsForAccounts(t *testing.T) {
 	l, err := net.Listen("tcp", "0.0.0.0:0")
 	if err != nil {
 		t.Skip("cannot listen on 0.0.0.0:", err)
@@ -179,19 +209,47 @@ func TestSocketActivationOpenPortRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	userURL := fmt.Sprintf("http://127.0.0.1:%d/", l.Addr().(*net.TCPAddr).Port)
 	l.Close()
 	defer f.Close()
-	args, _ := json.Marshal([]string{"--config", "", "--card-bind-port", "0"})
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), childEnv+"=1", childArgsEnv+"="+string(args), "LISTEN_FDS=1", "LISTEN_FDNAMES=user")
-	cmd.ExtraFiles = []*os.File{f}
-	out, err := cmd.CombinedOutput()
-	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != exitUsage {
-		t.Fatalf("exit %v, want 2:\n%s", err, out)
+	notify, msgs := fakeNotify(t)
+	path := writeConfig(t, "# no accounts yet\n")
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	c := startChild(t, ctx, []string{"--config", path, "--card-bind-port", "0", "--status-bind", ""},
+		[]string{"NOTIFY_SOCKET=" + notify, "LISTEN_FDS=1", "LISTEN_FDNAMES=user"}, f)
+	await(t, msgs, "READY=1")
+	await(t, msgs, "STATUS=NOT SERVING the user port(s): no accounts, see the log; 0 cards")
+	if code := httpStatus(t, userURL); code != http.StatusServiceUnavailable {
+		t.Fatalf("user port answered %d, want 503", code)
 	}
-	if !strings.Contains(string(out), "has no authentication") {
-		t.Fatalf("output:\n%s", out)
+	if log := c.stderr.String(); !strings.Contains(log, "NOT SERVING this port") || !strings.Contains(log, "has no authentication") {
+		t.Fatalf("log does not say why:\n%s", log)
 	}
+	if err := os.WriteFile(path, []byte("[[user]]\nname = \"alice\"\npassword_hash = \""+cheapHash(t, "pw")+"\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c.signal(t, syscall.SIGHUP)
+	await(t, msgs, "STATUS=0 cards (0 in use), 0 users")
+	if code := httpStatus(t, userURL); code != http.StatusUnauthorized {
+		t.Fatalf("user port answered %d after the reload, want 401", code)
+	}
+	c.signal(t, syscall.SIGTERM)
+	c.wait(t)
+	if !strings.Contains(c.stderr.String(), "serving the port now that it has accounts") {
+		t.Errorf("log:\n%s", c.stderr.String())
+	}
+}
+
+// httpStatus returns the status code of a GET of url.
+func httpStatus(t *testing.T, url string) int {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }
 
 func TestStatusLine(t *testing.T) {

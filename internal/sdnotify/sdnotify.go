@@ -5,8 +5,8 @@
 // It sits in cmd/wsrc-server and cmd/wsrc-agent, between flag parsing and
 // the one call into package server or agent: the binary asks Listeners for
 // sockets systemd bound (else it binds its own), calls Ready once it
-// serves, runs Watchdog for as long as it runs (or calls Ping every
-// Interval while its own health check passes), and Stopping when it shuts
+// serves, runs Watchdog (or WatchdogWhile, with a health check; or calls
+// Ping from a loop of its own) for as long as it runs, and Stopping when it shuts
 // down. The unit files in systemd/ (Type=notify, NotifyAccess=main,
 // WatchdogSec=, FileDescriptorName=user / card) are the other half.
 //
@@ -67,10 +67,9 @@ func Stopping() error {
 
 // Ping sends one WATCHDOG=1 now: the keep-alive for a caller that runs
 // its own loop, every Interval, and pings only while its own health check
-// passes (a relay whose locks still turn, an agent whose card manager
-// still answers), so that a wedged process is restarted although its
-// goroutines still run. Watchdog is the loop for callers without such a
-// check. Not under systemd (NOTIFY_SOCKET unset) it does nothing; with
+// passes (an agent whose card manager still answers), so that a wedged
+// process is restarted although its goroutines still run. Watchdog and
+// WatchdogWhile are such loops, ready made. Not under systemd (NOTIFY_SOCKET unset) it does nothing; with
 // the watchdog off systemd ignores the message.
 func Ping() error {
 	return send(daemon.SdNotifyWatchdog)
@@ -89,14 +88,25 @@ func Interval() (time.Duration, error) {
 }
 
 // Watchdog sends WATCHDOG=1 every Interval until ctx is done, then returns
-// nil, whatever the state of the rest of the process (see Ping for pings
-// gated on a health check). When the watchdog is off it returns nil at once, so callers can
-// always start it: `go sdnotify.Watchdog(ctx)` (or in an errgroup).
+// nil, whatever the state of the rest of the process (WatchdogWhile gates
+// the pings on a health check). When the watchdog is off it returns nil
+// at once, so callers can always start it: `go sdnotify.Watchdog(ctx)`
+// (or in an errgroup).
 //
 // The goroutine that runs Watchdog is its only owner; it starts nothing.
 // A failed ping is logged and the loop goes on: if pings stay lost,
 // systemd's restart of the service is the right outcome anyway.
 func Watchdog(ctx context.Context) error {
+	return WatchdogWhile(ctx, nil)
+}
+
+// WatchdogWhile is Watchdog with the pings gated on healthy: at each
+// Interval it calls healthy and pings only when it returns nil. A check
+// that fails or hangs (a process wedged on its own locks) starves the
+// watchdog, and systemd restarts the service. healthy runs on the
+// watchdog's goroutine; nil means always healthy. A failing check is
+// logged once, and its recovery.
+func WatchdogWhile(ctx context.Context, healthy func() error) error {
 	every, err := Interval()
 	if err != nil {
 		return err
@@ -104,13 +114,13 @@ func Watchdog(ctx context.Context) error {
 	if every <= 0 {
 		return nil
 	}
-	watchdog(ctx, every, send)
+	watchdog(ctx, every, healthy, send)
 	return nil
 }
 
 // watchdog is the ping loop, with the interval and the sender as
 // parameters for tests under testing/synctest.
-func watchdog(ctx context.Context, every time.Duration, ping func(string) error) {
+func watchdog(ctx context.Context, every time.Duration, healthy func() error, ping func(string) error) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	failing := false
@@ -120,7 +130,15 @@ func watchdog(ctx context.Context, every time.Duration, ping func(string) error)
 			return
 		case <-t.C:
 		}
-		err := ping(daemon.SdNotifyWatchdog)
+		var err error
+		if healthy != nil {
+			if err = healthy(); err != nil {
+				err = fmt.Errorf("health check failed, not pinging: %w", err)
+			}
+		}
+		if err == nil {
+			err = ping(daemon.SdNotifyWatchdog)
+		}
 		switch {
 		case err != nil && !failing:
 			slog.Warn("systemd watchdog ping failed", "err", err)

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -201,7 +202,7 @@ func TestWatchdogTiming(t *testing.T) {
 			return nil
 		}
 		done := make(chan struct{})
-		go func() { watchdog(ctx, 15*time.Second, ping); close(done) }()
+		go func() { watchdog(ctx, 15*time.Second, nil, ping); close(done) }()
 
 		time.Sleep(14 * time.Second)
 		synctest.Wait()
@@ -219,6 +220,43 @@ func TestWatchdogTiming(t *testing.T) {
 			if got[i] != want[i] {
 				t.Errorf("ping %d at %v, want %v", i, got[i], want[i])
 			}
+		}
+		cancel()
+		<-done
+	})
+}
+
+// TestWatchdogWhile checks that pings stop while the health check fails
+// and come back when it passes again.
+func TestWatchdogWhile(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx, cancel := context.WithCancel(t.Context())
+		var healthy, pinged atomic.Int32
+		healthy.Store(1)
+		check := func() error {
+			if healthy.Load() == 0 {
+				return errors.New("relay wedged")
+			}
+			return nil
+		}
+		done := make(chan struct{})
+		go func() {
+			watchdog(ctx, 10*time.Second, check, func(string) error { pinged.Add(1); return nil })
+			close(done)
+		}()
+		time.Sleep(25 * time.Second) // pings at 10 s, 20 s
+		synctest.Wait()
+		healthy.Store(0)
+		time.Sleep(30 * time.Second) // checks at 30, 40, 50 s fail
+		synctest.Wait()
+		if n := pinged.Load(); n != 2 {
+			t.Fatalf("%d pings while unhealthy, want the 2 from before", n)
+		}
+		healthy.Store(1)
+		time.Sleep(10 * time.Second) // 60 s
+		synctest.Wait()
+		if n := pinged.Load(); n != 3 {
+			t.Fatalf("%d pings after recovery, want 3", n)
 		}
 		cancel()
 		<-done

@@ -133,8 +133,8 @@ func (s *Server) cardHandshake(c *conn) func() {
 	c.startKeepalive()
 	return func() {
 		reason := cc.serve()
-		c.log().Info("card connection ended", "reason", reason)
 		cc.end(reason)
+		c.log().Info("card connection ended", "reason", reason)
 	}
 }
 
@@ -404,22 +404,24 @@ func (cc *cardConn) complete(msgType string, m protocol.Message, errText string)
 		cc.srv().hub.mu.Unlock()
 	}
 	cc.mu.Unlock()
+	outcome := OutcomeOK
+	if m == nil {
+		outcome = OutcomeAgentErr
+	}
+	cc.finished(p, outcome, m, errText)
 	if m != nil {
 		_ = p.from.c.write(m)
 	} else {
 		p.from.c.sendError("%s", errText)
 	}
 	p.from.done(false)
-	outcome := OutcomeOK
-	if m == nil {
-		outcome = OutcomeAgentErr
-	}
-	cc.finished(p, outcome, m, errText)
 	return ""
 }
 
 // finished reports the end of request p to the Observer and the Tracer.
 // reply is the card's answer (nil if none); why says what went wrong.
+// It is called before the user gets the reply, so that whoever reads
+// metrics or traces after the reply finds the request counted.
 func (cc *cardConn) finished(p request, outcome Outcome, reply protocol.Message, why string) {
 	s := cc.srv()
 	d := s.cfg.RequestTimeout
@@ -483,9 +485,9 @@ func (cc *cardConn) end(reason string) {
 	cc.emit()
 	cc.mu.Unlock()
 	if p.from != nil {
+		cc.finished(p, OutcomeGone, nil, "card disconnected: "+reason)
 		p.from.c.sendError("card disconnected: %s", reason)
 		p.from.done(true)
-		cc.finished(p, OutcomeGone, nil, "card disconnected: "+reason)
 	}
 }
 
@@ -548,9 +550,9 @@ func (cc *cardConn) checkTimeout() {
 	cc.c.log().Warn("card agent did not answer in time; disconnecting it", "msg_type", p.sent, "timeout", d)
 	cc.c.sendError("%s; closing the connection", msg)
 	cc.c.closeNow(websocket.ClosePolicyViolation, msg)
+	cc.finished(p, OutcomeTimeout, nil, msg)
 	p.from.c.sendError("card disconnected: %s", msg)
 	p.from.done(true)
-	cc.finished(p, OutcomeTimeout, nil, msg)
 }
 
 // associate makes u the card's user. It returns "" on success, else the

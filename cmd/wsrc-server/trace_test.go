@@ -1,43 +1,18 @@
 package main
 
 import (
-	"context"
 	"encoding/hex"
 	"log/slog"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/wsrc-go/wsrc/card/sim"
 	"github.com/wsrc-go/wsrc/internal/trace"
+	"github.com/wsrc-go/wsrc/internal/trace/tracetest"
 	"github.com/wsrc-go/wsrc/protocol"
 	"github.com/wsrc-go/wsrc/server"
 )
-
-// tshark runs Debian's tshark (package tshark) with args. The test is
-// skipped when tshark is missing, unless CI=true.
-func tshark(t *testing.T, args ...string) string {
-	t.Helper()
-	bin, err := exec.LookPath("tshark")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("tshark not installed (CI=true): apt-get install tshark")
-		}
-		t.Skip("tshark not installed")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Env = append(os.Environ(), "HOME="+t.TempDir()) // no user profile
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("tshark %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return string(out)
-}
 
 // pin is the PIN the tests send in VERIFY: "9361" in ASCII.
 const pin = "39333631"
@@ -46,9 +21,7 @@ const pin = "39333631"
 // pcap file, which tshark decodes as GSM SIM, with the PIN redacted
 // (and, as the control, not redacted with --trace-no-redact).
 func TestTracePcap(t *testing.T) {
-	if _, err := exec.LookPath("tshark"); err != nil && os.Getenv("CI") != "true" {
-		t.Skip("tshark not installed")
-	}
+	tracetest.Require(t)
 	for _, redacted := range []bool{true, false} {
 		name := "redacted"
 		if !redacted {
@@ -75,7 +48,7 @@ func TestTracePcap(t *testing.T) {
 			}
 			r.stop(t) // the tracer is closed after the relay
 
-			fields := tshark(t, "-r", pcap, "-T", "fields", "-E", "separator=|",
+			fields := tracetest.Tshark(t, "-r", pcap, "-T", "fields", "-E", "separator=|",
 				"-e", "frame.protocols", "-e", "gsm_sim.apdu.ins", "-e", "gsm_sim.apdu.sw")
 			lines := strings.Split(strings.TrimSpace(fields), "\n")
 			// The selection (--trace-card ICCID) starts once the ICCID is
@@ -90,11 +63,11 @@ func TestTracePcap(t *testing.T) {
 					t.Errorf("packet %d: %s, want gsm_sim INS %s", i+1, l, want[i])
 				}
 			}
-			verbose := tshark(t, "-r", pcap, "-V", "-x")
+			verbose := tracetest.Tshark(t, "-r", pcap, "-V", "-x")
 			if !strings.Contains(verbose, "Instruction: VERIFY CHV (0x20)") || !strings.Contains(verbose, "File ID: EF.ICCID (0x2fe2)") {
 				t.Errorf("tshark -V:\n%s", verbose)
 			}
-			payloads := tshark(t, "-r", pcap, "-T", "fields", "-e", "udp.payload")
+			payloads := tracetest.Tshark(t, "-r", pcap, "-T", "fields", "-e", "udp.payload")
 			shown := strings.Contains(verbose, "39 33 36 31") || strings.Contains(payloads, pin)
 			if shown == redacted {
 				t.Errorf("PIN in the trace: %v, want %v\n%s", shown, !redacted, payloads)

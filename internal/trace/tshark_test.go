@@ -1,36 +1,18 @@
 package trace
 
 import (
-	"context"
 	"log/slog"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/wsrc-go/wsrc/internal/trace/tracetest"
 )
 
-// tshark runs Debian's tshark (package tshark) on a file. The test is
-// skipped when tshark is missing, unless CI=true.
+// tshark runs tshark on a file (see tracetest.Tshark).
 func tshark(t *testing.T, args ...string) string {
 	t.Helper()
-	bin, err := exec.LookPath("tshark")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("tshark not installed (CI=true): apt-get install tshark")
-		}
-		t.Skip("tshark not installed")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Env = append(os.Environ(), "HOME="+t.TempDir()) // no user profile, nothing written to ours
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("tshark %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return string(out)
+	return tracetest.Tshark(t, args...)
 }
 
 const pinDigits = "39333631" // "9361"

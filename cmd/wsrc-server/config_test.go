@@ -217,7 +217,8 @@ all_cards = true
 	if code := checkConfig([]string{"--config", good}, stdio{nil, &out, &errOut}); code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut.String())
 	}
-	for _, want := range []string{"OK: " + good, "user port 0.0.0.0:4220, 1 user", "card port 127.0.0.1:4221, no authentication", "no TLS"} {
+	for _, want := range []string{"OK: " + good, "user port 0.0.0.0:4220, 1 user", "card port 127.0.0.1:4221, no authentication", "no TLS",
+		"status listener 127.0.0.1:4223, loopback only"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, out.String())
 		}

@@ -101,6 +101,7 @@ const usage = `Usage: wsrc-server [flags]
        wsrc-server check-config [--config FILE]
        wsrc-server hash-password
        wsrc-server gen-token
+       wsrc-server healthcheck [--config FILE] [--status-bind HOST:PORT]
 
 wsrc-server is the WSRC (WebSocket Remote Card) relay. Card agents
 (wsrc-agent, pySim's wsrc_card_client.py) connect to the card port and are
@@ -121,10 +122,22 @@ overrides the file. A port without accounts ([[user]] for the user port,
 [[agent]] for the card port) has no authentication and may only listen on
 loopback, unless --insecure-no-auth.
 
+Status: a live page, /api/v1/status (JSON), /metrics (Prometheus), /healthz
+and /readyz on --status-bind (default 127.0.0.1:4223). On loopback it only
+answers requests that name localhost or a loopback address (or a name of
+--status-allowed-host); on any other address it wants an admin user's
+credentials (health checks excepted).
+
+Tracing: --trace-pcap, --trace-dir and --trace-log write the relayed APDUs
+(pcap files for Wireshark, or log lines), PINs, keys and authentication
+data replaced by ff bytes unless --trace-no-redact.
+
 Subcommands:
   check-config    validate the configuration, print OK or the errors (exit 1)
   hash-password   read a password, print its bcrypt hash for password_hash
   gen-token       print a new token and its hash for token_hashes
+  healthcheck     ask the status listener's /healthz (exit 0 when healthy,
+                  1 otherwise): a container's health check
 
 Signals: SIGINT or SIGTERM closes every connection with a reason (WebSocket
 close code 1001) and exits with status 0; SIGHUP reloads the TLS
@@ -229,6 +242,8 @@ func run(ctx context.Context, args []string, std stdio, hup <-chan os.Signal) in
 			return hashPassword(args[1:], std)
 		case "gen-token":
 			return genToken(args[1:], std)
+		case "healthcheck":
+			return healthcheck(args[1:], std)
 		}
 	}
 	o, explicit, err := parseFlags(args, std.err, lookupEnv)

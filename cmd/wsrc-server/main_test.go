@@ -73,7 +73,8 @@ func TestHelp(t *testing.T) {
 	}
 	for _, want := range []string{"drop-in for pySim", "--user-bind-host", "--card-bind-port", "--request-timeout", "--log-level",
 		"4220", "4221", "--config", "--tls-cert", "--insecure-no-auth", "check-config", "hash-password", "gen-token", "SIGHUP",
-		"WSRC_SERVER_USER_BIND_HOST"} {
+		"WSRC_SERVER_USER_BIND_HOST", "--status-bind", "127.0.0.1:4223", "--status-allowed-host", "--trace-pcap", "--trace-dir",
+		"--trace-log", "--trace-no-redact", "--trace-card", "--trace-max-size", "--trace-keep", "healthcheck"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("--help lacks %q:\n%s", want, out.String())
 		}

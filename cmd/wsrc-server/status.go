@@ -108,7 +108,9 @@ func (g *statusGuard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			http.StatusMisdirectedRequest)
 		return
 	}
-	if g.loopback {
+	if g.loopback || r.URL.Path == status.PathHealthz || r.URL.Path == status.PathReadyz {
+		// Health checks say nothing secret, and probes (a container's,
+		// a load balancer's) bring no credentials.
 		g.next.ServeHTTP(w, r)
 		return
 	}

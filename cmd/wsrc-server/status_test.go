@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/hex"
 	"encoding/json"
@@ -8,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -336,6 +338,11 @@ func TestStatusGuardAuth(t *testing.T) {
 			t.Errorf("%s: challenge %q", tc.name, h.Values("WWW-Authenticate"))
 		}
 	}
+	for _, path := range []string{status.PathHealthz, status.PathReadyz} {
+		if code, _ := get(t, srv.URL+path, ""); code != http.StatusOK {
+			t.Errorf("%s without credentials: %d, want 200 (probes bring none)", path, code)
+		}
+	}
 	// Three failures are the burst: the address is throttled now, even
 	// with good credentials.
 	do(func(r *http.Request) { r.SetBasicAuth("root", "nope") })
@@ -476,5 +483,29 @@ func TestMetricsObserver(t *testing.T) {
 		if got := value(t, mfs, c.name, c.labels...); got != c.want {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
 		}
+	}
+}
+
+// healthcheck asks the status listener, found as the server finds it.
+func TestHealthcheck(t *testing.T) {
+	lookupEnv = noEnv
+	t.Cleanup(func() { lookupEnv = os.LookupEnv })
+	s, o, ex := testSettings(t, "")
+	r := start(t, s, o, ex)
+	var out, errOut bytes.Buffer
+	if code := run(t.Context(), []string{"healthcheck", "--config", "", "--status-bind", r.status}, stdio{nil, &out, &errOut}, nil); code != exitOK || out.String() != "ok\n" {
+		t.Fatalf("healthcheck: %d %q %q", code, out.String(), errOut.String())
+	}
+	_, port, _ := strings.Cut(r.status, ":")
+	if code := run(t.Context(), []string{"healthcheck", "--config", "", "--status-bind", "localhost:" + port}, discard, nil); code != exitOK {
+		t.Fatalf("healthcheck via localhost: %d", code)
+	}
+	r.stop(t)
+	errOut.Reset()
+	if code := run(t.Context(), []string{"healthcheck", "--config", "", "--status-bind", r.status}, stdio{nil, io.Discard, &errOut}, nil); code != exitFailure {
+		t.Fatalf("healthcheck of a stopped server: %d %s", code, errOut.String())
+	}
+	if code := run(t.Context(), []string{"healthcheck", "--config", "", "--status-bind", ""}, discard, nil); code != exitUsage {
+		t.Fatalf("healthcheck without a status listener: %d", code)
 	}
 }

@@ -2,16 +2,22 @@ package main
 
 import (
 	"bufio"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
+	"net/netip"
 	"os"
 	"strings"
+	"time"
 
 	"golang.org/x/term"
 
 	"github.com/wsrc-go/wsrc/internal/auth"
+	"github.com/wsrc-go/wsrc/internal/status"
 )
 
 // checkConfig validates the configuration exactly as a start would
@@ -53,6 +59,87 @@ func checkConfig(args []string, std stdio) int {
 	fmt.Fprintf(std.out, "OK: %s\n  user port %s:%d, %s\n  card port %s:%d, %s\n  %s\n", file,
 		s.userHost, s.userPort, authMode(s.store.HasUsers(), s.store.UserCount(), "users"),
 		s.cardHost, s.cardPort, authMode(s.store.HasAgents(), s.store.AgentCount(), "agents"), tlsMode)
+	statusMode := "status listener off"
+	if b := s.status.bind; b != "" {
+		host, _, _ := net.SplitHostPort(b)
+		access := "loopback only"
+		switch {
+		case !loopbackHost(host) && s.admins > 0:
+			access = authMode(true, s.admins, "admin users")
+		case !loopbackHost(host):
+			access = "no authentication"
+		}
+		statusMode = fmt.Sprintf("status listener %s, %s", b, access)
+	}
+	fmt.Fprintf(std.out, "  %s\n", statusMode)
+	if t := s.trace; t.enabled() {
+		var sinks []string
+		for _, x := range []struct {
+			on   bool
+			what string
+		}{{t.pcap != "", "pcap " + t.pcap}, {t.dir != "", "per-card files in " + t.dir}, {t.log, "the log"}} {
+			if x.on {
+				sinks = append(sinks, x.what)
+			}
+		}
+		red := "redacted"
+		if t.noRedact {
+			red = "NOT redacted"
+		}
+		fmt.Fprintf(std.out, "  APDU tracing to %s, %s\n", strings.Join(sinks, ", "), red)
+	}
+	return exitOK
+}
+
+// healthcheck asks the status listener's /healthz, for a container's
+// health check (a distroless image has no curl): exit 0 when the server
+// answers 200, 1 otherwise. It finds the listener as the server does
+// (flags, environment, configuration file); a listener on every address
+// is asked on loopback.
+func healthcheck(args []string, std stdio) int {
+	o, explicit, err := parseFlags(args, std.err, lookupEnv)
+	if errors.Is(err, flag.ErrHelp) {
+		return exitOK
+	}
+	if err != nil {
+		fmt.Fprintln(std.err, "wsrc-server healthcheck:", err)
+		return exitUsage
+	}
+	s, err := loadSettings(o, explicit)
+	if err != nil {
+		fmt.Fprintln(std.err, err)
+		return exitUsage
+	}
+	if s.status.bind == "" {
+		fmt.Fprintln(std.err, "wsrc-server healthcheck: the status listener is off (status.bind, --status-bind)")
+		return exitUsage
+	}
+	host, port, _ := net.SplitHostPort(s.status.bind)
+	if a, err := netip.ParseAddr(host); host == "" || host == "localhost" || err == nil && a.IsUnspecified() {
+		host = "127.0.0.1"
+		if err == nil && a.Is6() && !a.Is4In6() {
+			host = "::1"
+		}
+	}
+	scheme := "http"
+	if !loopbackHost(host) && s.tls.enabled() {
+		scheme = "https"
+	}
+	url := scheme + "://" + net.JoinHostPort(host, port) + status.PathHealthz
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // only whether it answers matters
+	}}
+	resp, err := c.Get(url)
+	if err != nil {
+		fmt.Fprintln(std.err, "wsrc-server healthcheck:", err)
+		return exitFailure
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		fmt.Fprintln(std.err, "wsrc-server healthcheck:", url, "answered", resp.Status)
+		return exitFailure
+	}
+	fmt.Fprintln(std.out, "ok")
 	return exitOK
 }
 

@@ -200,6 +200,29 @@ func TestExampleConfig(t *testing.T) {
 	if code := checkConfig([]string{"--config", path}, stdio{nil, &out, &out}); code != 0 || !strings.HasPrefix(out.String(), "OK: ") {
 		t.Fatalf("check-config: %d %s", code, out.String())
 	}
+	// The commented-out [status] and [trace] settings are valid too.
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	section := ""
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.HasPrefix(line, "[") {
+			section, _, _ = strings.Cut(line, " ")
+		}
+		if (section == "[status]" || section == "[trace]") && strings.HasPrefix(line, "# ") && strings.Contains(line, " = ") {
+			line = strings.TrimPrefix(line, "# ")
+		}
+		b.WriteString(line + "\n")
+	}
+	s, err = resolveWith(t, writeConfig(t, b.String()), nil)
+	if err != nil {
+		t.Fatalf("example with [status] and [trace] set: %v", err)
+	}
+	if s.status.bind != defaultStatusBind || len(s.status.allowedHosts) != 1 || !s.trace.enabled() || s.trace.maxSize != 100<<20 || s.trace.keep != 4 {
+		t.Fatalf("example settings: %+v %+v", s.status, s.trace)
+	}
 }
 
 func TestCheckConfig(t *testing.T) {

@@ -563,6 +563,7 @@ type app struct {
 	log      *slog.Logger
 	lns      *listeners
 	started  time.Time
+	draining atomic.Bool // the shutdown has begun
 	srv      *server.Server
 	auth     authSwitch
 	gates    map[string]*portGate // by port name; closed while the port must not serve
@@ -601,6 +602,9 @@ func (a *app) setGates(probs map[string]error) {
 
 // ready is /readyz: the relay takes connections on every port.
 func (a *app) ready() error {
+	if a.draining.Load() {
+		return errors.New("shutting down")
+	}
 	if err := a.srv.Ready(); err != nil {
 		return err
 	}
@@ -750,6 +754,7 @@ loop:
 			a.reload()
 		}
 	}
+	a.draining.Store(true) // /readyz says so from now on
 	_ = sdnotify.Stopping()
 	_ = sdnotify.Status("shutting down: closing connections")
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
@@ -762,12 +767,14 @@ loop:
 	if serr := a.srv.Shutdown(sctx); serr != nil && err == nil {
 		err = serr
 	}
+	logger.Info("connections closed")
 	if terr := a.tracer.Close(); terr != nil {
 		logger.Warn("closing the APDU trace", "err", terr)
 	}
 	for _, hs := range statusServers {
 		_ = hs.Shutdown(sctx)
 	}
+	logger.Info("status listener closed")
 	stopBG()
 	bgWG.Wait()
 	wg.Wait()

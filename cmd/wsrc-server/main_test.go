@@ -199,6 +199,12 @@ func TestRunAndShutdown(t *testing.T) {
 			t.Errorf("closed with %d %q, want 1001 server shutting down", code, reason)
 		}
 	}
+	// The status listener goes last, so that /readyz and /metrics answer
+	// while the connections drain.
+	log := r.log.String()
+	if i, j := strings.Index(log, "msg=\"connections closed\""), strings.Index(log, "msg=\"status listener closed\""); i < 0 || j < i {
+		t.Errorf("shutdown order in the log:\n%s", log)
+	}
 }
 
 // The relay binary must stay pure Go and free of the reader stacks: no

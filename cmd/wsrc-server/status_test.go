@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -507,5 +508,30 @@ func TestHealthcheck(t *testing.T) {
 	}
 	if code := run(t.Context(), []string{"healthcheck", "--config", "", "--status-bind", ""}, discard, nil); code != exitUsage {
 		t.Fatalf("healthcheck without a status listener: %d", code)
+	}
+}
+
+// /readyz: not ready while a port waits for accounts, nor once the
+// shutdown has begun.
+func TestAppReady(t *testing.T) {
+	a := &app{srv: server.New(server.Config{}, nil), gates: map[string]*portGate{portUser: {}, portCard: {}, portStatus: {}},
+		log: slog.New(slog.DiscardHandler), s: &settings{}, sd: newStatusNotifier()}
+	if err := a.ready(); err != nil {
+		t.Fatalf("ready: %v", err)
+	}
+	a.setGates(map[string]error{portCard: errors.New("the card port listens on 0.0.0.0:4221 but has no authentication")})
+	if err := a.ready(); err == nil || !strings.Contains(err.Error(), "not serving the card port") {
+		t.Fatalf("with the card port closed: %v", err)
+	}
+	if n := a.sd.note.Load(); n == nil || *n != "NOT SERVING the card port(s): no accounts, see the log" {
+		t.Fatalf("status note %v", n)
+	}
+	a.setGates(nil)
+	if err := a.ready(); err != nil {
+		t.Fatalf("reopened: %v", err)
+	}
+	a.draining.Store(true)
+	if err := a.ready(); err == nil || err.Error() != "shutting down" {
+		t.Fatalf("draining: %v", err)
 	}
 }

@@ -8,8 +8,10 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"strings"
 	"testing"
@@ -534,4 +536,54 @@ func TestAppReady(t *testing.T) {
 	if err := a.ready(); err == nil || err.Error() != "shutting down" {
 		t.Fatalf("draining: %v", err)
 	}
+}
+
+// hostCases are Host headers and whether a loopback listener that also
+// allows status.example.org accepts them.
+var hostCases = map[string]bool{
+	"localhost": true, "localhost:4223": true, "LocalHost:1": true, "127.0.0.1": true, "127.0.0.1:4223": true,
+	"127.9.9.9": true, "[::1]:4223": true, "[::1]": true, "::1": true, "[::ffff:127.0.0.1]:1": true,
+	"status.example.org": true, "STATUS.example.org:80": true,
+	"": false, ":4223": false, "attacker.example": false, "localhost.attacker.example": false, "192.0.2.1": false,
+	"[2001:db8::1]:4223": false, "0.0.0.0": false, "status.example.org.": false, "localhost:4223:1": false,
+}
+
+func TestHostAllowed(t *testing.T) {
+	g := &statusGuard{loopback: true, allowed: []string{"status.example.org"}}
+	for host, want := range hostCases {
+		if got := g.hostAllowed(host); got != want {
+			t.Errorf("hostAllowed(%q) = %v, want %v", host, got, want)
+		}
+	}
+	off := &statusGuard{}
+	if !off.hostAllowed("anything.example") {
+		t.Error("off loopback without allowed names, any Host should do")
+	}
+	off.allowed = []string{"status.example.org"}
+	if off.hostAllowed("localhost") || !off.hostAllowed("status.example.org:443") {
+		t.Error("off loopback with allowed names, only those")
+	}
+}
+
+// FuzzHostAllowed: a Host header from the network never panics, and one
+// that is accepted names loopback or the allowed name.
+func FuzzHostAllowed(f *testing.F) {
+	for host := range hostCases {
+		f.Add(host)
+	}
+	g := &statusGuard{loopback: true, allowed: []string{"status.example.org"}}
+	f.Fuzz(func(t *testing.T, host string) {
+		if !g.hostAllowed(host) {
+			return
+		}
+		h := host
+		if hh, _, err := net.SplitHostPort(host); err == nil {
+			h = hh
+		}
+		h = strings.ToLower(strings.Trim(h, "[]"))
+		a, err := netip.ParseAddr(h)
+		if h != "localhost" && h != "status.example.org" && (err != nil || !a.Unmap().IsLoopback()) {
+			t.Errorf("accepted Host %q", host)
+		}
+	})
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"log/slog"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -177,4 +178,24 @@ func TestAPDUTracer(t *testing.T) {
 		strings.Contains(got, "card=8") {
 		t.Errorf("trace log:\n%s", got)
 	}
+}
+
+// FuzzParseSize: no panic, never negative, and a number written back
+// parses to itself.
+func FuzzParseSize(f *testing.F) {
+	for _, s := range []string{"0", "100", "64k", "64KiB", "100M", "2GB", " 5 m ", "", "M", "-1", "1.5M", "99999999999G"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		n, err := parseSize(s)
+		if err != nil {
+			return
+		}
+		if n < 0 {
+			t.Fatalf("parseSize(%q) = %d", s, n)
+		}
+		if m, err := parseSize(strconv.FormatInt(n, 10)); err != nil || m != n {
+			t.Fatalf("%d does not parse back: %d, %v", n, m, err)
+		}
+	})
 }

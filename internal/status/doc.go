@@ -31,5 +31,9 @@
 //
 // The status listener reveals card identities and peer addresses
 // whatever server.Config.ShowRemoteAddr says: it is meant for operators
-// and should stay on loopback or behind access control.
+// and should stay on loopback or behind access control. The handler
+// itself checks neither; cmd/wsrc-server puts a guard in front of it
+// that, on loopback, refuses Host headers other than localhost and
+// loopback addresses (DNS rebinding) and, elsewhere, asks for an admin
+// user's credentials (docs/security.md).
 package status

@@ -181,7 +181,7 @@ func newFlagSet(o *options, out io.Writer) (*flag.FlagSet, *bool) {
 	fs.Var(listFlag{&o.traceCards}, "trace-card",
 		"trace only this card: a card `ID` (as on the status page), ICCID or EID; repeatable, or comma-separated (default: every card)")
 	fs.Var(sizeFlag{&o.traceMaxSize}, "trace-max-size", "start a new pcap file when one would grow past this `size` (e.g. 100M; default: never)")
-	fs.IntVar(&o.traceKeep, "trace-keep", 0, "how many rotated pcap files to keep per file (default 4)")
+	fs.IntVar(&o.traceKeep, "trace-keep", trace.DefaultMaxFiles, "how many rotated pcap files to keep per file")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	return fs, showVersion
 }
@@ -691,10 +691,10 @@ func (a *app) serve(ctx context.Context, hup <-chan os.Signal) error {
 	statusHandler := status.NewHandler(status.Options{Source: statusSource(a.srv, a.started), Metrics: a.metrics,
 		Ready: a.ready, Logger: logger})
 	statusThrottle := auth.NewThrottle(a.s.srv.AuthFailureBurst, a.s.srv.AuthFailurePer)
+	a.gates[portStatus].next = statusHandler
 	var statusServers []*http.Server
 	for _, ln := range a.lns.status {
 		loop := isLoopback(ln.Addr())
-		a.gates[portStatus].next = statusHandler
 		g := &statusGuard{next: a.gates[portStatus], loopback: loop, allowed: a.s.status.allowedHosts, auth: &a.auth,
 			throttle: statusThrottle, insecure: a.s.insecureNoAuth, log: logger}
 		hs := newHTTP(g)

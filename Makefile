@@ -88,7 +88,7 @@ install: ## Install bin/ programs and systemd/ files under $(DESTDIR) (run `make
 	install -D -m644 systemd/default/wsrc-agent $(DESTDIR)/etc/default/wsrc-agent
 
 .PHONY: deb
-deb: ## Build the Debian packages (wsrc-agent, wsrc-server, wsrc; amd64/arm64/armhf) into build/deb/
+deb: deps ## Build the Debian packages (wsrc-agent, wsrc-server, wsrc; amd64/arm64/armhf) into build/deb/
 	@scripts/package.sh
 
 .PHONY: deb-test

@@ -56,7 +56,7 @@ func run() int {
 		runtime.Version(), runtime.NumCPU(), cpuModel(), runtime.GOARCH)
 	fmt.Println("| scenario | APDUs | APDU/s | p50 | p99 | max | server CPU/APDU | server allocs/APDU |")
 	fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|")
-	var idle []relaybench.Result
+	var idle, open []relaybench.Result
 	for _, s := range strings.Split(*scenarios, ",") {
 		var n int
 		var res relaybench.Result
@@ -81,12 +81,19 @@ func run() int {
 			fmt.Fprintf(os.Stderr, "wsrc-bench: %s: %v\n", s, err)
 			return 1
 		}
+		if res.SchedP99 > 0 {
+			open = append(open, res)
+		}
 		fmt.Printf("| %s | %d | %.0f | %v | %v | %v | %v | %.1f |\n", res.Name, res.APDUs, res.Throughput(),
 			round(res.P50), round(res.P99), round(res.Max), round(res.CPUPerAPDU()), res.AllocsPerAPDU())
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "wsrc-bench:", err)
 		return 1
+	}
+	for _, res := range open {
+		fmt.Printf("\n%s: from the scheduled send time (adds the load generator's lateness): p50 %v, p99 %v\n",
+			res.Name, round(res.SchedP50), round(res.SchedP99))
 	}
 	for _, res := range idle {
 		fmt.Printf("\n%s: server RSS %.1f KiB per connection, Go heap+stacks %.1f KiB per connection\n",

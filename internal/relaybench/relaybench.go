@@ -9,8 +9,9 @@
 //     previous reply arrives; throughput, latency percentiles, server CPU
 //     and allocations per APDU.
 //   - open loop: N sessions each send R APDUs per second on a fixed
-//     schedule; latency is measured from the scheduled send time, so a
-//     stalled relay cannot hide its delay (no coordinated omission).
+//     schedule; latency is measured from the actual send (the relay's
+//     round trip) and also from the scheduled send time, so a stalled
+//     relay cannot hide its delay (no coordinated omission).
 //   - idle: N card connections identified and left idle; server memory per
 //     connection.
 package relaybench
@@ -36,6 +37,9 @@ type Result struct {
 	Max       time.Duration
 	ServerCPU time.Duration // server CPU time over the measured window
 	Mallocs   uint64        // server heap allocations over the window
+	// Open loop only: latency from the scheduled send time (includes the
+	// load generator's lateness), next to P50/P99 from the actual send.
+	SchedP50, SchedP99 time.Duration
 	// Idle scenario only: server memory growth per connection.
 	RSSPerConn, GoMemPerConn float64
 }
@@ -222,7 +226,11 @@ func (r *Runner) OpenLoop(ctx context.Context, n int, rate float64, d time.Durat
 	if err != nil {
 		return Result{}, err
 	}
+	// lat: from the actual send to the reply, the relay's round trip.
+	// sched: from the scheduled send time to the reply; it adds the load
+	// generator's own lateness (timers firing late on a busy machine).
 	lat := make([][]time.Duration, n)
+	sched := make([][]time.Duration, n)
 	g := new(errgroup.Group)
 	start := time.Now()
 	end := start.Add(d)
@@ -235,10 +243,14 @@ func (r *Runner) OpenLoop(ctx context.Context, n int, rate float64, d time.Durat
 				if w := time.Until(next); w > 0 {
 					time.Sleep(w) // pacing the load, not synchronising
 				}
+				sent := time.Now()
 				if err := p.user.roundTrip(benchAPDU, "r_apdu"); err != nil {
 					return err
 				}
-				l = append(l, time.Since(next))
+				done := time.Now()
+				l = append(l, done.Sub(sent))
+				s := done.Sub(next)
+				sched[i] = append(sched[i], s)
 				next = next.Add(interval)
 			}
 			lat[i] = l
@@ -255,6 +267,8 @@ func (r *Runner) OpenLoop(ctx context.Context, n int, rate float64, d time.Durat
 		return Result{}, err
 	}
 	res := summarize(fmt.Sprintf("open loop, %d sessions × %.0f APDU/s", n, rate), n, lat, elapsed)
+	fromSchedule := summarize("", n, sched, elapsed)
+	res.SchedP50, res.SchedP99 = fromSchedule.P50, fromSchedule.P99
 	res.ServerCPU = after.CPU - before.CPU
 	res.Mallocs = after.Mallocs - before.Mallocs
 	return res, nil

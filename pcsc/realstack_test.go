@@ -272,51 +272,15 @@ func TestRealExtendedAPDUs(t *testing.T) {
 	}
 }
 
-// atrBumpCard is a sim whose ATR changes with every reset, recording the
-// resets vpcd asked for.
-type atrBumpCard struct {
-	*sim.Card
-	mu     sync.Mutex
-	n      byte
-	resets []card.ResetKind
-}
-
-func (r *atrBumpCard) ATR() []byte {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	atr := r.Card.ATR()
-	// Change the last historical byte and fix TCK.
-	atr[len(atr)-2] ^= r.n
-	atr[len(atr)-1] ^= r.n
-	return atr
-}
-
-func (r *atrBumpCard) Reset(ctx context.Context, kind card.ResetKind) ([]byte, error) {
-	r.mu.Lock()
-	r.n++
-	r.resets = append(r.resets, kind)
-	r.mu.Unlock()
-	if _, err := r.Card.Reset(ctx, kind); err != nil {
-		return nil, err
-	}
-	return r.ATR(), nil
-}
-
-func (r *atrBumpCard) log() []card.ResetKind {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return slices.Clone(r.resets)
-}
-
 func TestRealResetWarmAndCold(t *testing.T) {
 	s := startStack(t)
 	ctx := context.Background()
-	rc := &atrBumpCard{Card: sim.New(sim.Config{Protocol: sim.T1})}
+	rc := vpcd.NewResetRecorder(sim.New(sim.Config{Protocol: sim.T1}))
 	w := s.watch()
 	s.insert(0, rc)
 	w.present(s.d.Reader(0))
 	c := openCard(t, s.d.Reader(0), OpenOptions{})
-	before := rc.log()
+	before := rc.Resets()
 	atr0 := c.ATR()
 
 	atr1, err := c.Reset(ctx, card.WarmReset)
@@ -326,11 +290,11 @@ func TestRealResetWarmAndCold(t *testing.T) {
 	if bytes.Equal(atr1, atr0) || !bytes.Equal(atr1, rc.ATR()) || !bytes.Equal(c.ATR(), atr1) {
 		t.Fatalf("warm reset ATR %x (before %x, card now %x)", atr1, atr0, rc.ATR())
 	}
-	if got := rc.log()[len(before):]; !slices.Equal(got, []card.ResetKind{card.WarmReset}) {
+	if got := rc.Resets()[len(before):]; !slices.Equal(got, []card.ResetKind{card.WarmReset}) {
 		t.Fatalf("warm reset reached the card as %v", got)
 	}
 
-	before = rc.log()
+	before = rc.Resets()
 	atr2, err := c.Reset(ctx, card.ColdReset)
 	if err != nil {
 		t.Fatalf("cold reset: %v", err)
@@ -338,7 +302,7 @@ func TestRealResetWarmAndCold(t *testing.T) {
 	if bytes.Equal(atr2, atr1) || !bytes.Equal(atr2, rc.ATR()) {
 		t.Fatalf("cold reset ATR %x (before %x, card now %x)", atr2, atr1, rc.ATR())
 	}
-	if got := rc.log()[len(before):]; !slices.Equal(got, []card.ResetKind{card.ColdReset}) {
+	if got := rc.Resets()[len(before):]; !slices.Equal(got, []card.ResetKind{card.ColdReset}) {
 		t.Fatalf("cold reset reached the card as %v", got)
 	}
 	// The card works after the resets.

@@ -17,7 +17,6 @@ import (
 
 	"github.com/wsrc-go/wsrc/agent"
 	"github.com/wsrc-go/wsrc/agent/agenttest"
-	"github.com/wsrc-go/wsrc/card"
 	"github.com/wsrc-go/wsrc/card/sim"
 	"github.com/wsrc-go/wsrc/client"
 	"github.com/wsrc-go/wsrc/internal/pcscdtest"
@@ -301,42 +300,6 @@ func (r *recordingCard) count() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return len(r.cmds)
-}
-
-// atrBumpCard is a simulated card whose ATR changes with every reset; it
-// records the kinds of reset vpcd asked for.
-type atrBumpCard struct {
-	*sim.Card
-	mu     sync.Mutex
-	n      byte             // guarded by mu
-	resets []card.ResetKind // guarded by mu
-}
-
-func (r *atrBumpCard) ATR() []byte {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	atr := r.Card.ATR()
-	// Change the last historical byte; changing TCK alike keeps it valid.
-	atr[len(atr)-2] ^= r.n
-	atr[len(atr)-1] ^= r.n
-	return atr
-}
-
-func (r *atrBumpCard) Reset(ctx context.Context, kind card.ResetKind) ([]byte, error) {
-	r.mu.Lock()
-	r.n++
-	r.resets = append(r.resets, kind)
-	r.mu.Unlock()
-	if _, err := r.Card.Reset(ctx, kind); err != nil {
-		return nil, err
-	}
-	return r.ATR(), nil
-}
-
-func (r *atrBumpCard) resetKinds() []card.ResetKind {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return slices.Clone(r.resets)
 }
 
 // serverError checks that err is the server's answer (not a timeout or a

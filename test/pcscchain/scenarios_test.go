@@ -155,7 +155,7 @@ func TestT0GetResponse(t *testing.T) {
 // the user gets the card's new ATR in reset_resp. The session goes on.
 func TestResetNewATR(t *testing.T) {
 	c := newChain(t)
-	bc := &atrBumpCard{Card: simCard(0, sim.T1, false)}
+	bc := vpcd.NewResetRecorder(simCard(0, sim.T1, false))
 	iccid := bc.Identity().ICCID
 	atr0 := bc.ATR()
 	c.insert(0, bc)
@@ -168,7 +168,7 @@ func TestResetNewATR(t *testing.T) {
 
 	prev := atr0
 	for i := range 2 {
-		before := len(bc.resetKinds())
+		before := len(bc.Resets())
 		atr, err := u.Reset(context.Background())
 		if err != nil {
 			t.Fatal(err)
@@ -176,7 +176,7 @@ func TestResetNewATR(t *testing.T) {
 		if bytes.Equal(atr, prev) || !bytes.Equal(atr, bc.ATR()) {
 			t.Errorf("reset %d: ATR %x (before %x), the card's is now %x", i, atr, prev, bc.ATR())
 		}
-		if kinds := bc.resetKinds()[before:]; !slices.Equal(kinds, []card.ResetKind{card.WarmReset}) {
+		if kinds := bc.Resets()[before:]; !slices.Equal(kinds, []card.ResetKind{card.WarmReset}) {
 			t.Errorf("reset %d reached the card as %v, want one warm reset", i, kinds)
 		}
 		prev = atr

@@ -35,7 +35,8 @@
 # (http://deb.debian.org/debian-security), SOURCE_DATE_EPOCH (time of the
 # last commit), AGENT_DEB (default: newest build/deb/wsrc-agent_*_arm64.deb),
 # AGENT_BIN (default build/cross/wsrc-agent-linux-arm64, built with
-# scripts/cross-build.sh when missing), BOOT_MIB (256), VERSION.
+# scripts/cross-build.sh when missing), BOOT_MIB (512, as Raspberry Pi OS;
+# a kernel and its initrd take 70 MB, twice while one is upgraded), VERSION.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT_DIR=$(pwd)
@@ -50,7 +51,7 @@ SECURITY_MIRROR=${SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 VERSION=${VERSION:-$(git describe --tags --always --dirty 2>/dev/null || echo dev)}
 SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}
 export SOURCE_DATE_EPOCH
-BOOT_MIB=${BOOT_MIB:-256}
+BOOT_MIB=${BOOT_MIB:-512}
 NAME=wsrc-pi-arm64
 IMG=$OUT/$NAME.img
 
@@ -75,6 +76,14 @@ timed() {
     "$@"
     ms=$((($(usec) - start) / 1000))
     log "$(printf '%-10s %5d.%01d s' "$name" $((ms / 1000)) $((ms % 1000 / 100)))"
+}
+
+# clean DIR: remove a tree a killed mmdebstrap may have left with /dev,
+# /proc and /sys mounted inside; never follow into a mount.
+clean() {
+    local m
+    findmnt -rn -o TARGET | grep -F "$1/" | sort -r | while read -r m; do umount -l "$m"; done
+    rm -rf --one-file-system "$1"
 }
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
@@ -135,7 +144,8 @@ sources() {
 
 base_stamp() {
     {
-        printf '%s\n' "$SUITE" "$MIRROR" "$SECURITY_MIRROR" "$SOURCE_DATE_EPOCH"
+        # Not SOURCE_DATE_EPOCH: every commit would throw the tree away.
+        printf '%s\n' "$SUITE" "$MIRROR" "$SECURITY_MIRROR"
         cat "$HERE/packages" "$HERE/base-hook.sh"
         mmdebstrap --version
     } | sha256sum | cut -d' ' -f1
@@ -149,7 +159,8 @@ base() {
         log "base: up to date ($OUT/base)"
         return
     fi
-    rm -rf "$OUT/base" "$OUT/base.stamp"
+    clean "$OUT/base"
+    rm -f "$OUT/base.stamp"
     mkdir -p "$OUT/apt-cache"
     sources >"$OUT/sources.list"
     # shellcheck disable=SC2016 # $1 is mmdebstrap's, for the hook.
@@ -216,7 +227,8 @@ install_agent() {
 rootfs() {
     [[ -d $OUT/base ]] || die "no $OUT/base: run '$0 base' first"
     local r=$OUT/rootfs b=$OUT/bootfs
-    rm -rf "$r" "$b"
+    clean "$r"
+    clean "$b"
     cp -a "$OUT/base" "$r"
     # Our files, owned by root whoever checked them out.
     cp -r --no-preserve=ownership "$HERE/rootfs/." "$r/"
@@ -272,9 +284,12 @@ unit: sectors
 start=$P1_START, size=$((BOOT_MIB * 2048)), type=c
 start=$p2_start, size=$root_sectors, type=83
 EOF
-    # FAT32: same time stamps on every file, volume id fixed.
+    # FAT32: same time stamps on every file, volume id fixed. 4 KiB
+    # clusters; below 65525 clusters (256 MiB) it would be FAT16 in all
+    # but name, and mtools (and others) would read it as such.
+    ((BOOT_MIB >= 260)) || die "BOOT_MIB=$BOOT_MIB: FAT32 with 4 KiB clusters needs 260 MiB or more"
     find "$b" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
-    mkfs.fat -F 32 -n RASPIFIRM -i "$FAT_ID" -h "$P1_START" --offset "$P1_START" "$IMG" $((BOOT_MIB * 1024)) >/dev/null
+    mkfs.fat -F 32 -s 8 -n RASPIFIRM -i "$FAT_ID" -h "$P1_START" --offset "$P1_START" "$IMG" $((BOOT_MIB * 1024)) >/dev/null
     TZ=UTC MTOOLS_SKIP_CHECK=1 mcopy -s -p -m -i "$IMG@@$((P1_START * 512))" "$b"/* ::/
     # ext4 from the directory; features fixed by our mke2fs.conf, not the
     # host's, and time stamps fixed by E2FSPROGS_FAKE_TIME.

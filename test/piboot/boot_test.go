@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -104,6 +105,15 @@ func TestPiBoot(t *testing.T) {
 		if _, ok := res.marks[name]; !ok {
 			t.Errorf("no %q marker", name)
 		}
+	}
+	// growroot took the room the copy has beyond the image.
+	if m := regexp.MustCompile(`part_sectors=(\d+)`).FindStringSubmatch(res.marks["growroot"].detail); m != nil {
+		got, _ := strconv.ParseInt(m[1], 10, 64)
+		if want := parts[1].count + growBy/512; got != want {
+			t.Errorf("root partition has %d sectors after growroot, want %d", got, want)
+		}
+	} else if _, ok := res.marks["growroot"]; ok {
+		t.Errorf("growroot marker without part_sectors: %q", res.marks["growroot"].detail)
 	}
 	if t.Failed() {
 		return
@@ -259,9 +269,12 @@ func addTestPayload(t *testing.T, root, dir, ext4 string) {
 	// systemd; until then it binds the ports itself.
 	if bytes.Contains(serverBin, []byte("LISTEN_FDS")) {
 		dirs = append(dirs, "/etc/systemd/system/sockets.target.wants")
-		for _, s := range []string{"wsrc-server-user.socket", "wsrc-server-card.socket"} {
+		for s, port := range map[string]int{"wsrc-server-user.socket": 4220, "wsrc-server-card.socket": 4221} {
 			puts = append(puts, put{filepath.Join(root, "systemd", s), "/usr/lib/systemd/system/" + s, "0100644"})
 			links["/etc/systemd/system/sockets.target.wants/"+s] = "/usr/lib/systemd/system/" + s
+			d := "/etc/systemd/system/" + s + ".d"
+			dirs = append(dirs, d)
+			puts = append(puts, put{add(s+"-dropin", fmt.Sprintf(loopbackSocket, port), 0o644), d + "/piboot-loopback.conf", "0100644"})
 		}
 	} else {
 		t.Log("wsrc-server has no socket activation yet: the socket units stay off")

@@ -101,6 +101,7 @@ func (r *fakeRoot) run(t testing.TB) (int, string) {
 		"WSRC_PI_SYSTEMCTL="+filepath.Join(d, "systemctl"),
 		"WSRC_PI_SSH_KEYGEN="+filepath.Join(d, "ssh-keygen"),
 		"WSRC_PI_PROC_HOSTNAME="+r.proc,
+		"WSRC_PI_TOKEN_GROUP="+strconv.Itoa(os.Getgid()),
 		"TMPDIR="+d,
 	)
 	out, err := cmd.CombinedOutput()
@@ -153,15 +154,21 @@ func TestBootconfFull(t *testing.T) {
 	def := r.read(t, "etc/default/wsrc-agent")
 	for _, want := range []string{
 		`WSRC_AGENT_SERVER="wss://relay.example.org:4221/"`,
-		`WSRC_AGENT_TOKEN="s3cr3t-T0ken_value.xyz"`,
+		`WSRC_AGENT_TOKEN_FILE="/etc/wsrc/agent.token"`,
 		`WSRC_AGENT_ARGS="--backend ccid,pcsc --agent-name lab-pi-1 --reader-include *Omnikey* --log-level debug"`,
 	} {
 		if !strings.Contains(def, want+"\n") {
 			t.Errorf("/etc/default/wsrc-agent lacks %s:\n%s", want, def)
 		}
 	}
-	if fi, err := os.Stat(filepath.Join(r.dir, "etc/default/wsrc-agent")); err != nil || fi.Mode().Perm() != 0o600 {
-		t.Errorf("/etc/default/wsrc-agent: %v, mode %v; want 0600", err, fi.Mode())
+	if strings.Contains(def, "s3cr3t") {
+		t.Errorf("the token itself is in /etc/default/wsrc-agent:\n%s", def)
+	}
+	if got := r.read(t, "etc/wsrc/agent.token"); got != "s3cr3t-T0ken_value.xyz\n" {
+		t.Errorf("/etc/wsrc/agent.token = %q", got)
+	}
+	if fi, err := os.Stat(filepath.Join(r.dir, "etc/wsrc/agent.token")); err != nil || fi.Mode().Perm() != 0o640 {
+		t.Errorf("/etc/wsrc/agent.token: %v, mode %v; want 0640", err, fi.Mode())
 	}
 	if got := r.read(t, "etc/hostname"); got != "lab-pi-1\n" {
 		t.Errorf("/etc/hostname = %q", got)
@@ -186,13 +193,13 @@ func TestBootconfFull(t *testing.T) {
 		}
 	}
 	wantCalls := []string{
-		"systemctl enable wsrc-agent.service",
+		"systemctl --quiet enable wsrc-agent.service",
 		"systemctl --no-block restart wsrc-agent.service",
 		"ssh-keygen -A",
-		"systemctl enable ssh.service",
+		"systemctl --quiet enable ssh.service",
 		"systemctl --no-block start ssh.service",
 		"systemctl --no-block try-restart systemd-timesyncd.service",
-		"systemctl enable wpa_supplicant@wlan0.service",
+		"systemctl --quiet enable wpa_supplicant@wlan0.service",
 		"systemctl --no-block restart wpa_supplicant@wlan0.service",
 	}
 	if got := r.calls(t); strings.Join(got, "\n") != strings.Join(wantCalls, "\n") {
@@ -214,6 +221,21 @@ func TestBootconfFull(t *testing.T) {
 	}
 	if code, out := r.run(t); code != 0 || !strings.Contains(out, "unchanged") || len(r.calls(t)) != 0 {
 		t.Errorf("second run: exit %d, calls %q:\n%s", code, r.calls(t), out)
+	}
+
+	// Edited again without TOKEN: the token file goes, the rest stays.
+	r.write(t, "boot/firmware/wsrc-agent.conf", "SERVER=wss://other.example.org/\n", 0o644)
+	if code, out := r.run(t); code != 0 {
+		t.Fatalf("third run: exit %d:\n%s", code, out)
+	}
+	if got := r.read(t, "etc/wsrc/agent.token"); got != "" {
+		t.Errorf("token file left: %q", got)
+	}
+	if def := r.read(t, "etc/default/wsrc-agent"); strings.Contains(def, "TOKEN") || !strings.Contains(def, `WSRC_AGENT_ARGS=""`) {
+		t.Errorf("/etc/default/wsrc-agent:\n%s", def)
+	}
+	if got := r.read(t, "etc/hostname"); got != "lab-pi-1\n" {
+		t.Errorf("host name not kept: %q", got)
 	}
 }
 
@@ -267,9 +289,10 @@ func TestBootconfRefusals(t *testing.T) {
 		{"command substitution", "SERVER=wss://x/$(reboot)\n", "line 1: SERVER must be"},
 		{"backtick", "SERVER=wss://x/`id`\n", "line 1: SERVER must be"},
 		{"space in url", "SERVER=wss://x/a b\n", "line 1: SERVER must be"},
-		{"quote in token", "SERVER=wss://x/\nTOKEN=ab\"c\n", "line 2: TOKEN has a character"},
-		{"space in token", "SERVER=wss://x/\nTOKEN=ab c\n", "line 2: TOKEN has a character"},
-		{"non-ascii token", "SERVER=wss://x/\nTOKEN=abc\u00e9\n", "line 2: TOKEN has a character"},
+		{"quote in token", "SERVER=wss://x/\nTOKEN=ab\"c\n", "line 2: TOKEN is longer"},
+		{"space in token", "SERVER=wss://x/\nTOKEN=ab c\n", "line 2: TOKEN is longer"},
+		{"long token", "SERVER=wss://x/\nTOKEN=" + strings.Repeat("a", 513) + "\n", "line 2: TOKEN is longer"},
+		{"non-ascii token", "SERVER=wss://x/\nTOKEN=abc\u00e9\n", "line 2: TOKEN is longer"},
 		{"token without server", "TOKEN=abc\n", "TOKEN is set but SERVER is not"},
 		{"args with quotes", "SERVER=wss://x/\nARGS=--agent-name \"a b\"\n", "line 2: ARGS may hold"},
 		{"args with semicolon", "SERVER=wss://x/\nARGS=--sim 1; reboot\n", "line 2: ARGS may hold"},
@@ -346,7 +369,7 @@ func TestBootconfSSHFile(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d:\n%s", code, out)
 	}
-	want := "ssh-keygen -A\nsystemctl enable ssh.service\nsystemctl --no-block start ssh.service"
+	want := "ssh-keygen -A\nsystemctl --quiet enable ssh.service\nsystemctl --no-block start ssh.service"
 	if got := strings.Join(r.calls(t), "\n"); got != want {
 		t.Errorf("commands:\n%s\nwant:\n%s", got, want)
 	}
@@ -371,7 +394,7 @@ func TestBootconfSSHOff(t *testing.T) {
 	if code, out := r.run(t); code != 0 {
 		t.Fatalf("exit %d:\n%s", code, out)
 	}
-	want := "systemctl disable ssh.service\nsystemctl --no-block stop ssh.service"
+	want := "systemctl --quiet disable ssh.service\nsystemctl --no-block stop ssh.service"
 	if got := strings.Join(r.calls(t), "\n"); got != want {
 		t.Errorf("commands:\n%s\nwant:\n%s", got, want)
 	}
@@ -380,7 +403,7 @@ func TestBootconfSSHOff(t *testing.T) {
 // envLine is the grammar of every line bootconf may write to
 // /etc/default/wsrc-agent: safe for systemd's EnvironmentFile= and for a
 // shell that sources the file.
-var envLine = regexp.MustCompile(`^(#[ -~]*|WSRC_AGENT_(SERVER|TOKEN|ARGS)="[^"\\$` + "`" + `\x00-\x1f\x7f-\xff]*")$`)
+var envLine = regexp.MustCompile(`^(#[ -~]*|WSRC_AGENT_(SERVER|TOKEN_FILE|ARGS)="[^"\\$` + "`" + `\x00-\x1f\x7f-\xff]*")$`)
 
 func FuzzBootconf(f *testing.F) {
 	if _, err := exec.LookPath("sh"); err != nil {

@@ -30,6 +30,15 @@ Type=simple
 WatchdogSec=0
 `
 
+// loopbackSocket moves a socket unit of the server to loopback (the way
+// systemd/wsrc-server-user.socket documents): a server without accounts
+// serves loopback only, and this one has none.
+const loopbackSocket = `# boot test (test/piboot): loopback only, no accounts needed.
+[Socket]
+ListenStream=
+ListenStream=127.0.0.1:%d
+`
+
 // testPreset keeps a first boot's `systemctl preset-all` from disabling
 // the test's units.
 const testPreset = `enable wsrc-server.service
@@ -82,15 +91,14 @@ card() {
 # wait_card NOT SECONDS: wait for a listed card whose "AGENT ADDRESS"
 # differs from NOT; print it.
 wait_card() {
-	i=0
-	while [ "$i" -lt $(($2 * 5)) ]; do
+	end=$(($(cut -d. -f1 /proc/uptime) + $2))
+	while [ "$(cut -d. -f1 /proc/uptime)" -lt "$end" ]; do
 		c=$(card)
 		if [ -n "$c" ] && [ "$c" != "$1" ]; then
 			echo "$c"
 			return 0
 		fi
 		sleep 0.2
-		i=$((i + 1))
 	done
 	return 1
 }

@@ -104,6 +104,14 @@ container: ## Build the wsrc-server container image wsrc-server:latest (FROM scr
 container-test: ## Build the server image and run it read-only with an agent and a user (starts dockerd if needed)
 	@scripts/container-test.sh
 
+.PHONY: pi-image
+pi-image: ## Build the bootable arm64 Raspberry Pi SD-card image build/pi-image/wsrc-pi-arm64.img(.xz) (root; Debian's archive)
+	deploy/pi-image/build.sh all
+
+.PHONY: pi-image-test
+pi-image-test: ## Boot the Pi image under qemu-system-aarch64 and check the agent and server from the console
+	WSRC_PIBOOT=1 $(GO) test -count=1 -v -timeout 40m ./test/piboot/
+
 .PHONY: clean
 clean: ## Remove build outputs
 	rm -rf $(BIN) build

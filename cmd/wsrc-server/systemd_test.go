@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -74,6 +75,26 @@ func fakeNotify(t *testing.T) (path string, msgs <-chan string) {
 }
 
 // await reads notifications until one contains want.
+// awaitAll waits until a notification containing each of wants has
+// arrived, in any order.
+func awaitAll(t *testing.T, msgs <-chan string, wants ...string) {
+	t.Helper()
+	left := slices.Clone(wants)
+	timer := time.NewTimer(30 * time.Second)
+	defer timer.Stop()
+	for len(left) > 0 {
+		select {
+		case m, ok := <-msgs:
+			if !ok {
+				t.Fatalf("notification socket closed while waiting for %q", left)
+			}
+			left = slices.DeleteFunc(left, func(w string) bool { return strings.Contains(m, w) })
+		case <-timer.C:
+			t.Fatalf("no notifications %q", left)
+		}
+	}
+}
+
 func await(t *testing.T, msgs <-chan string, want string) string {
 	t.Helper()
 	timer := time.NewTimer(30 * time.Second)
@@ -218,8 +239,9 @@ func TestSocketActivationOpenPortWaitsForAccounts(t *testing.T) {
 	defer cancel()
 	c := startChild(t, ctx, []string{"--config", path, "--card-bind-port", "0", "--status-bind", ""},
 		[]string{"NOTIFY_SOCKET=" + notify, "LISTEN_FDS=1", "LISTEN_FDNAMES=user"}, f)
-	await(t, msgs, "READY=1")
-	await(t, msgs, "STATUS=NOT SERVING the user port(s): no accounts, see the log; 0 cards")
+	// The first status line and READY=1 come from different goroutines,
+	// in either order.
+	awaitAll(t, msgs, "READY=1", "STATUS=NOT SERVING the user port(s): no accounts, see the log; 0 cards")
 	if code := httpStatus(t, userURL); code != http.StatusServiceUnavailable {
 		t.Fatalf("user port answered %d, want 503", code)
 	}

@@ -209,7 +209,8 @@ install_agent() {
         log "rootfs: installing $AGENT_FILE"
         cp "$AGENT_FILE" "$r/tmp/wsrc-agent.deb"
         # Its dependencies (libusb, libpcsclite) are in ./packages already.
-        chroot "$r" dpkg -i /tmp/wsrc-agent.deb
+        chroot "$r" dpkg -i /tmp/wsrc-agent.deb ||
+            die "installing $AGENT_FILE failed: a dependency missing from deploy/pi-image/packages?"
         rm -f "$r/tmp/wsrc-agent.deb"
         return
     fi
@@ -237,6 +238,8 @@ rootfs() {
     # The agent starts once the boot partition's wsrc-agent.conf names a
     # server (wsrc-pi-bootconf enables it); ssh once it is asked for.
     chroot "$r" systemctl disable wsrc-agent.service ssh.service 2>/dev/null || true
+    # wpa_supplicant@wlan0 joins Wi-Fi when asked to; the D-Bus one is unused.
+    chroot "$r" systemctl disable wpa_supplicant.service 2>/dev/null || true
     chroot "$r" systemctl enable wsrc-pi-bootconf.service wsrc-pi-growroot.service \
         systemd-networkd.service systemd-resolved.service systemd-timesyncd.service
     # Every card generates its own ssh host keys (when ssh is enabled).

@@ -4,6 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -92,11 +95,12 @@ func TestPiBoot(t *testing.T) {
 		t.Fatalf("cmdline.txt: %q", cmdline)
 	}
 	// What the user does: edit wsrc-agent.conf on the boot partition.
+	token := newToken(t)
 	confFile := filepath.Join(dir, "wsrc-agent.conf")
-	writeFile(t, confFile, testConf, 0o644)
+	writeFile(t, confFile, fmt.Sprintf(testConf, token), 0o644)
 	mtools(t, "mcopy", "-o", "-i", fat, confFile, "::wsrc-agent.conf")
 
-	addTestPayload(t, root, dir, ext4)
+	addTestPayload(t, root, dir, ext4, token)
 
 	append_ := guestCmdline(cmdline)
 	t.Logf("kernel %s, initrd %s, command line %q", kernel, initrd, append_)
@@ -234,7 +238,7 @@ func uptime(detail string) string {
 
 // addTestPayload puts the server, the CLI, their units and the check
 // unit into the copy's root file system with debugfs (no mount needed).
-func addTestPayload(t *testing.T, root, dir, ext4 string) {
+func addTestPayload(t *testing.T, root, dir, ext4, token string) {
 	t.Helper()
 	server := goBuildArm64(t, root, dir, "wsrc-server")
 	cli := goBuildArm64(t, root, dir, "wsrc")
@@ -255,6 +259,7 @@ func addTestPayload(t *testing.T, root, dir, ext4 string) {
 		{cli, "/usr/bin/wsrc", "0100755"},
 		{filepath.Join(root, "systemd", "wsrc-server.service"), "/usr/lib/systemd/system/wsrc-server.service", "0100644"},
 		{add("default", serverDefaults, 0o644), "/etc/default/wsrc-server", "0100644"},
+		{add("server.toml", fmt.Sprintf(serverConf, fmt.Sprintf("sha256:%x", sha256.Sum256([]byte(token)))), 0o644), "/etc/wsrc/server.toml", "0100644"},
 		{add("preset", testPreset, 0o644), "/etc/systemd/system-preset/00-piboot.preset", "0100644"},
 		{add("unit", checkUnit, 0o644), "/etc/systemd/system/piboot-check.service", "0100644"},
 		{add("check", checkScript, 0o755), "/usr/local/sbin/piboot-check", "0100755"},
@@ -263,7 +268,7 @@ func addTestPayload(t *testing.T, root, dir, ext4 string) {
 		"/etc/systemd/system/multi-user.target.wants/wsrc-server.service":  "/usr/lib/systemd/system/wsrc-server.service",
 		"/etc/systemd/system/multi-user.target.wants/piboot-check.service": "/etc/systemd/system/piboot-check.service",
 	}
-	dirs := []string{"/etc/systemd/system-preset", "/etc/systemd/system/multi-user.target.wants"}
+	dirs := []string{"/etc/wsrc", "/etc/systemd/system-preset", "/etc/systemd/system/multi-user.target.wants"}
 	serverBin := readFile(t, server)
 	// Socket activation only once the server takes its listeners from
 	// systemd; until then it binds the ports itself.
@@ -312,6 +317,16 @@ func addTestPayload(t *testing.T, root, dir, ext4 string) {
 			t.Fatalf("debugfs did not write %s", p.guest)
 		}
 	}
+}
+
+// newToken makes an agent token the way `wsrc-server gen-token` does.
+func newToken(t *testing.T) string {
+	t.Helper()
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return "wsrc_" + base64.RawURLEncoding.EncodeToString(b)
 }
 
 // goBuildArm64 builds ./cmd/NAME for linux/arm64 without cgo.

@@ -5,14 +5,25 @@ package piboot
 // systemd/. Only the copy gets them: the image that ships has no server,
 // no check unit and no test drop-ins.
 
-// testConf is what a user would write to /boot/firmware/wsrc-agent.conf:
-// the agent talks to the server on the same guest, with one simulated
-// card, under its own name; the host name is set too.
+// testConf is what a user would write to /boot/firmware/wsrc-agent.conf
+// (format it with the token): the agent talks to the server on the same
+// guest, with its token, one simulated card, under its own name; the host
+// name is set too.
 const testConf = `# wsrc-agent.conf of the boot test (test/piboot)
 SERVER=ws://127.0.0.1:4221/
+TOKEN=%s
 NAME=piboot-agent
 ARGS=--sim 1
 HOSTNAME=piboot-pi
+`
+
+// serverConf gives the server one agent account, so that the card port
+// wants the token the agent got from wsrc-agent.conf (format it with the
+// token's "sha256:..." hash). The user port stays anonymous on loopback.
+const serverConf = `# boot test (test/piboot): the agent's account
+[[agent]]
+name = "piboot-agent"
+token_hashes = ["%s"]
 `
 
 // serverDefaults lets `wsrc list` show each card agent's address and
@@ -116,8 +127,13 @@ m agent-active ok
 st=$(tr -d '\r' </boot/firmware/wsrc-agent-status.txt | tr '\n' '|')
 case $st in "OK: wsrc-agent.conf applied|"*) ;; *) fail bootconf "status file: $st" ;; esac
 grep -qx 'WSRC_AGENT_SERVER="ws://127.0.0.1:4221/"' /etc/default/wsrc-agent || fail bootconf "/etc/default/wsrc-agent: $(tr '\n' '|' </etc/default/wsrc-agent)"
+grep -qx 'WSRC_AGENT_TOKEN_FILE="/etc/wsrc/agent.token"' /etc/default/wsrc-agent || fail bootconf "no token file in /etc/default/wsrc-agent"
+[ "$(stat -c '%a %U:%G' /etc/wsrc/agent.token)" = "640 root:wsrc" ] || fail bootconf "agent.token: $(stat -c '%a %U:%G' /etc/wsrc/agent.token)"
 [ "$(hostname)" = piboot-pi ] || fail bootconf "host name $(hostname)"
 [ "$(systemctl is-enabled wsrc-agent.service)" = enabled ] || fail bootconf "agent $(systemctl is-enabled wsrc-agent.service)"
+# The card port wants the token: the card got in with it.
+journalctl -b -o cat -u wsrc-server.service | grep -q 'wsrc-server started.*card_auth=true' ||
+	fail auth "the server does not require agent tokens: $(journalctl -b -o cat -u wsrc-server.service | grep 'wsrc-server started')"
 m bootconf "ok status=$st"
 
 [ -e /var/lib/wsrc-pi/growroot.done ] || fail growroot "not done"

@@ -263,6 +263,10 @@ rootfs() {
     mv "$r"/boot/firmware/* "$b/"
     cp -r --no-preserve=ownership "$HERE/bootfs/." "$b/"
     [[ -f $b/cmdline.txt && -f $b/config.txt ]] || die "raspi-firmware wrote no cmdline.txt/config.txt"
+    # No modification time after SOURCE_DATE_EPOCH (our files, the agent).
+    # Inode change times cannot be set; mke2fs -d copies them, so two
+    # builds still differ there (and in FAT creation times).
+    find "$r" "$b" -newermt "@$SOURCE_DATE_EPOCH" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
     log "rootfs: cmdline.txt: $(cat "$b/cmdline.txt")"
 }
 

@@ -109,8 +109,10 @@ pi-image: ## Build the bootable arm64 Raspberry Pi SD-card image build/pi-image/
 	deploy/pi-image/build.sh all
 
 .PHONY: pi-image-test
-pi-image-test: ## Boot the Pi image under qemu-system-aarch64 and check the agent and server from the console
-	WSRC_PIBOOT=1 $(GO) test -count=1 -v -timeout 40m ./test/piboot/
+pi-image-test: ## Build the Pi image (no xz) and boot it under qemu-system-aarch64: agent + server + growroot checks
+	@deploy/pi-image/build.sh image
+	@deploy/pi-image/build.sh test-deps
+	WSRC_PIBOOT=1 $(GO) test -count=1 -v -timeout 40m -run TestPiBoot ./test/piboot/
 
 .PHONY: clean
 clean: ## Remove build outputs

@@ -149,6 +149,40 @@ func TestCardError(t *testing.T) {
 	}
 }
 
+// TestCardResetByOtherApplication: a card that another application
+// sharing it reset (PC/SC shared mode; the backend has acknowledged the
+// reset) is not a removal: the user learns of it from the error message,
+// and the session carries on with the freshly reset card.
+func TestCardResetByOtherApplication(t *testing.T) {
+	srv := agenttest.NewServer(t)
+	fc := newFakeCard()
+	reset := true
+	fc.setTransmit(func(ctx context.Context, cmd []byte) ([]byte, error) {
+		if reset {
+			reset = false
+			return nil, fmt.Errorf(`SCardTransmit on reader "reader 0": SCARD_W_RESET_CARD (0x80100068): %w`, card.ErrReset)
+		}
+		return []byte{0x90, 0x00}, nil
+	})
+	r := start(t, newTestSession(srv, fc).Run)
+	conn := srv.Accept()
+	conn.Hello()
+	conn.Send(protocol.CAPDU{Command: []byte{0, 0x20, 0, 1, 0}})
+	expectError(t, conn, `transmitting APDU: SCardTransmit on reader "reader 0": SCARD_W_RESET_CARD (0x80100068): card reset by another application`)
+	// Same connection: the session survived.
+	if rsp := conn.Transmit([]byte{0, 0xa4, 0, 0, 2, 0x3f, 0x00}); rsp.SW != 0x9000 {
+		t.Errorf("SELECT MF after the reset: SW %04x", rsp.SW)
+	}
+	select {
+	case <-r.done:
+		t.Fatalf("Run ended: %v", r.err)
+	default:
+	}
+	if fc.isClosed() {
+		t.Error("Session closed the card")
+	}
+}
+
 // TestCardRemoved: a removed card ends the session with an error message
 // and a close; Run returns card.ErrRemoved and does not reconnect.
 func TestCardRemoved(t *testing.T) {

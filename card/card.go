@@ -70,4 +70,10 @@ var (
 	ErrMute = errors.New("card mute")
 	// ErrClosed: the Card was used after Close.
 	ErrClosed = errors.New("card closed")
+	// ErrReset: another application sharing the card reset it (PC/SC
+	// shared mode). The call that reports it did not reach the card. The
+	// card's state — selected files, verified PINs, logical channels — is
+	// lost, but the Card is still usable: the next Transmit goes to the
+	// freshly reset card.
+	ErrReset = errors.New("card reset by another application")
 )

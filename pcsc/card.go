@@ -120,6 +120,13 @@ func (c *Card) ATR() []byte {
 // bytes) and returns the response APDU. A running SCardTransmit cannot be
 // interrupted: ctx is checked before the call only. When the card was
 // removed, the error wraps card.ErrRemoved.
+//
+// When another application sharing the card (OpenOptions.Shared) reset it,
+// the command is not sent and the error wraps card.ErrReset and
+// CodeResetCard; Transmit has acknowledged the reset (SCardReconnect
+// leaving the card as it is) and refreshed the ATR, so the next call goes
+// to the freshly reset card. The command is not retried: it was meant for
+// the card's state before the reset.
 func (c *Card) Transmit(ctx context.Context, command []byte) ([]byte, error) {
 	if len(command) < 4 {
 		return nil, fmt.Errorf("transmit on reader %q: command of %d bytes is shorter than an APDU header", c.reader, len(command))
@@ -137,6 +144,9 @@ func (c *Card) Transmit(ctx context.Context, command []byte) ([]byte, error) {
 	}
 	rsp, err := c.h.Transmit(command)
 	if err != nil {
+		if isCode(err, CodeResetCard) {
+			return nil, c.acknowledgeReset(wrapErr("SCardTransmit", c.reader, err))
+		}
 		return nil, c.cardErr("SCardTransmit", err)
 	}
 	if len(rsp) < 2 {
@@ -166,15 +176,25 @@ func (c *Card) Reset(ctx context.Context, kind card.ResetKind) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("%s reset on reader %q: %w", kind, c.reader, err)
 	}
-	if err := c.h.Reconnect(c.opts.share(), c.opts.protocols(), d); err != nil {
-		return nil, fmt.Errorf("%s reset: %w", kind, c.cardErr("SCardReconnect", err))
-	}
-	st, err := c.h.Status()
+	st, err := c.reconnect(d)
 	if err != nil {
-		return nil, fmt.Errorf("%s reset: %w", kind, c.cardErr("SCardStatus", err))
+		return nil, fmt.Errorf("%s reset: %w", kind, err)
 	}
 	c.atr = bytes.Clone(st.ATR)
 	return bytes.Clone(c.atr), nil
+}
+
+// reconnect calls SCardReconnect with d in the card's share mode and
+// protocols, then SCardStatus. mu must be held.
+func (c *Card) reconnect(d disposition) (cardStatus, error) {
+	if err := c.h.Reconnect(c.opts.share(), c.opts.protocols(), d); err != nil {
+		return cardStatus{}, c.cardErr("SCardReconnect", err)
+	}
+	st, err := c.h.Status()
+	if err != nil {
+		return cardStatus{}, c.cardErr("SCardStatus", err)
+	}
+	return st, nil
 }
 
 // Close disconnects (powering the card down when it was opened
@@ -201,6 +221,43 @@ func (c *Card) Close() error {
 		err = wrapErr("SCardReleaseContext", c.reader, rerr)
 	}
 	return err
+}
+
+// acknowledgeReset handles SCARD_W_RESET_CARD, resetErr: another handle
+// reset the card (SCardReconnect or SCardDisconnect with SCARD_RESET_CARD
+// or SCARD_UNPOWER_CARD), and pcsc-lite fails every call on this handle,
+// SCardStatus included, with that code until the handle acknowledges it
+// with SCardReconnect. It reconnects leaving the card as it is, takes the
+// new ATR, and returns resetErr with what it means for the user; or the
+// error of the acknowledgement, marked removed when the card is gone.
+//
+// After SCardDisconnect with SCARD_UNPOWER_CARD, pcsc-lite (1.9.9) leaves
+// the card powered down, with the old ATR, and SCardReconnect with
+// SCARD_LEAVE_CARD does not power it up (only SCardConnect does), so a
+// real reader would fail every APDU (vpcd answers them regardless; this
+// is read from pcsc-lite's source). So a card that SCardStatus reports
+// unpowered (or whose protocol cannot be set up again: the PPS of a
+// reconnect to a card powered down fails as SCARD_W_UNRESPONSIVE_CARD) is
+// powered up with SCARD_UNPOWER_CARD: a cold reset of a card that lost
+// its state anyway. mu must be held.
+func (c *Card) acknowledgeReset(resetErr error) error {
+	const ack = "acknowledging a reset by another application"
+	st, err := c.reconnect(leaveCard)
+	powerUp := errors.Is(err, CodeUnresponsiveCard) && !errors.Is(err, card.ErrRemoved)
+	if err == nil {
+		powerUp = st.State&statusPowered == 0
+	}
+	if powerUp {
+		st, err = c.reconnect(unpowerCard)
+	}
+	if err != nil {
+		// Removed meanwhile, or reset again before SCardStatus (then
+		// the error wraps card.ErrReset too, and the next call
+		// acknowledges again).
+		return fmt.Errorf("%s: %w", ack, err)
+	}
+	c.atr = bytes.Clone(st.ATR)
+	return fmt.Errorf("%w (the command was not sent; selected files, verified PINs and logical channels are lost)", resetErr)
 }
 
 // cardErr maps an error of a call on the card handle. Besides the code's own

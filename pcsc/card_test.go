@@ -13,6 +13,15 @@ import (
 	"github.com/wsrc-go/wsrc/card"
 )
 
+// fakeWithCard returns a fake pcscd with one reader, "A", holding a card
+// with ATR atrA.
+func fakeWithCard() (*fakeSys, *fakeReader) {
+	sys := newFakeSys()
+	sys.addReader("A")
+	sys.insert("A", atrA)
+	return sys, sys.reader("A")
+}
+
 func openFake(t *testing.T, sys *fakeSys, reader string, opts OpenOptions) *Card {
 	t.Helper()
 	c, err := open(context.Background(), sys, reader, opts)
@@ -222,7 +231,6 @@ func TestTransmitRemoval(t *testing.T) {
 		{"empty response, card still there", func(s *fakeSys) {
 			s.reader("A").transmit = func([]byte) ([]byte, error) { return []byte{0x90}, nil }
 		}, false, nil},
-		{"sharing reset", func(s *fakeSys) { s.reader("A").failNext = CodeResetCard }, false, CodeResetCard},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
@@ -254,6 +262,186 @@ func TestTransmitRemoval(t *testing.T) {
 				}
 			})
 		})
+	}
+}
+
+// resetByOther connects to reader as another application would, in shared
+// mode with its own context, and resets the card with d.
+func resetByOther(t *testing.T, sys system, reader string, d disposition, disconnect bool) {
+	t.Helper()
+	sctx, err := sys.EstablishContext()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sctx.Release()
+	h, err := sctx.Connect(reader, shareShared, AnyProtocol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if disconnect {
+		err = h.Disconnect(d)
+	} else {
+		err = h.Reconnect(shareShared, AnyProtocol, d)
+		if derr := h.Disconnect(leaveCard); err == nil {
+			err = derr
+		}
+	}
+	if err != nil {
+		t.Fatalf("other application's reset: %v", err)
+	}
+}
+
+// TestTransmitAfterForeignReset: another application reset the shared
+// card. Transmit does not send the command, reports card.ErrReset (not a
+// removal), acknowledges the reset (powering the card up when the other
+// application left it powered down) and takes the new ATR; the next
+// Transmit reaches the card.
+func TestTransmitAfterForeignReset(t *testing.T) {
+	apdu := []byte{0x00, 0xa4, 0x00, 0x00}
+	for _, tt := range []struct {
+		name string
+		// The other application's SCardReconnect, or with disconnect
+		// its SCardDisconnect, with d.
+		d          disposition
+		disconnect bool
+		// ppsFails: reconnecting to the powered-down card fails.
+		ppsFails bool
+		// ack: our SCardReconnects that succeed.
+		ack []disposition
+	}{
+		{"reconnect reset", resetCard, false, false, []disposition{leaveCard}},
+		{"reconnect unpower", unpowerCard, false, false, []disposition{leaveCard}},
+		{"disconnect reset", resetCard, true, false, []disposition{leaveCard}},
+		{"disconnect unpower", unpowerCard, true, false, []disposition{leaveCard, unpowerCard}},
+		{"disconnect unpower, no protocol without power", unpowerCard, true, true, []disposition{unpowerCard}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			sys, r := fakeWithCard()
+			r.ppsFailsUnpowered = tt.ppsFails
+			var sent [][]byte
+			r.transmit = func(cmd []byte) ([]byte, error) {
+				sent = append(sent, cmd)
+				return []byte{0x90, 0x00}, nil
+			}
+			r.atrs = [][]byte{atrB}
+			c := openFake(t, sys, "A", OpenOptions{Shared: true, Protocols: T1})
+			ctx := context.Background()
+
+			resetByOther(t, sys, "A", tt.d, tt.disconnect)
+			if _, err := c.h.Status(); !errors.Is(err, CodeResetCard) {
+				t.Fatalf("the fake's SCardStatus with a reset pending = %v, want SCARD_W_RESET_CARD", err)
+			}
+			ours := len(r.dispositions)
+			_, err := c.Transmit(ctx, apdu)
+			if !errors.Is(err, card.ErrReset) || !errors.Is(err, CodeResetCard) || errors.Is(err, card.ErrRemoved) {
+				t.Fatalf("Transmit = %v, want card.ErrReset and SCARD_W_RESET_CARD, not card.ErrRemoved", err)
+			}
+			var pe *Error
+			if !errors.As(err, &pe) || pe.Op != "SCardTransmit" || !strings.Contains(err.Error(), `"A"`) ||
+				!strings.Contains(err.Error(), "reset by another application") {
+				t.Fatalf("err %q: want an SCardTransmit *Error naming the reader and the reset", err)
+			}
+			if len(sent) != 0 {
+				t.Fatalf("the command reached the card: %x", sent)
+			}
+			if !bytes.Equal(c.ATR(), atrB) {
+				t.Fatalf("ATR %x after the reset, want %x", c.ATR(), atrB)
+			}
+			// Acknowledged with SCardReconnect in the card's own share
+			// mode, leaving the card as it is unless it is powered down.
+			if d := r.dispositions[ours:]; !slices.Equal(d, tt.ack) {
+				t.Fatalf("acknowledged with dispositions %v, want %v", d, tt.ack)
+			}
+			if sh := r.shares[len(r.shares)-1]; sh != shareShared {
+				t.Fatalf("acknowledged in share mode %v, want shared", sh)
+			}
+			rsp, err := c.Transmit(ctx, apdu)
+			if err != nil || !bytes.Equal(rsp, []byte{0x90, 0x00}) || len(sent) != 1 {
+				t.Fatalf("next Transmit = %x, %v (%d commands reached the card)", rsp, err, len(sent))
+			}
+		})
+	}
+}
+
+// TestTransmitForeignResetAcknowledgeFails: when the acknowledging
+// SCardReconnect (or the SCardStatus after it) fails, Transmit reports
+// that, as a removal when the card is gone.
+func TestTransmitForeignResetAcknowledgeFails(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		setup   func(r *fakeReader)
+		op      string
+		removed bool
+		is      error
+	}{
+		// pcsc-lite 1.9.9 answers SCardReconnect on a card it saw go
+		// with SCARD_E_NO_SMARTCARD.
+		{"card gone", func(r *fakeReader) { r.failNext = CodeNoSmartcard }, "SCardReconnect", true, card.ErrNoCard},
+		{"card swapped", func(r *fakeReader) { r.failNext = CodeRemovedCard }, "SCardReconnect", true, CodeRemovedCard},
+		{"driver error, card gone", func(r *fakeReader) {
+			r.failNext = CodeCommError
+			r.failStatus = CodeRemovedCard
+		}, "SCardReconnect", true, CodeCommError},
+		{"driver error, card still there", func(r *fakeReader) { r.failNext = CodeCommError }, "SCardReconnect", false, CodeCommError},
+		{"status fails", func(r *fakeReader) { r.failStatus = CodeRemovedCard }, "SCardStatus", true, CodeRemovedCard},
+		{"card left powered down, mute", func(r *fakeReader) {
+			r.unpowered, r.ppsFailsUnpowered, r.failNext = true, true, CodeUnresponsiveCard
+		}, "SCardReconnect", false, card.ErrMute},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				sys, r := fakeWithCard()
+				r.atrs = [][]byte{atrB}
+				c := openFake(t, sys, "A", OpenOptions{Shared: true})
+				resetByOther(t, sys, "A", resetCard, false)
+				tt.setup(r)
+				_, err := c.Transmit(context.Background(), []byte{0x00, 0xa4, 0x00, 0x00})
+				if err == nil {
+					t.Fatal("Transmit succeeded")
+				}
+				if got := errors.Is(err, card.ErrRemoved); got != tt.removed {
+					t.Fatalf("errors.Is(%v, card.ErrRemoved) = %v, want %v", err, got, tt.removed)
+				}
+				var pe *Error
+				if !errors.Is(err, tt.is) || !errors.As(err, &pe) || pe.Op != tt.op ||
+					!strings.Contains(err.Error(), `"A"`) || !strings.Contains(err.Error(), "acknowledging a reset") {
+					t.Fatalf("err = %v, want %v from %s naming the reader and the reset", err, tt.is, tt.op)
+				}
+				if !bytes.Equal(c.ATR(), atrA) {
+					t.Fatalf("ATR changed to %x although no SCardStatus said so", c.ATR())
+				}
+				if err := c.Close(); err != nil {
+					t.Fatalf("Close: %v", err)
+				}
+			})
+		})
+	}
+}
+
+// TestResetWithForeignResetPending: Reset works on a handle that has not
+// yet acknowledged another application's reset (its SCardReconnect does),
+// and leaves a reset pending for that application in turn.
+func TestResetWithForeignResetPending(t *testing.T) {
+	sys, r := fakeWithCard()
+	r.atrs = [][]byte{atrB, atrA}
+	ctx := context.Background()
+	c := openFake(t, sys, "A", OpenOptions{Shared: true})
+	other := openFake(t, sys, "A", OpenOptions{Shared: true})
+	if _, err := other.Reset(ctx, card.ColdReset); err != nil {
+		t.Fatal(err)
+	}
+	atr, err := c.Reset(ctx, card.WarmReset)
+	if err != nil || !bytes.Equal(atr, atrA) || !bytes.Equal(c.ATR(), atrA) {
+		t.Fatalf("Reset with a reset pending = %x, %v; want ATR %x", atr, err, atrA)
+	}
+	if _, err := c.Transmit(ctx, []byte{0x00, 0xa4, 0x00, 0x00}); err != nil {
+		t.Fatalf("Transmit after Reset: %v", err)
+	}
+	if _, err := other.Transmit(ctx, []byte{0x00, 0xa4, 0x00, 0x00}); !errors.Is(err, card.ErrReset) {
+		t.Fatalf("the other application's Transmit after our Reset = %v, want card.ErrReset", err)
+	}
+	if _, err := other.Transmit(ctx, []byte{0x00, 0xa4, 0x00, 0x00}); err != nil {
+		t.Fatalf("the other application's next Transmit: %v", err)
 	}
 }
 

@@ -38,5 +38,8 @@
 //
 // Sharing: Open connects exclusively by default, so no other PC/SC client
 // (pcsc_scan, a browser, gpg's scdaemon) can interleave APDUs with the
-// relayed session; OpenOptions.Shared opts out.
+// relayed session; OpenOptions.Shared opts out. A shared card that another
+// client resets fails the next Transmit with card.ErrReset (the command is
+// not sent, the card's state is lost); Transmit has acknowledged the reset
+// to pcscd, so the Card keeps working with the freshly reset card.
 package pcsc

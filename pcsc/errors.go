@@ -137,7 +137,7 @@ var ErrReaderUnavailable = errors.New("reader unavailable")
 // Error is a failed PC/SC call. It carries the call, the reader (when the
 // call concerned one) and the return code. errors.Is matches the Code and
 // the sentinels the code stands for: card.ErrRemoved, card.ErrNoCard,
-// card.ErrMute, ErrServiceUnavailable, ErrReaderUnavailable.
+// card.ErrMute, card.ErrReset, ErrServiceUnavailable, ErrReaderUnavailable.
 type Error struct {
 	Op     string // PC/SC call, e.g. "SCardTransmit"
 	Reader string // reader name, "" when the call concerns no reader
@@ -155,6 +155,9 @@ func (e *Error) Error() string {
 	if e.Reader != "" {
 		msg = fmt.Sprintf("%s on reader %q: %v", e.Op, e.Reader, e.Code)
 	}
+	if e.Code == CodeResetCard {
+		msg += ": " + card.ErrReset.Error()
+	}
 	if e.Removed && e.Code != CodeRemovedCard {
 		msg += ": " + card.ErrRemoved.Error()
 	}
@@ -171,6 +174,8 @@ func (e *Error) Unwrap() []error {
 		errs = append(errs, card.ErrNoCard)
 	case CodeUnresponsiveCard:
 		errs = append(errs, card.ErrMute)
+	case CodeResetCard:
+		errs = append(errs, card.ErrReset)
 	case CodeNoService, CodeServiceStopped:
 		errs = append(errs, ErrServiceUnavailable)
 	case CodeReaderUnavailable, CodeUnknownReader:

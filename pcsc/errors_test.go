@@ -10,7 +10,7 @@ import (
 )
 
 func TestErrorMapping(t *testing.T) {
-	all := []error{card.ErrRemoved, card.ErrNoCard, card.ErrMute, ErrServiceUnavailable, ErrReaderUnavailable}
+	all := []error{card.ErrRemoved, card.ErrNoCard, card.ErrMute, card.ErrReset, ErrServiceUnavailable, ErrReaderUnavailable}
 	tests := []struct {
 		code Code
 		name string
@@ -27,7 +27,7 @@ func TestErrorMapping(t *testing.T) {
 		{CodeTimeout, "SCARD_E_TIMEOUT", nil},
 		{CodeCancelled, "SCARD_E_CANCELLED", nil},
 		{CodeNoReadersAvailable, "SCARD_E_NO_READERS_AVAILABLE", nil},
-		{CodeResetCard, "SCARD_W_RESET_CARD", nil},
+		{CodeResetCard, "SCARD_W_RESET_CARD", []error{card.ErrReset}},
 		{CodeNotTransacted, "SCARD_E_NOT_TRANSACTED", nil},
 		{CodeInvalidHandle, "SCARD_E_INVALID_HANDLE", nil},
 		{CodeInsufficientBuffer, "SCARD_E_INSUFFICIENT_BUFFER", nil},

@@ -9,7 +9,8 @@ import (
 
 // fakeSys is an in-process model of pcscd behind the seam: readers with
 // cards, pcsc-lite's event counters and PnP reader count, blocking
-// GetStatusChange with Cancel, exclusive access, and pcscd going down.
+// GetStatusChange with Cancel, exclusive access, resets by other handles,
+// and pcscd going down.
 type fakeSys struct {
 	mu      sync.Mutex
 	down    bool // pcscd not running: everything fails with NO_SERVICE
@@ -38,9 +39,11 @@ type fakeReader struct {
 	mute    bool
 	counter uint32
 	atr     []byte
-	// held is the share mode of the handle connected to the card, 0 if
+	// held is the share mode of the handles connected to the card, 0 if
 	// none.
 	held shareMode
+	// handles are the handles connected and not disconnected.
+	handles []*fakeCard
 	// transmit answers commands; nil echoes 90 00.
 	transmit func(cmd []byte) ([]byte, error)
 	// failNext makes the next Reconnect/Status/Transmit fail with it.
@@ -51,8 +54,18 @@ type fakeReader struct {
 	dispositions []disposition
 	shares       []shareMode
 	protocols    []Protocol
-	// atrs, if set, gives the ATR after each reset, in turn.
+	// atrs, if set, gives the ATR after each reset or power-up, in turn.
 	atrs [][]byte
+	// unpowered: a Disconnect with SCARD_UNPOWER_CARD powered the card
+	// down; a Connect, or a Reconnect that resets, powers it up. While it
+	// is down Status reports it present but not powered, and Transmit
+	// fails as a real reader does (vpcd answers APDUs regardless).
+	unpowered bool
+	// ppsFailsUnpowered makes a Reconnect with SCARD_LEAVE_CARD to an
+	// unpowered card fail with SCARD_W_UNRESPONSIVE_CARD, as pcsc-lite's
+	// protocol negotiation with a reader that needs the card powered
+	// would.
+	ppsFailsUnpowered bool
 }
 
 func newFakeSys() *fakeSys {
@@ -292,13 +305,18 @@ func (c *fakeCtx) Connect(reader string, share shareMode, protocols Protocol) (s
 		return nil, CodeSharingViolation
 	}
 	r.held = share
+	if r.unpowered {
+		r.powerUp()
+	}
 	s.liveCards++
 	s.notify()
 	p := T1
 	if protocols == T0 {
 		p = T0
 	}
-	return &fakeCard{sys: s, name: reader, counter: r.counter, proto: p}, nil
+	h := &fakeCard{sys: s, name: reader, counter: r.counter, proto: p}
+	r.handles = append(r.handles, h)
+	return h, nil
 }
 
 type fakeCard struct {
@@ -307,11 +325,63 @@ type fakeCard struct {
 	counter      uint32 // the card's insertion this handle belongs to
 	proto        Protocol
 	disconnected bool
+	// resetPending is pcsc-lite's per-handle SCARD_RESET event: another
+	// handle reset the card, and every call but SCardReconnect and
+	// SCardDisconnect fails with SCARD_W_RESET_CARD until this handle's
+	// SCardReconnect (any disposition) acknowledges it. A removal
+	// overrides it (SCARD_W_REMOVED_CARD). As pcsc-lite 1.9.9 does
+	// (TestRealForeignReset).
+	resetPending bool
+}
+
+// powerUp powers the card up (again), with the next ATR of atrs; mu must
+// be held.
+func (r *fakeReader) powerUp() {
+	r.unpowered = false
+	if len(r.atrs) > 0 {
+		r.atr, r.atrs = r.atrs[0], r.atrs[1:]
+	}
+}
+
+// resetBy does to the card what SCardReconnect (or, with disconnect,
+// SCardDisconnect) with d does in pcsc-lite 1.9.9: SCARD_RESET_CARD resets
+// it, SCARD_UNPOWER_CARD powers it down and, on Reconnect only, up again;
+// every other handle to the card gets a reset pending. mu must be held.
+func (h *fakeCard) resetBy(r *fakeReader, d disposition, disconnect bool) {
+	if d != resetCard && d != unpowerCard {
+		return
+	}
+	if d == unpowerCard && disconnect {
+		r.unpowered = true
+	} else {
+		r.powerUp()
+	}
+	for _, o := range r.handles {
+		if o != h && o.counter == r.counter {
+			o.resetPending = true
+		}
+	}
 }
 
 // state returns the reader if the handle is still good, or the error
 // pcsc-lite would give; mu must be held.
 func (h *fakeCard) state() (*fakeReader, error) {
+	r, err := h.alive()
+	if err != nil {
+		return nil, err
+	}
+	if h.resetPending {
+		return nil, CodeResetCard
+	}
+	if err := r.failNext; err != nil {
+		r.failNext = nil
+		return nil, err
+	}
+	return r, nil
+}
+
+// alive is state without the reset event and failNext; mu must be held.
+func (h *fakeCard) alive() (*fakeReader, error) {
 	if h.disconnected {
 		return nil, CodeInvalidHandle
 	}
@@ -325,16 +395,15 @@ func (h *fakeCard) state() (*fakeReader, error) {
 	if r.counter != h.counter || !r.present {
 		return nil, CodeRemovedCard
 	}
-	if err := r.failNext; err != nil {
-		r.failNext = nil
-		return nil, err
-	}
 	return r, nil
 }
 
 func (h *fakeCard) Transmit(cmd []byte) ([]byte, error) {
 	h.sys.mu.Lock()
 	r, err := h.state()
+	if err == nil && r.unpowered {
+		err = CodeNotTransacted
+	}
 	h.sys.mu.Unlock()
 	if err != nil {
 		return nil, err
@@ -348,15 +417,24 @@ func (h *fakeCard) Transmit(cmd []byte) ([]byte, error) {
 func (h *fakeCard) Reconnect(share shareMode, protocols Protocol, d disposition) error {
 	h.sys.mu.Lock()
 	defer h.sys.mu.Unlock()
-	r, err := h.state()
+	if r := h.sys.readers[h.name]; r != nil && !r.present && !h.disconnected && !h.sys.down {
+		return CodeNoSmartcard // pcsc-lite 1.9.9 on a card pcscd saw go
+	}
+	r, err := h.alive()
 	if err != nil {
 		return err
 	}
+	if d == leaveCard && r.unpowered && r.ppsFailsUnpowered {
+		return CodeUnresponsiveCard
+	}
+	if err := r.failNext; err != nil {
+		r.failNext = nil
+		return err
+	}
+	h.resetPending = false
+	h.resetBy(r, d, false)
 	r.dispositions = append(r.dispositions, d)
 	r.shares = append(r.shares, share)
-	if len(r.atrs) > 0 {
-		r.atr, r.atrs = r.atrs[0], r.atrs[1:]
-	}
 	return nil
 }
 
@@ -370,7 +448,11 @@ func (h *fakeCard) Status() (cardStatus, error) {
 	if err != nil {
 		return cardStatus{}, err
 	}
-	return cardStatus{Reader: h.name, State: statusPresent, Protocol: h.proto, ATR: bytes.Clone(r.atr)}, nil
+	state := statusPresent
+	if !r.unpowered {
+		state |= statusPowered | statusNegotiable
+	}
+	return cardStatus{Reader: h.name, State: state, Protocol: h.proto, ATR: bytes.Clone(r.atr)}, nil
 }
 
 func (h *fakeCard) Disconnect(d disposition) error {
@@ -383,7 +465,11 @@ func (h *fakeCard) Disconnect(d disposition) error {
 	h.sys.liveCards--
 	if r := h.sys.readers[h.name]; r != nil {
 		r.dispositions = append(r.dispositions, d)
-		if r.counter == h.counter {
+		r.handles = slices.DeleteFunc(r.handles, func(o *fakeCard) bool { return o == h })
+		if r.counter == h.counter && r.present && !h.sys.down {
+			h.resetBy(r, d, true)
+		}
+		if !slices.ContainsFunc(r.handles, func(o *fakeCard) bool { return o.counter == r.counter }) {
 			r.held = 0
 		}
 	}

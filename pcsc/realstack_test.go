@@ -442,3 +442,94 @@ func TestRealAPDUSizeLimits(t *testing.T) {
 		t.Fatal("a 65536-byte command passed vpcd")
 	}
 }
+
+// commandLog is a vpcd card that records the commands reaching it.
+type commandLog struct {
+	*vpcd.ResetRecorder
+	mu   sync.Mutex
+	cmds int
+}
+
+func (c *commandLog) Process(cmd []byte) []byte {
+	c.mu.Lock()
+	c.cmds++
+	c.mu.Unlock()
+	return c.ResetRecorder.Process(cmd)
+}
+
+func (c *commandLog) commands() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cmds
+}
+
+// TestRealForeignReset: our Card shares the card with another application
+// (its own PC/SC context), which resets it. pcsc-lite 1.9.9 then fails
+// SCardTransmit and SCardStatus on our handle with SCARD_W_RESET_CARD
+// until we SCardReconnect: Transmit reports card.ErrReset without sending
+// the command, acknowledges, and the next command works. SCardDisconnect
+// with SCARD_UNPOWER_CARD leaves the card powered down (vpcd would answer
+// APDUs all the same; a real reader would not): the acknowledgement
+// powers it up, which vpcd reports as a cold reset.
+func TestRealForeignReset(t *testing.T) {
+	for _, how := range []struct {
+		name       string
+		d          disposition
+		disconnect bool
+		kind       card.ResetKind
+	}{
+		{"reconnect reset", resetCard, false, card.WarmReset},
+		{"disconnect unpower", unpowerCard, true, card.ColdReset},
+	} {
+		t.Run(how.name, func(t *testing.T) {
+			s := startStack(t)
+			ctx := context.Background()
+			r0 := s.d.Reader(0)
+			vc := &commandLog{ResetRecorder: vpcd.NewResetRecorder(sim.New(sim.Config{Protocol: sim.T1}))}
+			w := s.watch()
+			s.insert(0, vc)
+			w.present(r0)
+			c := openCard(t, r0, OpenOptions{Shared: true})
+			selectMF := []byte{0x00, 0xa4, 0x00, 0x0c, 0x02, 0x3f, 0x00}
+			if _, err := c.Transmit(ctx, selectMF); err != nil {
+				t.Fatal(err)
+			}
+			atr0, before := c.ATR(), len(vc.Resets())
+
+			resetByOther(t, realSystem, r0, how.d, how.disconnect)
+			if _, err := c.h.Status(); !errors.Is(err, CodeResetCard) {
+				t.Fatalf("SCardStatus with a reset pending = %v, want SCARD_W_RESET_CARD (as the fake models)", err)
+			}
+			sent := vc.commands()
+			_, err := c.Transmit(ctx, selectMF)
+			t.Logf("Transmit after the other application's reset: %v", err)
+			if !errors.Is(err, card.ErrReset) || !errors.Is(err, CodeResetCard) || errors.Is(err, card.ErrRemoved) {
+				t.Fatalf("Transmit = %v, want card.ErrReset, not card.ErrRemoved", err)
+			}
+			if n := vc.commands() - sent; n != 0 {
+				t.Fatalf("%d commands reached the card", n)
+			}
+			// The other application's warm reset; or, as it left the
+			// card powered down, our power-up.
+			if got := vc.Resets()[before:]; !slices.Equal(got, []card.ResetKind{how.kind}) {
+				t.Fatalf("resets reaching the card: %v, want %v", got, []card.ResetKind{how.kind})
+			}
+			if atr := c.ATR(); bytes.Equal(atr, atr0) || !bytes.Equal(atr, vc.ATR()) {
+				t.Fatalf("ATR %x after the reset (before %x, card now %x)", atr, atr0, vc.ATR())
+			}
+			if rsp, err := c.Transmit(ctx, selectMF); err != nil || !bytes.Equal(rsp, []byte{0x90, 0x00}) {
+				t.Fatalf("SELECT MF after the acknowledged reset: %x, %v", rsp, err)
+			}
+
+			// Reset with a reset pending: its SCardReconnect acknowledges.
+			resetByOther(t, realSystem, r0, how.d, how.disconnect)
+			atr, err := c.Reset(ctx, card.WarmReset)
+			if err != nil || !bytes.Equal(atr, vc.ATR()) {
+				t.Fatalf("Reset with a reset pending: %x, %v (card ATR %x)", atr, err, vc.ATR())
+			}
+			if id, err := card.Identify(ctx, c); err != nil || id.ICCID != sim.DefaultICCID {
+				t.Fatalf("Identify after the resets: %+v, %v", id, err)
+			}
+		})
+	}
+}

@@ -84,8 +84,10 @@ const (
 // SCARD_ABSENT, SCARD_PRESENT... as SCardStatus reports them (pcsc-lite
 // values, not a bit field on Windows, a bit field here).
 const (
-	statusAbsent  uint32 = 0x0002
-	statusPresent uint32 = 0x0004
+	statusAbsent     uint32 = 0x0002
+	statusPresent    uint32 = 0x0004
+	statusPowered    uint32 = 0x0010
+	statusNegotiable uint32 = 0x0020
 )
 
 // pnpReader is the pseudo-reader whose state changes when readers appear

@@ -108,10 +108,12 @@ Backends (--backend, comma-separated):
          has ICCID and EID shifted by i with valid check digits
   pcsc   the readers of the PC/SC service (pcscd). Cards are opened
          exclusively (no other PC/SC application can use a card while
-         the agent serves it) unless --pcsc-shared. pcscd may be stopped,
-         started late or restarted: the agent waits for it and serves
-         the cards again when it is back. PCSCLITE_CSOCK_NAME names
-         another pcscd socket.
+         the agent serves it) unless --pcsc-shared; a shared card that
+         another application resets fails the user's next APDU with
+         "card reset by another application", and the one after works.
+         pcscd may be stopped, started late or restarted: the agent
+         waits for it and serves the cards again when it is back.
+         PCSCLITE_CSOCK_NAME names another pcscd socket.
   ccid   USB CCID readers, directly over libusb (the agent's own CCID
          driver; it needs permission to claim the readers, see the udev
          rule in systemd/). A reader that pcscd holds is skipped.

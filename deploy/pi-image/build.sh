@@ -296,7 +296,13 @@ EOF
     # but name, and mtools (and others) would read it as such.
     ((BOOT_MIB >= 260)) || die "BOOT_MIB=$BOOT_MIB: FAT32 with 4 KiB clusters needs 260 MiB or more"
     find "$b" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
-    mkfs.fat -F 32 -s 8 -n RASPIFIRM -i "$FAT_ID" -h "$P1_START" --offset "$P1_START" "$IMG" $((BOOT_MIB * 1024)) >/dev/null
+    # The block count is the partition's, smaller than the image file:
+    # mkfs.fat warns about that ("block count mismatch"), which is meant.
+    local out
+    out=$(mkfs.fat -F 32 -s 8 -n RASPIFIRM -i "$FAT_ID" -h "$P1_START" --offset "$P1_START" "$IMG" $((BOOT_MIB * 1024)) 2>&1) ||
+        die "mkfs.fat failed: $out"
+    out=$(grep -v -e '^mkfs\.fat ' -e '^Warning: block count mismatch' <<<"$out" || true)
+    [[ -z $out ]] || log "mkfs.fat: $out"
     TZ=UTC MTOOLS_SKIP_CHECK=1 mcopy -s -p -m -i "$IMG@@$((P1_START * 512))" "$b"/* ::/
     # ext4 from the directory; features fixed by our mke2fs.conf, not the
     # host's, and time stamps fixed by E2FSPROGS_FAKE_TIME.

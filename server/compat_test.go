@@ -1,75 +1,16 @@
 package server
 
 import (
-	"bufio"
-	"os"
-	"path/filepath"
 	"reflect"
-	"regexp"
 	"strings"
 	"testing"
 	"testing/synctest"
 
 	"github.com/gorilla/websocket"
 
+	"github.com/wsrc-go/wsrc/internal/transcript"
 	"github.com/wsrc-go/wsrc/internal/wstest"
 )
-
-// transcriptRow is one row of a transcript.md table.
-type transcriptRow struct {
-	section int
-	socket  string // card#1, user#2, ...
-	dir     string // "card → server", "server → user", "*connect*", "*close*"
-	message string // the frame (without backticks) or the event text
-}
-
-var (
-	sectionRE = regexp.MustCompile(`^### (\d+)\. `)
-	rowRE     = regexp.MustCompile("^\\| [0-9.]+ \\| ([a-z]+#\\d+) \\| ([^|]+?) \\| (.*) \\|$")
-)
-
-// loadTranscript parses ../shared/protocol/transcript.md (relative to
-// the repository root), the recording of pySim's own server. The test
-// is skipped when the file is not there.
-func loadTranscript(t *testing.T) []transcriptRow {
-	t.Helper()
-	root, err := filepath.Abs("..")
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(root, "..", "shared", "protocol", "transcript.md")
-	f, err := os.Open(path)
-	if err != nil {
-		t.Skipf("pySim transcript not available (%v): the compatibility replay needs ../shared/protocol/transcript.md next to the repository", err)
-	}
-	defer f.Close()
-	var rows []transcriptRow
-	section := 0
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if m := sectionRE.FindStringSubmatch(line); m != nil {
-			section = int(m[1][0] - '0')
-			continue
-		}
-		if strings.HasPrefix(line, "## ") {
-			section = 0 // client-side output follows: not a script
-		}
-		m := rowRE.FindStringSubmatch(line)
-		if m == nil || section == 0 {
-			continue
-		}
-		rows = append(rows, transcriptRow{section: section, socket: m[1], dir: m[2], message: strings.Trim(m[3], "`")})
-	}
-	if err := sc.Err(); err != nil {
-		t.Fatal(err)
-	}
-	if len(rows) < 50 {
-		t.Fatalf("transcript %s: only %d rows parsed; format changed?", path, len(rows))
-	}
-	return rows
-}
 
 // TestTranscriptReplay replays the client side of transcript.md sections
 // 1-4 (card identification, a user session, a pySim-shell session, an
@@ -79,37 +20,37 @@ func loadTranscript(t *testing.T) []transcriptRow {
 // pySim closes the user's connection with 1011 and we answer with an
 // error ("card disconnected") and keep the session open.
 func TestTranscriptReplay(t *testing.T) {
-	rows := loadTranscript(t)
+	rows := transcript.Load(t)
 	synctest.Test(t, func(t *testing.T) {
 		e := newEnv(t, Config{ShowRemoteAddr: true})
 		peers := map[string]*wstest.Peer{}
 		cardATR := ""
-		for i, r := range rows {
-			t.Logf("section %d row %d: %s %s %s", r.section, i, r.socket, r.dir, r.message)
-			p := peers[r.socket]
-			switch r.dir {
-			case "*connect*":
-				remote := strings.TrimPrefix(r.message, "WebSocket opened by ")
-				if strings.HasPrefix(r.socket, "card") {
-					peers[r.socket] = e.card(remote)
+		for _, r := range rows {
+			t.Logf("section %d line %d: %s %s %s", r.Section, r.Line, r.Socket, r.Dir, r.Message)
+			p := peers[r.Socket]
+			switch r.Dir {
+			case transcript.Connect:
+				remote := strings.TrimPrefix(r.Message, "WebSocket opened by ")
+				if strings.HasPrefix(r.Socket, "card") {
+					peers[r.Socket] = e.card(remote)
 				} else {
-					peers[r.socket] = e.pipe(e.srv.UserHandler(), remote)
+					peers[r.Socket] = e.pipe(e.srv.UserHandler(), remote)
 				}
-			case "card → server", "user → server":
-				if m := decodeObj(t, r.message); m["msg_type"] == "hello" && m["atr"] != nil {
+			case transcript.CardToServer, transcript.UserToServer:
+				if m := decodeObj(t, r.Message); m["msg_type"] == "hello" && m["atr"] != nil {
 					cardATR = m["atr"].(string)
 				}
-				p.Send(r.message)
-			case "server → card", "server → user":
-				compareFrame(t, p.Recv(), r.message, cardATR)
-			case "*close*":
+				p.Send(r.Message)
+			case transcript.ServerToCard, transcript.ServerToUser:
+				compareFrame(t, p.Recv(), r.Message, cardATR)
+			case transcript.Close:
 				switch {
-				case r.message == "closed by client, code 1000":
+				case r.Message == "closed by client, code 1000":
 					p.Close(websocket.CloseNormalClosure, "")
-				case r.message == "closed by client, code 1006":
+				case r.Message == "closed by client, code 1006":
 					p.Drop()
 					synctest.Wait() // let the server see it before the next row
-				case r.section == 4 && strings.HasPrefix(r.message, "closed by server"):
+				case r.Section == 4 && strings.HasPrefix(r.Message, "closed by server"):
 					// pySim: 1011 and no explanation. We: an error, and
 					// the session stays usable.
 					expectError(t, p.Recv(), "card disconnected")
@@ -118,10 +59,10 @@ func TestTranscriptReplay(t *testing.T) {
 					p.Send(`{"msg_type": "c_apdu", "command": "00a40004023f00"}`)
 					expectError(t, p.Recv(), errNoCard)
 				default:
-					t.Fatalf("row %d: unexpected close event %q", i, r.message)
+					t.Fatalf("transcript line %d: unexpected close event %q", r.Line, r.Message)
 				}
 			default:
-				t.Fatalf("row %d: unknown direction %q", i, r.dir)
+				t.Fatalf("transcript line %d: unknown direction %q", r.Line, r.Dir)
 			}
 		}
 	})

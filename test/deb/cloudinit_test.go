@@ -1,6 +1,7 @@
 package deb
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -20,70 +21,142 @@ import (
 	"time"
 )
 
-// userData is deploy/cloud-init/user-data.yaml.
-var userData = filepath.Join(repoRoot, "deploy", "cloud-init", "user-data.yaml")
+// serverUserData is the example for the relay on a VPS.
+var serverUserData = filepath.Join(repoRoot, "deploy", "cloud-init", "server-user-data.yaml")
 
-// cloudConfig is the part of cloud-init's schema the user data uses; any
-// other top-level key fails the test (a typo would be ignored by
-// cloud-init at boot).
+// cloudConfig is the part of cloud-init's schema the examples use. It is
+// decoded strictly: any other key, at any level, fails the test (a typo
+// would be ignored by cloud-init at boot).
 type cloudConfig struct {
-	PackageUpdate bool     `json:"package_update"`
-	Packages      []string `json:"packages"`
-	WriteFiles    []struct {
-		Path        string `json:"path"`
-		Owner       string `json:"owner"`
-		Permissions string `json:"permissions"`
-		Content     string `json:"content"`
-	} `json:"write_files"`
-	Runcmd [][]string `json:"runcmd"`
+	Hostname       string      `json:"hostname"`
+	ManageEtcHosts bool        `json:"manage_etc_hosts"`
+	Users          []cloudUser `json:"users"`
+	SSHPwauth      *bool       `json:"ssh_pwauth"`
+	PackageUpdate  bool        `json:"package_update"`
+	Packages       []string    `json:"packages"`
+	WriteFiles     []writeFile `json:"write_files"`
+	Runcmd         [][]string  `json:"runcmd"`
 }
 
-// TestCloudInit checks the cloud-init example: valid YAML (python3-yaml)
-// with known keys, cloud-init's own schema check where cloud-init is
-// installed, the server configuration it writes accepted by
-// `wsrc-server check-config` once its CHANGE placeholders hold real
-// hashes, and its scripts clean under shellcheck. It needs no package.
-func TestCloudInit(t *testing.T) {
-	raw, err := os.ReadFile(userData)
+// cloudUser is an entry of users (cc_users_groups).
+type cloudUser struct {
+	Name              string   `json:"name"`
+	Groups            []string `json:"groups"`
+	Shell             string   `json:"shell"`
+	Sudo              string   `json:"sudo"`
+	LockPasswd        *bool    `json:"lock_passwd"`
+	SSHAuthorizedKeys []string `json:"ssh_authorized_keys"`
+}
+
+// writeFile is an entry of write_files.
+type writeFile struct {
+	Path        string `json:"path"`
+	Owner       string `json:"owner"`
+	Permissions string `json:"permissions"`
+	Content     string `json:"content"`
+}
+
+// loadCloudConfig reads a user data file: #cloud-config, valid YAML
+// (python3-yaml) of the keys cloudConfig knows, and cloud-init's own
+// schema check where cloud-init is installed.
+func loadCloudConfig(t *testing.T, path string) cloudConfig {
+	t.Helper()
+	raw, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !strings.HasPrefix(string(raw), "#cloud-config\n") {
-		t.Fatal("user data does not start with #cloud-config")
+		t.Fatalf("%s does not start with #cloud-config", path)
 	}
 	need(t, "python3", "python3")
 	js, err := exec.Command("python3", "-c",
-		"import json, sys, yaml; json.dump(yaml.safe_load(open(sys.argv[1])), sys.stdout)", userData).Output()
+		"import json, sys, yaml; json.dump(yaml.safe_load(open(sys.argv[1])), sys.stdout)", path).Output()
 	if err != nil {
 		skipOrFail(t, "python3 cannot read YAML (Debian package python3-yaml): "+err.Error())
 	}
-	var keys map[string]json.RawMessage
-	if err := json.Unmarshal(js, &keys); err != nil {
-		t.Fatal(err)
-	}
-	for k := range keys {
-		if !slices.Contains([]string{"package_update", "packages", "write_files", "runcmd"}, k) {
-			t.Errorf("unexpected top-level key %q", k)
-		}
-	}
+	dec := json.NewDecoder(bytes.NewReader(js))
+	dec.DisallowUnknownFields()
 	var cc cloudConfig
-	if err := json.Unmarshal(js, &cc); err != nil {
-		t.Fatalf("user data: %v", err)
+	if err := dec.Decode(&cc); err != nil {
+		t.Fatalf("%s: %v", path, err)
 	}
 	if ci, err := exec.LookPath("cloud-init"); err == nil {
-		mustRun(t, nil, ci, "schema", "--config-file", userData)
+		mustRun(t, nil, ci, "schema", "--config-file", path)
 	} else {
 		t.Log("cloud-init not installed: its schema check is skipped")
 	}
+	return cc
+}
 
-	files := map[string]string{}
+// writtenFiles returns the write_files entries by path, and fails the
+// test for one not owned by root:root or without an octal mode.
+func writtenFiles(t *testing.T, cc cloudConfig) map[string]writeFile {
+	t.Helper()
+	files := map[string]writeFile{}
 	for _, f := range cc.WriteFiles {
-		files[f.Path] = f.Content
-		if f.Owner != "root:root" || !regexp.MustCompile(`^"?0[0-7]{3}"?$`).MatchString(f.Permissions) {
+		files[f.Path] = f
+		if f.Owner != "root:root" || !regexp.MustCompile(`^0[0-7]{3}$`).MatchString(f.Permissions) {
 			t.Errorf("%s: owner %q permissions %q", f.Path, f.Owner, f.Permissions)
 		}
 	}
-	install, hook, config := files["/root/wsrc/install.sh"], files["/usr/local/sbin/wsrc-cert-deploy"], files["/root/wsrc/server.toml"]
+	return files
+}
+
+// checkScripts writes each script (name → text) into dir and checks it
+// with sh -n and, where installed, shellcheck.
+func checkScripts(t *testing.T, dir string, scripts map[string]string) {
+	t.Helper()
+	for name, text := range scripts {
+		if text == "" {
+			t.Errorf("script %s is empty", name)
+			continue
+		}
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(text), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		mustRun(t, nil, "sh", "-n", p)
+		if _, err := exec.LookPath("shellcheck"); err == nil {
+			mustRun(t, nil, "shellcheck", "--shell=sh", p)
+		}
+	}
+}
+
+// fillPlaceholders replaces each placeholder (old → new) in text, and
+// fails the test when one is not there.
+func fillPlaceholders(t *testing.T, what, text string, repl map[string]string) string {
+	t.Helper()
+	for old, with := range repl {
+		if !strings.Contains(text, old) {
+			t.Fatalf("%s lacks %s", what, old)
+		}
+		text = strings.ReplaceAll(text, old, with)
+	}
+	return text
+}
+
+// buildCommand builds ./cmd/<name> of this repository into dir and returns
+// the binary's path.
+func buildCommand(t *testing.T, dir, name string) string {
+	t.Helper()
+	bin := filepath.Join(dir, name)
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/"+name)
+	cmd.Dir = repoRoot
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./cmd/%s: %v\n%s", name, err, out)
+	}
+	return bin
+}
+
+// TestCloudInitServer checks the relay's cloud-init example: valid YAML
+// with known keys, cloud-init's own schema check where cloud-init is
+// installed, the server configuration it writes accepted by
+// `wsrc-server check-config` once its CHANGE placeholders hold real
+// hashes, and its scripts clean under shellcheck. It needs no package.
+func TestCloudInitServer(t *testing.T) {
+	cc := loadCloudConfig(t, serverUserData)
+	files := writtenFiles(t, cc)
+	install, hook, config := files["/root/wsrc/install.sh"].Content, files["/usr/local/sbin/wsrc-cert-deploy"].Content, files["/root/wsrc/server.toml"].Content
 	if install == "" || hook == "" || config == "" {
 		t.Fatalf("write_files lacks install.sh, the deploy hook or server.toml: %q", slices.Sorted(maps.Keys(files)))
 	}
@@ -101,17 +174,7 @@ func TestCloudInit(t *testing.T) {
 	}
 
 	dir := t.TempDir()
-	for name, text := range map[string]string{"install.sh": install, "wsrc-cert-deploy": hook} {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(text), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		mustRun(t, nil, "sh", "-n", p)
-		if _, err := exec.LookPath("shellcheck"); err == nil {
-			mustRun(t, nil, "shellcheck", "--shell=sh", p)
-		}
-	}
-
+	checkScripts(t, dir, map[string]string{"install.sh": install, "wsrc-cert-deploy": hook})
 	checkCloudConfig(t, dir, config)
 }
 
@@ -120,13 +183,8 @@ func TestCloudInit(t *testing.T) {
 // certificate, and runs `wsrc-server check-config` on it.
 func checkCloudConfig(t *testing.T, dir, config string) {
 	t.Helper()
-	server := filepath.Join(dir, "wsrc-server")
-	cmd := exec.Command("go", "build", "-o", server, "./cmd/wsrc-server")
-	cmd.Dir = repoRoot
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/wsrc-server: %v\n%s", err, out)
-	}
-	cmd = exec.Command(server, "hash-password")
+	server := buildCommand(t, dir, "wsrc-server")
+	cmd := exec.Command(server, "hash-password")
 	cmd.Stdin = strings.NewReader("correct horse\n")
 	out, err := cmd.Output()
 	if err != nil {
@@ -140,18 +198,12 @@ func checkCloudConfig(t *testing.T, dir, config string) {
 	token := strings.Fields(string(out))[1]
 
 	cert, key := selfSigned(t, dir)
-	filled := config
-	for old, repl := range map[string]string{
+	filled := fillPlaceholders(t, "server.toml in the user data", config, map[string]string{
 		`"CHANGE: the line wsrc-server hash-password prints"`: `'` + password + `'`,
 		`"CHANGE: line 2 of wsrc-server gen-token"`:           `"` + token + `"`,
 		"/etc/wsrc/tls/fullchain.pem":                         cert,
 		"/etc/wsrc/tls/privkey.pem":                           key,
-	} {
-		if !strings.Contains(filled, old) {
-			t.Fatalf("server.toml in the user data lacks %s", old)
-		}
-		filled = strings.ReplaceAll(filled, old, repl)
-	}
+	})
 	path := filepath.Join(dir, "server.toml")
 	if err := os.WriteFile(path, []byte(filled), 0o600); err != nil {
 		t.Fatal(err)

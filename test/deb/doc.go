@@ -25,10 +25,16 @@
 //     systemd (a recording systemctl and udevadm stand in) to check what the
 //     scripts start, restart and stop. The upgrade package is the built one
 //     repacked with a higher version and a changed /etc/default file.
-//   - deploy/cloud-init/user-data.yaml (needs no package): YAML with known
-//     keys (python3-yaml), cloud-init's schema check where cloud-init is
-//     installed, its server.toml accepted by `wsrc-server check-config`
-//     once the placeholders hold real hashes, shellcheck on its scripts.
+//   - the cloud-init examples in deploy/cloud-init (need no package): YAML
+//     with known keys (python3-yaml), cloud-init's schema check where
+//     cloud-init is installed, shellcheck on their scripts, and the
+//     configuration they write accepted by `wsrc-server check-config` and
+//     `wsrc-agent check-config` once the placeholders hold real values.
+//   - the Pi example's install script run in the sandbox against the amd64
+//     wsrc-agent package, served from 127.0.0.1: a placeholder token, no
+//     package for the architecture and a wrong SHA-256 are refused with
+//     nothing installed; the right values install the package and write
+//     agent.toml and agent.token as 0640 root:wsrc.
 //
 // Without packages in build/deb (or $WSRC_DEB_DIR) the tests skip; with
 // WSRC_DEB_TEST=1 (make deb-test) they fail instead. A missing tool

@@ -33,6 +33,8 @@ type fakeRoot struct {
 	dir  string // the root
 	log  string // commands run: one line each
 	proc string // stands in for /proc/sys/kernel/hostname
+	// extraEnv is added to bootconf's environment.
+	extraEnv []string
 }
 
 func newFakeRoot(t testing.TB) *fakeRoot {
@@ -104,6 +106,7 @@ func (r *fakeRoot) run(t testing.TB) (int, string) {
 		"WSRC_PI_TOKEN_GROUP="+strconv.Itoa(os.Getgid()),
 		"TMPDIR="+d,
 	)
+	cmd.Env = append(cmd.Env, r.extraEnv...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		if ee, ok := err.(*exec.ExitError); ok {
@@ -375,6 +378,87 @@ func TestBootconfSSHFile(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(r.dir, "boot/firmware/ssh")); !os.IsNotExist(err) {
 		t.Errorf("the ssh file is still there: %v", err)
+	}
+}
+
+// generatedName matches a host name made by bootconf's first boot.
+var generatedName = regexp.MustCompile(`wsrc-pi-[0-9a-f]{8}`)
+
+// TestBootconfUniqueHostname: the first boot renames a Pi still called
+// wsrc-pi after its serial number (else its machine id), once; HOSTNAME in
+// the file and a name set on the Pi win.
+func TestBootconfUniqueHostname(t *testing.T) {
+	requireShell(t)
+	const conf = "SERVER=wss://relay.example.org:4221/\n"
+	for _, tt := range []struct {
+		name                       string
+		serial, machineID, etcName string
+		conf                       string
+		want                       string // host name after the run
+		status                     string // in the status file, "" for no mention of a new name
+	}{
+		{"serial", "10000000a1B2c3D4\x00", "0123456789abcdef0123456789abcdef\n", "wsrc-pi\n", conf,
+			"wsrc-pi-a1b2c3d4", "host name: wsrc-pi-a1b2c3d4 (from the serial number"},
+		{"machine id", "", "0123456789abcdef0123456789abcdef\n", "wsrc-pi\n", conf,
+			"wsrc-pi-01234567", "host name: wsrc-pi-01234567 (from the machine id"},
+		{"zero serial", "0000000000000000\x00", "fedcba9876543210fedcba9876543210\n", "wsrc-pi\n", conf,
+			"wsrc-pi-fedcba98", "host name: wsrc-pi-fedcba98 (from the machine id"},
+		{"short serial", "a1b2\x00", "", "wsrc-pi\n", conf, "wsrc-pi", ""},
+		{"no identity", "", "", "wsrc-pi\n", conf, "wsrc-pi", ""},
+		{"HOSTNAME wins", "10000000a1b2c3d4\x00", "", "wsrc-pi\n", conf + "HOSTNAME=lab-pi-7\n", "lab-pi-7", ""},
+		{"named on the Pi", "10000000a1b2c3d4\x00", "", "bench-3\n", conf, "bench-3", ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := newFakeRoot(t)
+			serial := filepath.Join(filepath.Dir(r.log), "serial-number")
+			if tt.serial != "" {
+				if err := os.WriteFile(serial, []byte(tt.serial), 0o444); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tt.machineID != "" {
+				r.write(t, "etc/machine-id", tt.machineID, 0o444)
+			}
+			r.write(t, "etc/hostname", tt.etcName, 0o644)
+			r.write(t, "boot/firmware/wsrc-agent.conf", tt.conf, 0o644)
+			r.extraEnv = []string{"WSRC_PI_SERIAL=" + serial}
+			if code, out := r.run(t); code != 0 {
+				t.Fatalf("exit %d:\n%s", code, out)
+			}
+			if got := r.read(t, "etc/hostname"); got != tt.want+"\n" {
+				t.Errorf("/etc/hostname = %q, want %q", got, tt.want)
+			}
+			renamed := tt.want != strings.TrimSpace(tt.etcName) && !strings.Contains(tt.conf, "HOSTNAME=")
+			if renamed {
+				if got := r.read(t, "etc/hosts"); !strings.Contains(got, "127.0.1.1\t"+tt.want+"\n") {
+					t.Errorf("/etc/hosts:\n%s", got)
+				}
+				if got, _ := os.ReadFile(r.proc); string(got) != tt.want+"\n" {
+					t.Errorf("kernel host name %q", got)
+				}
+			}
+			st := r.read(t, "boot/firmware/wsrc-agent-status.txt")
+			if tt.status != "" && !strings.Contains(st, tt.status) {
+				t.Errorf("status file lacks %q:\n%s", tt.status, st)
+			}
+			if tt.status == "" && generatedName.MatchString(st) {
+				t.Errorf("status file names a generated host name:\n%s", st)
+			}
+
+			// Once only: a Pi named wsrc-pi again later (by the admin,
+			// or HOSTNAME=wsrc-pi) keeps that name, file changed or not.
+			r.write(t, "etc/hostname", "wsrc-pi\n", 0o644)
+			r.write(t, "boot/firmware/wsrc-agent.conf", conf+"HOSTNAME=wsrc-pi\n", 0o644)
+			if code, out := r.run(t); code != 0 {
+				t.Fatalf("second boot: exit %d:\n%s", code, out)
+			}
+			if code, out := r.run(t); code != 0 || generatedName.MatchString(out) {
+				t.Fatalf("third boot: exit %d:\n%s", code, out)
+			}
+			if got := r.read(t, "etc/hostname"); got != "wsrc-pi\n" {
+				t.Errorf("later boots renamed the Pi: /etc/hostname = %q", got)
+			}
+		})
 	}
 }
 

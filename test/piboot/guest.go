@@ -7,14 +7,14 @@ package piboot
 
 // testConf is what a user would write to /boot/firmware/wsrc-agent.conf
 // (format it with the token): the agent talks to the server on the same
-// guest, with its token, one simulated card, under its own name; the host
-// name is set too.
+// guest, with its token, one simulated card, under its own name. No
+// HOSTNAME: the first boot names the guest after its machine id (QEMU's
+// virt board has no serial number).
 const testConf = `# wsrc-agent.conf of the boot test (test/piboot)
 SERVER=ws://127.0.0.1:4221/
 TOKEN=%s
 NAME=piboot-agent
 ARGS=--sim 1
-HOSTNAME=piboot-pi
 `
 
 // serverConf gives the server one agent account, so that the card port
@@ -129,7 +129,9 @@ case $st in "OK: wsrc-agent.conf applied|"*) ;; *) fail bootconf "status file: $
 grep -qx 'WSRC_AGENT_SERVER="ws://127.0.0.1:4221/"' /etc/default/wsrc-agent || fail bootconf "/etc/default/wsrc-agent: $(tr '\n' '|' </etc/default/wsrc-agent)"
 grep -qx 'WSRC_AGENT_TOKEN_FILE="/etc/wsrc/agent.token"' /etc/default/wsrc-agent || fail bootconf "no token file in /etc/default/wsrc-agent"
 [ "$(stat -c '%a %U:%G' /etc/wsrc/agent.token)" = "640 root:wsrc" ] || fail bootconf "agent.token: $(stat -c '%a %U:%G' /etc/wsrc/agent.token)"
-[ "$(hostname)" = piboot-pi ] || fail bootconf "host name $(hostname)"
+name=wsrc-pi-$(cut -c1-8 /etc/machine-id)
+[ "$(hostname)" = "$name" ] && [ "$(cat /etc/hostname)" = "$name" ] || fail bootconf "host name $(hostname), /etc/hostname $(cat /etc/hostname), want $name"
+case $st in *"|host name: $name (from the machine id;"*) ;; *) fail bootconf "status file does not name $name: $st" ;; esac
 [ "$(systemctl is-enabled wsrc-agent.service)" = enabled ] || fail bootconf "agent $(systemctl is-enabled wsrc-agent.service)"
 # The card port wants the token: the card got in with it.
 journalctl -b -o cat -u wsrc-server.service | grep -q 'wsrc-server started.*card_auth=true' ||

@@ -9,6 +9,12 @@
 // which cards a user may list and select, and which cards an agent may
 // register. A Throttle slows down addresses that keep failing.
 //
+// When the configuration changes (a new Store), RecheckUser and
+// RecheckAgent tell, for a connection that is already open, whether the
+// new Store still accepts the credential it was admitted with, and with
+// which rights. A Principal remembers that credential without its secret
+// (recheck.go).
+//
 // Credentials (see FromRequest): users send HTTP Basic (name and password
 // or name and token; pySim's clients send this from a URL such as
 // wss://alice:secret@host:4220/) or a bearer token; agents send their
@@ -38,6 +44,10 @@ type Principal struct {
 	// AllCards allows every card; otherwise Cards decides.
 	AllCards bool
 	Cards    Rules
+
+	// admitted is the credential the principal was authenticated with,
+	// without its secret (see Recheck); zero when no Store made it.
+	admitted admission
 }
 
 // MayUse reports whether the principal may list and select (a user) or
@@ -195,7 +205,7 @@ func (s *Store) AuthenticateUser(ctx context.Context, c Credentials) (*Principal
 		return nil, ErrNoCredentials
 	case SchemeBearer, SchemeHeader:
 		if u := s.userByToken(c.Secret); u != nil {
-			return u.principal(), nil
+			return u.principal(byToken(c)), nil
 		}
 		return nil, &Failure{Reason: "unknown token"}
 	}
@@ -203,12 +213,12 @@ func (s *Store) AuthenticateUser(ctx context.Context, c Credentials) (*Principal
 	if c.Name == "" {
 		// wss://:TOKEN@host/ — a token without a name.
 		if u := s.userByToken(c.Secret); u != nil {
-			return u.principal(), nil
+			return u.principal(byToken(c)), nil
 		}
 		return nil, &Failure{Reason: "unknown token"}
 	}
 	if u != nil && tokenIn(c.Secret, u.TokenHashes) {
-		return u.principal(), nil
+		return u.principal(byToken(c)), nil
 	}
 	var hash []byte
 	if u != nil && u.PasswordHash != "" {
@@ -232,7 +242,7 @@ func (s *Store) AuthenticateUser(ctx context.Context, c Credentials) (*Principal
 	case u.PasswordHash == "" || err != nil:
 		return nil, &Failure{Name: c.Name, Reason: "wrong password"}
 	}
-	return u.principal(), nil
+	return u.principal(admission{scheme: c.Scheme, passwordHash: u.PasswordHash}), nil
 }
 
 // AuthenticateAgent checks an agent's token. It returns ErrNoCredentials,
@@ -255,7 +265,7 @@ func (s *Store) AuthenticateAgent(c Credentials) (*Principal, error) {
 	case c.Scheme == SchemeBasic && c.Name != "" && c.Name != found.Name:
 		return nil, &Failure{Name: c.Name, Reason: "token belongs to another agent"}
 	}
-	return &Principal{Name: found.Name, AllCards: found.AllCards, Cards: found.Cards}, nil
+	return found.principal(byToken(c)), nil
 }
 
 func (s *Store) user(name string) *User {
@@ -279,8 +289,16 @@ func (s *Store) userByToken(secret string) *User {
 	return found
 }
 
-func (u *User) principal() *Principal {
-	return &Principal{Name: u.Name, Admin: u.Admin, AllCards: u.AllCards, Cards: u.Cards}
+// principal returns the user's rights, admitted with adm.
+func (u *User) principal(adm admission) *Principal {
+	adm.kind = kindUser
+	return &Principal{Name: u.Name, Admin: u.Admin, AllCards: u.AllCards, Cards: u.Cards, admitted: adm}
+}
+
+// principal returns the agent's rights, admitted with adm.
+func (a *Agent) principal(adm admission) *Principal {
+	adm.kind = kindAgent
+	return &Principal{Name: a.Name, AllCards: a.AllCards, Cards: a.Cards, admitted: adm}
 }
 
 func tokenIn(secret string, hs []TokenHash) bool { return tokenHashIn(HashToken(secret), hs) }

@@ -86,6 +86,13 @@ func uiccHello(t *testing.T, c *wstest.Peer, atr, agent, reader, efICCID string)
 	c.Send(`{"msg_type":"hello","client_type":"card","atr":"` + atr + `","agent":"` + agent + `","reader":"` + reader + `"}`)
 	expectJSON(t, c.Recv(), `{"msg_type": "hello_ack"}`)
 	expectCAPDU(t, c, cmdSelectISDR)
+	uiccIdentify(t, c, efICCID)
+}
+
+// uiccIdentify answers the identification after SELECT ISD-R as a UICC
+// without ISD-R whose EF.ICCID holds efICCID.
+func uiccIdentify(t *testing.T, c *wstest.Peer, efICCID string) {
+	t.Helper()
 	c.Send(rapdu6a82)
 	for _, cmd := range []string{cmdSelectMF, cmdSelectICC} {
 		expectCAPDU(t, c, cmd)

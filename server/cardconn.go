@@ -35,12 +35,16 @@ type cardConn struct {
 
 	apdus atomic.Uint64 // c_apdus relayed to the card, for Server.Snapshot
 
-	mu      sync.Mutex  // guards the fields below; lock order: mu, then hub.mu
-	user    *userConn   // the associated user; nil when none
-	pending request     // the request in flight; pending.from == nil when none
-	gone    string      // why the connection ended; "" while it is up
-	timer   *time.Timer // request timeout (see checkTimeout); nil until the first request
-	timerOn bool        // timer is armed
+	mu      sync.Mutex // guards the fields below; lock order: mu, then hub.mu
+	user    *userConn  // the associated user; nil when none
+	pending request    // the request in flight; pending.from == nil when none
+	// withdrawn: user's rules no longer allow the card (see
+	// Server.Recheck), but its request is in flight; when that ends, the
+	// user gets errWithdrawn instead of the reply, and the card is free.
+	withdrawn bool
+	gone      string      // why the connection ended; "" while it is up
+	timer     *time.Timer // request timeout (see checkTimeout); nil until the first request
+	timerOn   bool        // timer is armed
 }
 
 // request is a user's c_apdu or reset_req waiting for the card's reply.
@@ -92,7 +96,7 @@ func (s *Server) cardHandshake(c *conn) func() {
 	atr := hex.EncodeToString(hello.ATR)
 	hello.ATR = nil // kept as a string only
 	cc := &cardConn{c: c, hello: hello, agent: hello.Agent, state: protocol.StateInit, id: identity{atr: atr}}
-	if n := c.who.name(); n != "" {
+	if n := c.name; n != "" {
 		// The authenticated name is the one rules and users see.
 		if hello.Agent != "" && hello.Agent != n {
 			c.log().Debug("agent calls itself otherwise in hello; using its authenticated name", "hello_agent", logSafe(hello.Agent))
@@ -198,28 +202,33 @@ func (cc *cardConn) identify() bool {
 			return false
 		}
 	}
-	if who := c.who; who.Principal != nil {
-		cc.srv().hub.mu.Lock()
-		card := cc.accessCard()
-		cc.srv().hub.mu.Unlock()
-		card.ICCID, card.EID = id.iccid, id.eid
-		if !who.MayUse(card) {
-			c.srv.obs.Refused(Refusal{Port: roleCard, Remote: c.addr, Name: who.Name, Reason: RefusedCard})
-			msg := fmt.Sprintf("card not allowed: agent %q may not register the card %v (see the agent's cards rules in the server configuration)", who.Name, id.identities())
-			c.log().Warn("card refused by the agent's rules", "identities", id.identities())
-			c.fail(websocket.ClosePolicyViolation, "card not allowed for this agent", msg)
-			return false
-		}
-	}
 	cc.mu.Lock()
 	if cc.gone != "" { // replaced meanwhile
 		cc.mu.Unlock()
 		return false
 	}
-	cc.srv().hub.mu.Lock()
-	cc.state = protocol.StateReady
-	cc.id = id
-	cc.srv().hub.mu.Unlock()
+	// The agent's rules are read with cc.mu held: a recheck that changes
+	// them later finds the card ready and checks it then (recheck.go).
+	h := &cc.srv().hub
+	h.mu.Lock()
+	card := cc.accessCard()
+	card.ICCID, card.EID = id.iccid, id.eid
+	who := c.who()
+	allowed := who.Principal == nil || who.MayUse(card)
+	if allowed {
+		cc.state = protocol.StateReady
+		cc.id = id
+	}
+	h.mu.Unlock()
+	if !allowed {
+		cc.mu.Unlock()
+		if !c.revoked.Load() { // else it is closing already
+			c.srv.obs.Refused(Refusal{Port: roleCard, Remote: c.addr, Name: c.name, Reason: RefusedCard})
+			c.log().Warn("card refused by the agent's rules", "identities", id.identities())
+			c.fail(websocket.ClosePolicyViolation, errCardNotAllowed, cardNotAllowed(c.name, id.identities(), false))
+		}
+		return false
+	}
 	c.log().Info("card ready", "identities", id.identities())
 	cc.emit()
 	err = c.write(protocol.StateNotification{NewState: protocol.StateReady})
@@ -228,6 +237,20 @@ func (cc *cardConn) identify() bool {
 }
 
 func (cc *cardConn) srv() *Server { return cc.c.srv }
+
+// errCardNotAllowed is the close reason for a card its agent's rules
+// exclude.
+const errCardNotAllowed = "card not allowed for this agent"
+
+// cardNotAllowed words the error for agent name whose rules exclude the
+// card with ids: at identification, or (changed) after a reload of the
+// accounts changed them.
+func cardNotAllowed(name string, ids protocol.Identities, changed bool) string {
+	if changed {
+		return fmt.Sprintf("card not allowed: agent %q may no longer use the card %v (the server's operator changed the agent's cards rules)", name, ids)
+	}
+	return fmt.Sprintf("card not allowed: agent %q may not register the card %v (see the agent's cards rules in the server configuration)", name, ids)
+}
 
 // cardRefused is a card agent's error message in reply to a c_apdu.
 type cardRefused struct{ message string }
@@ -403,18 +426,26 @@ func (cc *cardConn) complete(msgType string, m protocol.Message, errText string)
 		cc.id.atr = atr
 		cc.srv().hub.mu.Unlock()
 	}
+	withdrawn := cc.withdrawn
+	if withdrawn {
+		// Answered: the card may go to another user now.
+		cc.disassociate()
+	}
 	cc.mu.Unlock()
 	outcome := OutcomeOK
 	if m == nil {
 		outcome = OutcomeAgentErr
 	}
 	cc.finished(p, outcome, m, errText)
-	if m != nil {
+	switch {
+	case withdrawn:
+		p.from.c.sendError(errWithdrawn)
+	case m != nil:
 		_ = p.from.c.write(m)
-	} else {
+	default:
 		p.from.c.sendError("%s", errText)
 	}
-	p.from.done(false)
+	p.from.done(withdrawn)
 	return ""
 }
 
@@ -498,9 +529,13 @@ func (cc *cardConn) end(reason string) {
 func (cc *cardConn) send(u *userConn, m protocol.Message, want string) string {
 	d := cc.srv().cfg.RequestTimeout
 	cc.mu.Lock()
-	if cc.gone != "" {
+	switch {
+	case cc.gone != "":
 		cc.mu.Unlock()
 		return "card disconnected: " + cc.gone
+	case cc.user != u: // taken away by Server.Recheck
+		cc.mu.Unlock()
+		return errWithdrawn
 	}
 	cc.pending = request{from: u, want: want, sent: m.MsgType(), deadline: time.Now().Add(d)}
 	if ca, ok := m.(protocol.CAPDU); ok {
@@ -569,9 +604,13 @@ func (cc *cardConn) associate(u *userConn, key, value string) string {
 	case cc.state != protocol.StateReady:
 		cc.mu.Unlock()
 		return fmt.Sprintf("card %s %s is still being identified; try again in a moment", key, value)
+	case !cc.allows(u):
+		// The user's rules changed since hub.find (Server.Recheck).
+		cc.mu.Unlock()
+		return fmt.Sprintf("no card with %s %s is connected", key, value)
 	}
 	cc.setState(protocol.StateAssociated, u.c)
-	cc.user = u
+	cc.user, cc.withdrawn = u, false
 	if cc.c.write(protocol.StateNotification{NewState: protocol.StateAssociated}) != nil {
 		// The card connection is closing; its goroutine cleans up.
 		cc.user = nil
@@ -599,13 +638,27 @@ func (cc *cardConn) setState(state string, user *conn) {
 // release ends u's association: the card is ready again.
 func (cc *cardConn) release(u *userConn) {
 	cc.mu.Lock()
-	if cc.user != u || cc.gone != "" {
-		cc.mu.Unlock()
-		return
+	if cc.user == u && cc.gone == "" {
+		cc.disassociate()
 	}
-	cc.user = nil
+	cc.mu.Unlock()
+}
+
+// disassociate ends the association with the current user: the card is
+// ready again, and its agent is told. cc.mu must be held.
+func (cc *cardConn) disassociate() {
+	cc.user, cc.withdrawn = nil, false
 	cc.setState(protocol.StateReady, nil)
 	cc.emit()
 	_ = cc.c.write(protocol.StateNotification{NewState: protocol.StateReady})
-	cc.mu.Unlock()
+}
+
+// allows reports whether u's current rights let it use the card. cc.mu
+// must be held (so that Server.Recheck, which changes rights first and
+// then checks each card with cc.mu held, cannot miss a new association).
+func (cc *cardConn) allows(u *userConn) bool {
+	h := &cc.srv().hub
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return u.c.who().mayUse(cc)
 }

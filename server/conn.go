@@ -14,6 +14,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/wsrc-go/wsrc/internal/auth"
 	"github.com/wsrc-go/wsrc/protocol"
 )
 
@@ -28,7 +29,7 @@ type conn struct {
 	remote  protocol.RemoteAddr
 	id      uint64    // ConnEvent.ID
 	since   time.Time // when it was accepted
-	who     principal // the authenticated peer; anonymous on an open port
+	name    string    // the authenticated user or agent; "" for an anonymous peer of an open port
 	addrKey string    // the per-address count this connection holds; "" for none
 	atr     string    // card connections: the hello ATR, for logs; set before the goroutine starts relaying
 
@@ -41,6 +42,15 @@ type conn struct {
 	// CardEvent.Lost); by whoever finds out, before the card's end.
 	lost atomic.Bool
 
+	// rights are what the peer may do, as admitted (nil: an anonymous
+	// peer of an open port); Server.Recheck replaces them when the
+	// accounts change (the account, and so name, stays the same). Read
+	// them with who.
+	rights atomic.Pointer[auth.Principal]
+	// revoked is set, once, when a recheck found the credentials no
+	// longer accepted; the connection is closing then (recheck.go).
+	revoked atomic.Bool
+
 	wmu  sync.Mutex // serialises data-frame writes; guards wbuf
 	wbuf []byte     // encoding buffer, reused across writes
 
@@ -52,19 +62,23 @@ type conn struct {
 	why       string      // the reason closeGently gave
 }
 
-func newConn(s *Server, ws *websocket.Conn, role, remote string) *conn {
-	c := &conn{srv: s, ws: ws, role: role, addr: remote, remote: remoteAddr(remote), since: time.Now()}
+func newConn(s *Server, ws *websocket.Conn, role, remote string, who principal) *conn {
+	c := &conn{srv: s, ws: ws, role: role, addr: remote, remote: remoteAddr(remote), since: time.Now(), name: who.name()}
+	c.rights.Store(who.Principal)
 	ws.SetPongHandler(c.pong)
 	return c
 }
+
+// who returns the peer's current rights.
+func (c *conn) who() principal { return principal{c.rights.Load()} }
 
 // log returns the server's logger with the connection's attributes. It
 // is built per call (logging is rare) so that idle connections do not
 // each keep a logger.
 func (c *conn) log() *slog.Logger {
 	l := c.srv.log.With("port", c.role, "remote", c.addr)
-	if n := c.who.name(); n != "" {
-		l = l.With("name", n)
+	if c.name != "" {
+		l = l.With("name", c.name)
 	}
 	if c.atr != "" {
 		l = l.With("atr", c.atr)
@@ -77,14 +91,14 @@ func (c *conn) problem(kind ProblemKind) { c.srv.obs.Problem(c.event(), kind) }
 
 // event describes the connection for the Observer.
 func (c *conn) event() ConnEvent {
-	return ConnEvent{ID: c.id, Port: c.role, Remote: c.addr, Name: c.who.name()}
+	return ConnEvent{ID: c.id, Port: c.role, Remote: c.addr, Name: c.name}
 }
 
 // peerName names the peer in events and traces: its user or agent name,
 // else its address.
 func (c *conn) peerName() string {
-	if n := c.who.name(); n != "" {
-		return n
+	if c.name != "" {
+		return c.name
 	}
 	return c.addr
 }

@@ -57,7 +57,7 @@ func (c *conn) rateError() string {
 func (c *conn) rateRefused() (closed bool) {
 	cfg := &c.srv.cfg
 	c.bucket.strikes++
-	ev := Refusal{Port: c.role, Remote: c.addr, Name: c.who.name(), Reason: RefusedRateLimited}
+	ev := Refusal{Port: c.role, Remote: c.addr, Name: c.name, Reason: RefusedRateLimited}
 	if c.bucket.strikes > cfg.RateStrikes {
 		ev.Reason = RefusedRateClosed
 		c.srv.obs.Refused(ev)

@@ -127,7 +127,9 @@ const (
 	RefusedShuttingDown  RefusalReason = "shutting_down"    // 503
 	RefusedRateLimited   RefusalReason = "rate_limited"     // a message over the rate limit (error sent)
 	RefusedRateClosed    RefusalReason = "rate_closed"      // closed for persistent abuse of the rate limit
-	RefusedCard          RefusalReason = "card_not_allowed" // an agent registered a card its rules exclude
+	RefusedCard          RefusalReason = "card_not_allowed" // an agent registered a card its rules exclude (also after Server.Recheck)
+	RefusedRevoked       RefusalReason = "revoked"          // an open connection closed by Server.Recheck: credentials no longer accepted
+	RefusedWithdrawn     RefusalReason = "card_withdrawn"   // a user's card taken by Server.Recheck: its rules no longer allow it
 )
 
 // NopObserver ignores everything; embed it in partial Observers.
@@ -276,7 +278,7 @@ func (s *Server) Snapshot() (cards []CardStatus, users []UserStatus) {
 	s.mu.Lock()
 	for c := range s.conns {
 		if c.role == roleUser {
-			users = append(users, UserStatus{ID: c.id, Name: c.who.name(), Remote: c.addr, Since: c.since, Card: byUser[c.id]})
+			users = append(users, UserStatus{ID: c.id, Name: c.name, Remote: c.addr, Since: c.since, Card: byUser[c.id]})
 		}
 	}
 	s.mu.Unlock()

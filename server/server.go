@@ -35,7 +35,9 @@
 // (admins all, with the agents' addresses), an agent registers only the
 // cards its rules allow, under its authenticated name. A card agent that
 // says hello again for the same agent name and reader replaces its old,
-// stale connection at once.
+// stale connection at once. When the accounts change, Recheck judges the
+// open connections again (recheck.go): revoked ones are closed, the
+// others take their new rights at once.
 //
 // Limits: connections per port and per client address, message size,
 // handshake time, a token bucket of messages per connection, one request
@@ -132,7 +134,8 @@ type Config struct {
 
 	// Auth authenticates every upgrade request; nil leaves both ports
 	// open (anonymous peers, every card visible). *auth.Store implements
-	// it.
+	// it. When it is also a Rechecker, Recheck applies a change of its
+	// accounts to the connections already open.
 	Auth Authenticator
 	// AuthFailureBurst and AuthFailurePer configure the throttle of
 	// failed authentications per client (see auth.Throttle): that many
@@ -251,6 +254,12 @@ type Server struct {
 	perAddr map[string]int     // admitted connections per port and client (addrKey)
 	closing bool               // set by Shutdown; no new connections
 	wg      sync.WaitGroup     // one count per connection, until its goroutine ends
+	// authGen counts Recheck calls; changed only with mu held (and
+	// recheckMu), so that register can tell a connection that
+	// authenticated before a Recheck and registered after it looked.
+	authGen atomic.Uint64
+
+	recheckMu sync.Mutex // serialises rechecks (Recheck, recheckLate)
 }
 
 // New returns a Server with cfg (defaults filled in) that logs to logger
@@ -314,6 +323,7 @@ func (s *Server) accept(w http.ResponseWriter, r *http.Request, role string) {
 		http.Error(w, "too many failed authentication attempts from this address; try again later", http.StatusTooManyRequests)
 		return
 	}
+	gen := s.authGen.Load() // before authenticating: see register
 	who, ok := s.authenticate(w, r, role, client)
 	if !ok {
 		return
@@ -335,9 +345,10 @@ func (s *Server) accept(w http.ResponseWriter, r *http.Request, role string) {
 		s.obs.Problem(ConnEvent{Port: role, Remote: r.RemoteAddr, Name: who.name()}, ProblemUpgrade)
 		return
 	}
-	c := newConn(s, ws, role, r.RemoteAddr)
-	c.who, c.addrKey, c.id = who, addrKey, s.lastID.Add(1)
-	if !s.register(c) {
+	c := newConn(s, ws, role, r.RemoteAddr, who)
+	c.addrKey, c.id = addrKey, s.lastID.Add(1)
+	ok, stale := s.register(c, gen)
+	if !ok {
 		s.release(role, addrKey)
 		c.closeNow(websocket.CloseGoingAway, "server shutting down")
 		return
@@ -348,6 +359,9 @@ func (s *Server) accept(w http.ResponseWriter, r *http.Request, role string) {
 		handshake = s.cardHandshake
 	}
 	go func() {
+		if stale {
+			s.recheckLate(c) // when revoked, the handshake finds c closing
+		}
 		loop := handshake(c)
 		if loop == nil {
 			s.finish(c)
@@ -480,15 +494,19 @@ func (s *Server) release(role, addrKey string) {
 	}
 }
 
-func (s *Server) register(c *conn) bool {
+// register lists c, unless the server is shutting down. stale says that
+// the accounts changed (Recheck) after generation gen, which c was
+// authenticated with, and Recheck may have missed c: the caller rechecks
+// it.
+func (s *Server) register(c *conn, gen uint64) (ok, stale bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closing {
-		return false
+		return false, false
 	}
 	s.conns[c] = struct{}{}
 	s.wg.Add(1)
-	return true
+	return true, s.authGen.Load() != gen
 }
 
 func (s *Server) unregister(c *conn) {

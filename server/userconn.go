@@ -52,6 +52,9 @@ func (u *userConn) takeTurn() {
 const (
 	errNoCard       = "no card selected; send select_card first"
 	errAlreadyAssoc = "a card is already selected on this connection; close the connection to release it before selecting another"
+	// errWithdrawn answers the user's next request (or the one in
+	// flight) after a reload of the accounts took its card away.
+	errWithdrawn = "access to this card was withdrawn by the server's operator; select another card"
 )
 
 // userHandshake runs a user connection's hello. It returns the
@@ -99,7 +102,7 @@ func (u *userConn) serve() {
 		inFlight := false
 		switch mm := m.(type) {
 		case protocol.ListCards:
-			_ = c.write(protocol.ListCardsAck{Cards: s.hub.list(c.who, u.seesAddr())})
+			_ = c.write(protocol.ListCardsAck{Cards: s.hub.list(c.who(), u.seesAddr())})
 		case protocol.SelectCard:
 			u.selectCard(mm)
 		case protocol.CAPDU:
@@ -125,8 +128,8 @@ func (u *userConn) serve() {
 // seesAddr reports whether the user may see the agents' addresses: an
 // admin, or anyone on an open port configured to show them.
 func (u *userConn) seesAddr() bool {
-	if u.c.who.Principal != nil {
-		return u.c.who.Admin
+	if who := u.c.who(); who.Principal != nil {
+		return who.Admin
 	}
 	return u.c.srv.cfg.ShowRemoteAddr
 }
@@ -158,7 +161,7 @@ func (u *userConn) selectCard(m protocol.SelectCard) {
 	}
 	if u.card != nil {
 		u.card.mu.Lock()
-		gone := u.card.gone != ""
+		gone := u.card.gone != "" || u.card.user != u // disconnected, or withdrawn
 		u.card.mu.Unlock()
 		if !gone {
 			c.problem(ProblemUnexpected)
@@ -167,7 +170,7 @@ func (u *userConn) selectCard(m protocol.SelectCard) {
 		}
 		u.card = nil
 	}
-	cc, why := c.srv.hub.find(key, m.IDStr, c.who)
+	cc, why := c.srv.hub.find(key, m.IDStr, c.who())
 	if cc != nil {
 		why = cc.associate(u, key, m.IDStr)
 	}

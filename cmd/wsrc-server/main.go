@@ -141,7 +141,10 @@ Subcommands:
 
 Signals: SIGINT or SIGTERM closes every connection with a reason (WebSocket
 close code 1001) and exits with status 0; SIGHUP reloads the TLS
-certificate files and the accounts of the configuration file. Exit status 1
+certificate files and the accounts of the configuration file, and applies
+the accounts to open connections too: one whose password, token or
+account is gone is closed (close code 1008), one whose card its new rules
+exclude loses the card. An invalid file changes nothing. Exit status 1
 means the server could not run (e.g. a port is taken), 2 a usage or
 configuration error. Under systemd it notifies readiness and status, feeds
 the watchdog and takes its ports by socket activation (names user, card).
@@ -472,6 +475,18 @@ func (a *authSwitch) AgentRequest(r *http.Request) (*auth.Principal, error) {
 	return a.load().store.AgentRequest(r)
 }
 
+// RecheckUser judges an open user connection by the current accounts
+// (server.Rechecker).
+func (a *authSwitch) RecheckUser(p *auth.Principal) (*auth.Principal, error) {
+	return a.load().store.RecheckUser(p)
+}
+
+// RecheckAgent judges an open card agent connection by the current
+// accounts.
+func (a *authSwitch) RecheckAgent(p *auth.Principal) (*auth.Principal, error) {
+	return a.load().store.RecheckAgent(p)
+}
+
 // portGate stands in front of a port's handler: while the port must not
 // serve (a socket from systemd on every address, and no accounts yet) it
 // answers 503 and says why in the log, not to the client. A reload that
@@ -783,9 +798,11 @@ loop:
 
 // reload re-reads the TLS certificate files and the configuration file's
 // accounts (SIGHUP). Anything invalid keeps the running state and is
-// logged; connections already open keep their rights. A port that is
-// served is never opened to anyone by a reload; one that is not served
-// (see portGate) starts serving once the accounts are there.
+// logged. New accounts apply to the connections already open too
+// (server.Recheck): those whose credentials are no longer accepted are
+// closed, the others take their new rights. A port that is served is
+// never opened to anyone by a reload; one that is not served (see
+// portGate) starts serving once the accounts are there.
 func (a *app) reload() {
 	a.log.Info("SIGHUP: reloading")
 	s := a.s
@@ -807,8 +824,13 @@ func (a *app) reload() {
 			s = ns
 			a.auth.store(ns)
 			a.setGates(probs)
-			a.log.Info("accounts reloaded (they apply to new connections; other settings need a restart)",
-				"users", ns.store.UserCount(), "agents", ns.store.AgentCount())
+			res, err := a.srv.Recheck()
+			if err != nil { // cannot happen: authSwitch is a Rechecker
+				a.log.Error("open connections not rechecked", "err", err)
+			}
+			a.log.Info("accounts reloaded and applied to open connections (other settings need a restart)",
+				"users", ns.store.UserCount(), "agents", ns.store.AgentCount(), "connections_checked", res.Checked,
+				"revoked", res.Revoked, "cards_withdrawn", res.Withdrawn, "cards_refused", res.Refused)
 		}
 	}
 	if a.certs != nil {

@@ -273,7 +273,9 @@ func (o *metricsObserver) Relayed(ev server.RequestEvent) {
 }
 
 // refusalKinds maps refusals to error kinds; those not listed (shutting
-// down) are not errors.
+// down; connections revoked and cards withdrawn by a reload: the
+// operator's doing, logged as such) are not errors. A card its agent's
+// changed rules exclude counts as card_not_allowed, as at registration.
 var refusalKinds = map[server.RefusalReason]status.ErrorKind{
 	server.RefusedNoCredentials: status.ErrorAuth,
 	server.RefusedBadCredential: status.ErrorAuth,

@@ -277,6 +277,15 @@ func (s *Store) user(name string) *User {
 	return nil
 }
 
+func (s *Store) agent(name string) *Agent {
+	for i := range s.agents {
+		if s.agents[i].Name == name {
+			return &s.agents[i]
+		}
+	}
+	return nil
+}
+
 // userByToken looks at every user's tokens, without stopping early.
 func (s *Store) userByToken(secret string) *User {
 	tok := HashToken(secret)

@@ -118,9 +118,9 @@ func (s *Store) recheck(p *Principal, kind accountKind) (*Principal, error) {
 	var why string
 	switch u, a := s.lookup(kind, p.Name); {
 	case u != nil:
-		now, why = u.principal(adm), adm.stillAccepted(u.PasswordHash, u.TokenHashes)
+		now, why = u.principal(adm), adm.revokedBecause(u.PasswordHash, u.TokenHashes)
 	case a != nil:
-		now, why = a.principal(adm), adm.stillAccepted("", a.TokenHashes)
+		now, why = a.principal(adm), adm.revokedBecause("", a.TokenHashes)
 	default:
 		why = "account removed"
 	}
@@ -142,9 +142,9 @@ func (s *Store) lookup(kind accountKind, name string) (*User, *Agent) {
 	return nil, s.agent(name)
 }
 
-// stillAccepted reports why an account with passwordHash and tokens no
+// revokedBecause reports why an account with passwordHash and tokens no
 // longer accepts the admission's credential, or "".
-func (adm admission) stillAccepted(passwordHash string, tokens []TokenHash) string {
+func (adm admission) revokedBecause(passwordHash string, tokens []TokenHash) string {
 	if adm.passwordHash == "" {
 		if !tokenHashIn(adm.token, tokens) {
 			return "token removed"
@@ -158,13 +158,4 @@ func (adm admission) stillAccepted(passwordHash string, tokens []TokenHash) stri
 		return "password changed"
 	}
 	return ""
-}
-
-func (s *Store) agent(name string) *Agent {
-	for i := range s.agents {
-		if s.agents[i].Name == name {
-			return &s.agents[i]
-		}
-	}
-	return nil
 }

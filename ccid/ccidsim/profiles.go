@@ -157,10 +157,14 @@ func (p Profile) interfaces() int {
 // interface the interface descriptor, the class descriptor (before or
 // after the endpoints) and the endpoints (interrupt-in, bulk-in,
 // bulk-out).
-func (p Profile) configDescriptor() []byte {
+func (p Profile) configDescriptor() []byte { return p.configWith(endpoints) }
+
+// configWith is configDescriptor with the endpoint addresses of each
+// interface from eps.
+func (p Profile) configWith(eps func(iface int) (bulkIn, bulkOut, intIn byte)) []byte {
 	b := []byte{9, 2, 0, 0, byte(p.interfaces()), 1, 0, 0x80, 50}
 	for i := 0; i < p.interfaces(); i++ {
-		in, out, intr := endpoints(i)
+		in, out, intr := eps(i)
 		neps := 2
 		if p.Interrupt {
 			neps = 3

@@ -1,0 +1,293 @@
+package gadget
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/wsrc-go/wsrc/card/sim"
+	"github.com/wsrc-go/wsrc/ccid"
+	"github.com/wsrc-go/wsrc/internal/qemuvm/vmscript"
+	"github.com/wsrc-go/wsrc/test/gadget/internal/lab"
+)
+
+// hosts are the two host stacks every profile runs under: Debian's pcscd
+// + libccid (the reference) and our ccid package.
+var hosts = []string{"libccid", "wsrc"}
+
+// run is one (profile, host) pass in the lab VM: the script's steps as
+// the host got them and the CCID messages the gadget received.
+type run struct {
+	steps  []lab.Step
+	rx     []lab.Rx
+	oracle []string // the oracle's whole output
+	gadget []string // the gadget's whole output
+}
+
+// labVM boots the lab once per test process: for every profile and host,
+// a fresh gadget (new serial number, so the host sees a new device), the
+// oracle through that host, then the gadget unplugged.
+var labVM struct {
+	once sync.Once
+	runs map[string]*run // "profile/host"
+	err  string
+	took time.Duration
+}
+
+func labRuns(t *testing.T) map[string]*run {
+	t.Helper()
+	p := need(t)
+	labVM.once.Do(func() {
+		start := time.Now()
+		initrd := buildImage(t, p)
+		var s vmscript.Builder
+		s.Modules(gadgetModules...)
+		if os.Getenv("ORACLE_PCSCD_DEBUG") == "1" {
+			s.Env("ORACLE_PCSCD_DEBUG", "1")
+		}
+		for _, pr := range profiles() {
+			for _, h := range hosts {
+				id := pr.Name + "-" + h
+				serial := "lab-" + id
+				s.Start("gadget-"+id, "ccidgadget", "-profile", pr.Name, "-serial", serial)
+				s.Run("oracle-"+id, "oracle", "-host", h, "-profile", pr.Name, "-serial", serial, "-timeout", "90s")
+				s.Stop("gadget-" + id)
+			}
+		}
+		con := runVM(t, p, initrd, s.String())
+		labVM.runs = map[string]*run{}
+		for _, pr := range profiles() {
+			for _, h := range hosts {
+				id := pr.Name + "-" + h
+				r := &run{oracle: con.Output("oracle-" + id), gadget: con.Output("gadget-" + id)}
+				for _, l := range r.oracle {
+					if st, ok := lab.ParseStep(l); ok {
+						r.steps = append(r.steps, st)
+					}
+				}
+				for _, l := range r.gadget {
+					if rx, ok := lab.ParseRecord(l); ok {
+						r.rx = append(r.rx, rx)
+					}
+				}
+				labVM.runs[pr.Name+"/"+h] = r
+			}
+		}
+		labVM.took = time.Since(start)
+		t.Logf("lab: %d profiles × %d hosts in one VM, %.1fs with the build", len(profiles()), len(hosts), labVM.took.Seconds())
+	})
+	if labVM.runs == nil {
+		t.Fatal("the lab VM did not run (see the first test's log)")
+	}
+	return labVM.runs
+}
+
+// profilesEnv limits the lab to the named profiles (comma-separated),
+// for debugging one reader.
+const profilesEnv = "WSRC_GADGET_PROFILES"
+
+func profiles() []lab.Profile {
+	v := os.Getenv(profilesEnv)
+	if v == "" {
+		return lab.Profiles
+	}
+	var out []lab.Profile
+	for _, p := range lab.Profiles {
+		if slices.Contains(strings.Split(v, ","), p.Name) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// recordEnv set to 1 logs every message the gadget received.
+const recordEnv = "WSRC_GADGET_RECORD"
+
+// expected runs the script on the profile's card directly, in process.
+func expected(p lab.Profile) []lab.Step {
+	return lab.Script(context.Background(), sim.New(p.CardConfig()), p.Extended())
+}
+
+// TestGadgetScript runs the same APDU script on every lab reader through
+// pcscd + libccid and through our driver: both must give the responses
+// the card gives when asked directly. Steps named raw-* are the first
+// response as the host returned it and are compared between hosts only
+// in the log (a T=0 host may fetch 61xx itself; ours does).
+func TestGadgetScript(t *testing.T) {
+	runs := labRuns(t)
+	for _, p := range profiles() {
+		t.Run(p.Name, func(t *testing.T) {
+			want := expected(p)
+			for _, h := range hosts {
+				t.Run(h, func(t *testing.T) {
+					r := runs[p.Name+"/"+h]
+					if len(r.steps) == 0 {
+						t.Fatalf("no script output; oracle said:\n%s\ngadget said:\n%s", strings.Join(r.oracle, "\n"), strings.Join(r.gadget, "\n"))
+					}
+					got := map[string]string{}
+					for _, s := range r.steps {
+						got[s.Name] = s.Result
+					}
+					for _, w := range want {
+						g, ok := got[w.Name]
+						switch {
+						case !ok:
+							t.Errorf("%s: missing", w.Name)
+						case strings.HasPrefix(w.Name, "raw-"):
+							if g != w.Result {
+								t.Logf("%s: %s (the card itself: %s)", w.Name, short(g), short(w.Result))
+							}
+						case g != w.Result:
+							t.Errorf("%s:\n got %s\nwant %s", w.Name, short(g), short(w.Result))
+						}
+					}
+					if t.Failed() {
+						t.Logf("oracle output:\n%s", strings.Join(r.oracle, "\n"))
+						t.Logf("gadget output:\n%s", strings.Join(r.gadget, "\n"))
+					}
+				})
+			}
+		})
+	}
+}
+
+// TestGadgetNegotiation compares what each host negotiated with each lab
+// reader, from the CCID messages the gadget received: voltages of
+// IccPowerOn, PPS, SetParameters, the T=1 IFSD. Each host must power the
+// card at a voltage the reader offers; both must start at the same
+// voltage and send the same PPS requests, SetParameters and IFSD (as
+// sets: how often differs, see negotiation). Other differences (polling,
+// libccid's vendor Escape, powering every slot) are logged and explained
+// in docs/ccid.md.
+func TestGadgetNegotiation(t *testing.T) {
+	runs := labRuns(t)
+	for _, p := range profiles() {
+		t.Run(p.Name, func(t *testing.T) {
+			neg := map[string]negotiation{}
+			for _, h := range hosts {
+				t.Run(h, func(t *testing.T) {
+					r := runs[p.Name+"/"+h]
+					if len(r.rx) == 0 {
+						t.Fatalf("the gadget recorded nothing:\n%s", strings.Join(r.gadget, "\n"))
+					}
+					n := negotiate(r.rx)
+					neg[h] = n
+					t.Logf("%s", n)
+					if os.Getenv(recordEnv) == "1" {
+						for _, rx := range r.rx {
+							t.Log(rx.Line)
+						}
+					}
+					d := p.Reader.Descriptor
+					for _, v := range n.voltages {
+						if v != ccid.VoltageAuto && d.VoltageSupport&voltageBit(v) == 0 {
+							t.Errorf("IccPowerOn at bPowerSelect %d, which the reader does not offer (bVoltageSupport %#x)", v, d.VoltageSupport)
+						}
+					}
+					if len(n.voltages) == 0 {
+						t.Errorf("no IccPowerOn")
+					}
+				})
+			}
+			a, b := neg["libccid"], neg["wsrc"]
+			if a.types == nil || b.types == nil {
+				return
+			}
+			if a.agreed() != b.agreed() {
+				t.Errorf("the hosts negotiated differently:\nlibccid: %s\n   wsrc: %s", a.agreed(), b.agreed())
+			}
+			if a.String() != b.String() {
+				t.Logf("the hosts' messages differ (docs/ccid.md explains):\nlibccid: %s\n   wsrc: %s", a, b)
+			}
+		})
+	}
+}
+
+// negotiation is what a host did besides APDUs, as sets (sorted,
+// without repeats): how often a host powers a card up or polls differs
+// by design; what it agrees with card and reader on must not.
+type negotiation struct {
+	voltage  byte // bPowerSelect of the first IccPowerOn
+	voltages []byte
+	pps      []string // PPS requests: the first XfrBlock after an IccPowerOn, starting FF
+	setParam []string // "T=p:data" of SetParameters
+	ifsd     []string // IFSD of the host's S(IFS request) blocks
+	types    map[ccid.MessageType]int
+}
+
+func negotiate(rx []lab.Rx) negotiation {
+	n := negotiation{types: map[ccid.MessageType]int{}}
+	afterPowerOn := false
+	for _, m := range rx {
+		n.types[m.Type]++
+		switch m.Type {
+		case ccid.PCToRDRIccPowerOn:
+			var v byte
+			fmt.Sscanf(m.Param[:2], "%02x", &v)
+			if len(n.voltages) == 0 {
+				n.voltage = v
+			}
+			n.voltages = append(n.voltages, v)
+			afterPowerOn = true
+		case ccid.PCToRDRSetParameters:
+			n.setParam = addSet(n.setParam, "T="+m.Param[1:2]+":"+m.Data)
+		case ccid.PCToRDRXfrBlock:
+			switch {
+			case afterPowerOn && strings.HasPrefix(m.Data, "ff") && m.Len >= 3 && m.Len <= 6:
+				n.pps = addSet(n.pps, m.Data)
+			case len(m.Data) >= 8 && m.Data[2:4] == "c1": // S(IFS request)
+				n.ifsd = addSet(n.ifsd, m.Data[6:8])
+			}
+			afterPowerOn = false
+		}
+	}
+	return n
+}
+
+func addSet(set []string, v string) []string {
+	if !slices.Contains(set, v) {
+		set = append(set, v)
+		slices.Sort(set)
+	}
+	return set
+}
+
+// agreed is what both hosts must have done alike.
+func (n negotiation) agreed() string {
+	return fmt.Sprintf("first IccPowerOn at bPowerSelect %d, PPS %v, SetParameters %v, IFSD %v", n.voltage, n.pps, n.setParam, n.ifsd)
+}
+
+func (n negotiation) String() string {
+	var types []string
+	for t, c := range n.types {
+		types = append(types, fmt.Sprintf("%v×%d", t, c))
+	}
+	sort.Strings(types)
+	return fmt.Sprintf("%s; all IccPowerOn %v; messages %s", n.agreed(), n.voltages, strings.Join(types, " "))
+}
+
+func voltageBit(v byte) byte {
+	switch v {
+	case ccid.Voltage5V:
+		return 1
+	case ccid.Voltage3V:
+		return 2
+	case ccid.Voltage18V:
+		return 4
+	}
+	return 0
+}
+
+// short cuts a long hex result for messages.
+func short(s string) string {
+	if len(s) > 80 {
+		return fmt.Sprintf("%s…(%d hex digits)", s[:80], len(s))
+	}
+	return s
+}

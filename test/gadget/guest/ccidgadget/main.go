@@ -1,0 +1,268 @@
+// Command ccidgadget is a CCID smart card reader made of the guest's own
+// USB device side: run in the test VM (dummy_hcd and gadgetfs loaded), it
+// registers a reader of one lab profile through GadgetFS, with a
+// simulated card (card/sim) in every slot, and answers the host's
+// PC_to_RDR messages with package ccidsim's reader logic (exchange level,
+// PPS and SetParameters, T=1 card side, extended APDU chaining, busy
+// slots, time extension, Abort) — the same logic the in-process tests
+// use, here behind the real kernel USB stack.
+//
+//	ccidgadget -profile NAME -serial S
+//
+// Output (stdout, one line each, for the test to read from the console):
+//
+//	ready                         the host configured the device
+//	rx TYPE SLOT SEQ PARAM LEN DATA   a message the host sent (lab.RecordLine)
+//	log TEXT                      ep0 events and errors
+//
+// SIGTERM (or SIGINT) ends it: exiting closes the GadgetFS files, which
+// the host sees as the reader being unplugged.
+package main
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+
+	"github.com/wsrc-go/wsrc/card/sim"
+	"github.com/wsrc-go/wsrc/ccid"
+	"github.com/wsrc-go/wsrc/ccid/ccidsim"
+	"github.com/wsrc-go/wsrc/test/gadget/internal/gadgetfs"
+	"github.com/wsrc-go/wsrc/test/gadget/internal/lab"
+)
+
+// Endpoint addresses and the dummy_udc files that serve them (the file
+// names are dummy_hcd's; the numbers must match).
+const (
+	bulkIn  = 0x81
+	bulkOut = 0x02
+	intIn   = 0x85
+)
+
+var epFiles = map[byte]string{bulkIn: "ep1in-bulk", bulkOut: "ep2out-bulk", intIn: "ep5in-int"}
+
+// out serialises the program's output lines.
+var out = struct {
+	sync.Mutex
+}{}
+
+func say(format string, args ...any) {
+	out.Lock()
+	fmt.Printf(format+"\n", args...)
+	out.Unlock()
+}
+
+func main() {
+	name := flag.String("profile", "", "lab profile (test/gadget/internal/lab)")
+	serial := flag.String("serial", "wsrc-lab", "USB serial number string")
+	flag.Parse()
+	p, ok := lab.Find(*name)
+	if !ok {
+		fmt.Fprintf(os.Stderr, "ccidgadget: no profile %q\n", *name)
+		os.Exit(2)
+	}
+	if err := run(p, *serial); err != nil {
+		fmt.Fprintln(os.Stderr, "ccidgadget:", err)
+		os.Exit(1)
+	}
+}
+
+func run(p lab.Profile, serial string) error {
+	rd, err := ccidsim.NewDevice(p.Reader, serial)
+	if err != nil {
+		return err
+	}
+	for i := range rd.Slots() {
+		rd.Slot(i).Insert(sim.New(p.CardConfig()), ccidsim.CardQuirks{})
+	}
+	cfg := p.Reader.ConfigDescriptor(bulkIn, bulkOut, intIn)
+	eps, err := endpointConfigs(cfg)
+	if err != nil {
+		return err
+	}
+	srv := &server{rd: rd}
+	dev, err := gadgetfs.Open(gadgetfs.Config{
+		Device:       deviceDescriptor(p.Reader),
+		Config:       cfg,
+		Strings:      map[uint8]string{1: p.Reader.Manufacturer, 2: p.Reader.Name, 3: serial},
+		Endpoints:    eps,
+		Class:        srv.class,
+		Configured:   srv.start,
+		Deconfigured: srv.stop,
+		Log:          func(f string, a ...any) { say("log "+f, a...) },
+	})
+	if err != nil {
+		return err
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	runErr := make(chan error, 1)
+	go func() { runErr <- dev.Run() }()
+	select {
+	case s := <-sig:
+		say("log %v: unplugging", s)
+		return nil // exiting closes the files: the host sees the unplug
+	case err := <-runErr:
+		return err
+	}
+}
+
+// deviceDescriptor is the 18-byte device descriptor of profile p:
+// USB 2.0, full speed, the reader's VID:PID (libccid picks its quirks by
+// them) and bcdDevice 6.00 (above every firmware libccid refuses).
+func deviceDescriptor(p ccidsim.Profile) []byte {
+	d := []byte{18, 1, 0x00, 0x02, 0, 0, 0, 64, 0, 0, 0, 0, 0x00, 0x06, 1, 2, 3, 1}
+	binary.LittleEndian.PutUint16(d[8:], p.VendorID)
+	binary.LittleEndian.PutUint16(d[10:], p.ProductID)
+	return d
+}
+
+// endpointConfigs finds the endpoint descriptors in the configuration.
+func endpointConfigs(cfg []byte) ([]gadgetfs.EndpointConfig, error) {
+	var eps []gadgetfs.EndpointConfig
+	for off := 0; off+2 <= len(cfg) && cfg[off] > 0; off += int(cfg[off]) {
+		if cfg[off+1] != 5 || off+7 > len(cfg) {
+			continue
+		}
+		d := cfg[off : off+7]
+		f, ok := epFiles[d[2]]
+		if !ok {
+			return nil, fmt.Errorf("endpoint %02X has no dummy_udc file", d[2])
+		}
+		eps = append(eps, gadgetfs.EndpointConfig{File: f, Desc: d})
+	}
+	return eps, nil
+}
+
+// server moves messages between the endpoints and the simulated reader
+// while the host has the device configured.
+type server struct {
+	rd *ccidsim.Reader
+
+	// Owned by ep0's goroutine (start and stop run there).
+	ep     *ccidsim.Endpoint
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// class answers the CCID class requests through the reader.
+func (s *server) class(st gadgetfs.Setup, data []byte) ([]byte, error) {
+	if s.ep == nil {
+		return nil, gadgetfs.ErrStall
+	}
+	buf := data
+	if st.In() {
+		buf = make([]byte, st.Length)
+	}
+	n, err := s.ep.Control(st.RequestType, st.Request, st.Value, buf)
+	if err != nil {
+		say("log class request %v: stalled", st)
+		return nil, gadgetfs.ErrStall
+	}
+	say("log class request %v: %d bytes", st, n)
+	return buf[:n], nil
+}
+
+// start attaches the host and starts the pumps: bulk-out packets into
+// messages for the reader, its answers to bulk-in, its notifications to
+// the interrupt endpoint.
+func (s *server) start(eps []*gadgetfs.Endpoint) {
+	ep, err := s.rd.Attach()
+	if err != nil {
+		say("log attach: %v", err)
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s.ep, s.cancel = ep, cancel
+	for _, e := range eps {
+		s.wg.Add(1)
+		switch e.Name {
+		case epFiles[bulkOut]:
+			go func() { defer s.wg.Done(); s.pumpOut(ctx, e) }()
+		case epFiles[bulkIn]:
+			go func() { defer s.wg.Done(); s.pumpIn(ctx, e, ep.In) }()
+		case epFiles[intIn]:
+			go func() { defer s.wg.Done(); s.pumpIn(ctx, e, ep.Interrupt) }()
+		default:
+			s.wg.Done()
+		}
+	}
+	ep.NotifyPresence()
+	say("ready")
+}
+
+// stop detaches the host; the pumps end (their transfers fail once the
+// host is gone, their reader calls with the context).
+func (s *server) stop() {
+	if s.ep == nil {
+		return
+	}
+	s.cancel()
+	s.ep.Close()
+	s.wg.Wait()
+	s.ep = nil
+	say("log detached")
+}
+
+// pumpOut reads bulk-out packet by packet and hands each complete
+// message (by its dwLength) to the reader, as reader firmware does: the
+// host sends no zero-length packet after a message of whole packets.
+func (s *server) pumpOut(ctx context.Context, e *gadgetfs.Endpoint) {
+	pkt := make([]byte, e.MaxPacket)
+	var msg []byte
+	for ctx.Err() == nil {
+		n, err := e.Read(pkt)
+		if err != nil {
+			if ctx.Err() == nil {
+				say("log bulk-out: %v", err)
+			}
+			return
+		}
+		msg = append(msg, pkt[:n]...)
+		if len(msg) < ccid.HeaderLen {
+			if n < e.MaxPacket && len(msg) > 0 {
+				say("log bulk-out: short message % x dropped", msg)
+				msg = nil
+			}
+			continue
+		}
+		want := ccid.HeaderLen + int(binary.LittleEndian.Uint32(msg[1:5]))
+		if len(msg) < want && n == e.MaxPacket {
+			continue
+		}
+		if m, err := ccid.ParseMessage(msg); err == nil {
+			say("%s", lab.RecordLine(m))
+		} else {
+			say("log bulk-out: %v", err)
+		}
+		if err := s.ep.Out(msg); err != nil {
+			return
+		}
+		msg = nil
+	}
+}
+
+// pumpIn writes what next returns to endpoint e.
+func (s *server) pumpIn(ctx context.Context, e *gadgetfs.Endpoint, next func(context.Context) ([]byte, error)) {
+	for {
+		msg, err := next(ctx)
+		if err != nil {
+			if !errors.Is(err, context.Canceled) && !errors.Is(err, ccidsim.ErrDetached) {
+				say("log %s: %v", e.Name, err)
+			}
+			return
+		}
+		if err := e.Write(msg); err != nil {
+			if ctx.Err() == nil {
+				say("log %s: %v", e.Name, err)
+			}
+			return
+		}
+	}
+}

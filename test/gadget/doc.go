@@ -14,8 +14,12 @@
 // TestGadgetScript/<profile>/<host> checks each host's responses against
 // the card asked directly; TestGadgetNegotiation/<profile>/<host> checks
 // what each host negotiated (voltage, PPS, SetParameters, IFSD) from the
-// gadget's record, and that both hosts agree. One VM serves every
-// subtest (about 40 s of VM time plus the builds).
+// gadget's record, and that both hosts agree. After the profiles the same
+// VM runs the fault scenarios through the real kernel: TestGadgetUnplug
+// (the reader unplugged while an APDU is in flight), TestGadgetRemoval
+// (card out and back in, by interrupt endpoint and by polling),
+// TestGadgetMute (a mute card, both hosts). One VM serves every subtest
+// (about 45 s of VM time plus the builds).
 //
 // Run with
 //

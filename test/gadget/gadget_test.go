@@ -60,6 +60,13 @@ func labRuns(t *testing.T) map[string]*run {
 				s.Stop("gadget-" + id)
 			}
 		}
+		for _, f := range faultRuns {
+			id := f.id()
+			serial := "lab-" + id
+			s.Start("gadget-"+id, append([]string{"ccidgadget", "-profile", f.profile, "-serial", serial}, f.gadget...)...)
+			s.Run("oracle-"+id, "oracle", "-host", f.host, "-profile", f.profile, "-serial", serial, "-fault", f.fault, "-timeout", "90s")
+			s.Stop("gadget-" + id)
+		}
 		con := runVM(t, p, initrd, s.String())
 		labVM.runs = map[string]*run{}
 		for _, pr := range profiles() {
@@ -78,6 +85,10 @@ func labRuns(t *testing.T) map[string]*run {
 				}
 				labVM.runs[pr.Name+"/"+h] = r
 			}
+		}
+		for _, f := range faultRuns {
+			id := f.id()
+			labVM.runs[f.scenario+"/"+f.profile+"/"+f.host] = &run{oracle: con.Output("oracle-" + id), gadget: con.Output("gadget-" + id)}
 		}
 		labVM.took = time.Since(start)
 		t.Logf("lab: %d profiles × %d hosts in one VM, %.1fs with the build", len(profiles()), len(hosts), labVM.took.Seconds())
@@ -290,4 +301,134 @@ func short(s string) string {
 		return fmt.Sprintf("%s…(%d hex digits)", s[:80], len(s))
 	}
 	return s
+}
+
+// faultRun is one fault scenario pass in the lab VM: a gadget with fault
+// flags and the oracle's -fault mode (see guest/ccidgadget, guest/oracle).
+type faultRun struct {
+	scenario, profile, host, fault string
+	gadget                         []string // the gadget's fault flags
+}
+
+func (f faultRun) id() string { return f.scenario + "-" + f.profile + "-" + f.host }
+
+// faultRuns are the fault scenarios, through the real kernel USB stack.
+// ACR39U has an interrupt endpoint and negotiates by itself (the first
+// XfrBlock is the first APDU); NoInterrupt is polled, and its T=1 card's
+// first XfrBlock is the IFSD exchange.
+var faultRuns = []faultRun{
+	{"Unplug", "ACR39U", "wsrc", "unplug", []string{"-delay", "1s", "-unplug-at", "2"}},
+	{"Removal", "ACR39U", "wsrc", "removal", []string{"-remove-at", "1", "-reinsert-after", "1s"}},
+	{"Removal", "NoInterrupt", "wsrc", "removal", []string{"-remove-at", "2", "-reinsert-after", "1s"}},
+	{"Mute", "ACR39U", "wsrc", "mute", []string{"-mute"}},
+	{"Mute", "ACR39U", "libccid", "mute", []string{"-mute"}},
+}
+
+// faults returns the oracle's "fault WHAT k=v ..." lines by WHAT.
+func faults(out []string) map[string]map[string]string {
+	m := map[string]map[string]string{}
+	for _, l := range out {
+		f := strings.Fields(l)
+		if len(f) < 2 || f[0] != "fault" {
+			continue
+		}
+		kv := map[string]string{}
+		for _, w := range f[2:] {
+			k, v, _ := strings.Cut(w, "=")
+			kv[k] = v
+		}
+		m[f[1]] = kv
+	}
+	return m
+}
+
+// faultRunsOf runs check for every pass of scenario, as subtests
+// <profile>/<host>.
+func faultRunsOf(t *testing.T, scenario string, check func(t *testing.T, fl map[string]map[string]string)) {
+	runs := labRuns(t)
+	for _, f := range faultRuns {
+		if f.scenario != scenario {
+			continue
+		}
+		t.Run(f.profile+"/"+f.host, func(t *testing.T) {
+			r := runs[scenario+"/"+f.profile+"/"+f.host]
+			if r == nil {
+				t.Skipf("%s not in this lab run (%s)", f.profile, profilesEnv)
+			}
+			fl := faults(r.oracle)
+			check(t, fl)
+			if t.Failed() || testing.Verbose() {
+				t.Logf("oracle:\n%s", strings.Join(r.oracle, "\n"))
+			}
+			if t.Failed() {
+				t.Logf("gadget:\n%s", strings.Join(r.gadget, "\n"))
+			}
+		})
+	}
+}
+
+// TestGadgetUnplug unplugs the reader (the gadget exits, GadgetFS closes)
+// while an APDU is in flight: our driver must fail that APDU with
+// card.ErrRemoved at once, not after the card's waiting time, and report
+// the reader removed.
+func TestGadgetUnplug(t *testing.T) {
+	faultRunsOf(t, "Unplug", func(t *testing.T, fl map[string]map[string]string) {
+		tr, rr := fl["transmit"], fl["reader-removed"]
+		if tr == nil || tr["removed"] != "true" {
+			t.Errorf("the APDU in flight did not fail with card.ErrRemoved: %v", tr)
+		}
+		if ms := atoi(tr["ms"]); ms > 5000 {
+			t.Errorf("the APDU in flight failed after %d ms; the unplug should end it at once", ms)
+		}
+		if rr == nil || rr["ms"] == "" {
+			t.Errorf("no ReaderRemoved event: %v", rr)
+		}
+	})
+}
+
+// TestGadgetRemoval takes the card out after an APDU and puts a fresh one
+// back a second later: CardRemoved, the old handle failing with
+// card.ErrRemoved, CardInserted, and the new card working — by
+// NotifySlotChange (ACR39U) and by polling (NoInterrupt).
+func TestGadgetRemoval(t *testing.T) {
+	faultRunsOf(t, "Removal", func(t *testing.T, fl map[string]map[string]string) {
+		if fl["card-removed"] == nil || fl["card-removed"]["ms"] == "" {
+			t.Errorf("no CardRemoved: %v", fl["card-removed"])
+		}
+		if ar := fl["after-removal"]; ar == nil || ar["removed"] != "true" {
+			t.Errorf("the old handle did not fail with card.ErrRemoved: %v", ar)
+		}
+		if fl["card-inserted"] == nil || fl["card-inserted"]["ms"] == "" {
+			t.Errorf("no CardInserted: %v", fl["card-inserted"])
+		}
+		if ri := fl["reinserted"]; ri == nil || ri["sw"] != "9000" {
+			t.Errorf("the new card did not answer 9000: %v", ri)
+		}
+	})
+}
+
+// TestGadgetMute sends an APDU to a mute card (the reader answers
+// ICC_MUTE and deactivates it): both hosts must fail it at once; ours
+// with card.ErrMute.
+func TestGadgetMute(t *testing.T) {
+	faultRunsOf(t, "Mute", func(t *testing.T, fl map[string]map[string]string) {
+		tr := fl["transmit"]
+		switch {
+		case tr == nil:
+			t.Fatalf("no result")
+		case tr["failed"] == "false":
+			t.Errorf("libccid: the APDU to a mute card succeeded")
+		case tr["failed"] == "" && tr["mute"] != "true":
+			t.Errorf("our driver did not fail with card.ErrMute: %v", tr)
+		}
+		if ms := atoi(tr["ms"]); ms > 5000 {
+			t.Errorf("took %d ms; ICC_MUTE should end the APDU at once", ms)
+		}
+	})
+}
+
+func atoi(s string) int {
+	n := 0
+	fmt.Sscanf(s, "%d", &n)
+	return n
 }

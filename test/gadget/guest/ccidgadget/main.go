@@ -7,7 +7,16 @@
 // slots, time extension, Abort) — the same logic the in-process tests
 // use, here behind the real kernel USB stack.
 //
-//	ccidgadget -profile NAME -serial S
+//	ccidgadget -profile NAME -serial S [fault flags]
+//
+// Fault flags (for TestGadgetUnplug, TestGadgetRemoval, TestGadgetMute):
+//
+//	-delay D          every XfrBlock takes D (the card is slow)
+//	-mute             the card in slot 0 never answers an XfrBlock (ICC_MUTE)
+//	-unplug-at N      exit (unplug) on receiving the Nth XfrBlock, with its
+//	                  answer still outstanding when -delay is set
+//	-remove-at N      take the card out of slot 0 once the Nth XfrBlock is
+//	                  answered, and put a fresh one in -reinsert-after later
 //
 // Output (stdout, one line each, for the test to read from the console):
 //
@@ -29,6 +38,7 @@ import (
 	"os/signal"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/wsrc-go/wsrc/card/sim"
 	"github.com/wsrc-go/wsrc/ccid"
@@ -44,6 +54,14 @@ const (
 	bulkOut = 0x02
 	intIn   = 0x85
 )
+
+// faults are the fault flags.
+var faults struct {
+	delay              time.Duration
+	mute               bool
+	unplugAt, removeAt int
+	reinsertAfter      time.Duration
+}
 
 var epFiles = map[byte]string{bulkIn: "ep1in-bulk", bulkOut: "ep2out-bulk", intIn: "ep5in-int"}
 
@@ -61,6 +79,11 @@ func say(format string, args ...any) {
 func main() {
 	name := flag.String("profile", "", "lab profile (test/gadget/internal/lab)")
 	serial := flag.String("serial", "wsrc-lab", "USB serial number string")
+	flag.DurationVar(&faults.delay, "delay", 0, "time every XfrBlock takes")
+	flag.BoolVar(&faults.mute, "mute", false, "the card in slot 0 is mute")
+	flag.IntVar(&faults.unplugAt, "unplug-at", 0, "exit on receiving the Nth XfrBlock")
+	flag.IntVar(&faults.removeAt, "remove-at", 0, "remove the card in slot 0 after the Nth XfrBlock")
+	flag.DurationVar(&faults.reinsertAfter, "reinsert-after", time.Second, "put a card back this long after -remove-at")
 	flag.Parse()
 	p, ok := lab.Find(*name)
 	if !ok {
@@ -79,14 +102,15 @@ func run(p lab.Profile, serial string) error {
 		return err
 	}
 	for i := range rd.Slots() {
-		rd.Slot(i).Insert(sim.New(p.CardConfig()), ccidsim.CardQuirks{})
+		q := ccidsim.CardQuirks{Delay: faults.delay, Mute: faults.mute && i == 0}
+		rd.Slot(i).Insert(sim.New(p.CardConfig()), q)
 	}
 	cfg := p.Reader.ConfigDescriptor(bulkIn, bulkOut, intIn)
 	eps, err := endpointConfigs(cfg)
 	if err != nil {
 		return err
 	}
-	srv := &server{rd: rd}
+	srv := &server{rd: rd, p: p}
 	dev, err := gadgetfs.Open(gadgetfs.Config{
 		Device:       deviceDescriptor(p.Reader),
 		Config:       cfg,
@@ -144,11 +168,33 @@ func endpointConfigs(cfg []byte) ([]gadgetfs.EndpointConfig, error) {
 // while the host has the device configured.
 type server struct {
 	rd *ccidsim.Reader
+	p  lab.Profile
 
 	// Owned by ep0's goroutine (start and stop run there).
 	ep     *ccidsim.Endpoint
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+
+	xfrs int // XfrBlocks received; pumpOut's
+}
+
+// removeAndReinsert takes the card out of slot 0 and, unless ctx ends
+// first, puts a fresh one in after -reinsert-after (in a goroutine the
+// pumps' WaitGroup covers).
+func (s *server) removeAndReinsert(ctx context.Context) {
+	sl := s.rd.Slot(0)
+	sl.Remove()
+	say("log card removed from slot 0")
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		select {
+		case <-time.After(faults.reinsertAfter):
+			sl.Insert(sim.New(s.p.CardConfig()), ccidsim.CardQuirks{})
+			say("log card inserted in slot 0")
+		case <-ctx.Done():
+		}
+	}()
 }
 
 // class answers the CCID class requests through the reader.
@@ -236,15 +282,28 @@ func (s *server) pumpOut(ctx context.Context, e *gadgetfs.Endpoint) {
 		if len(msg) < want && n == e.MaxPacket {
 			continue
 		}
-		if m, err := ccid.ParseMessage(msg); err == nil {
+		m, err := ccid.ParseMessage(msg)
+		if err == nil {
 			say("%s", lab.RecordLine(m))
 		} else {
 			say("log bulk-out: %v", err)
+		}
+		xfr := 0
+		if err == nil && m.Type == ccid.PCToRDRXfrBlock {
+			s.xfrs++
+			xfr = s.xfrs
+		}
+		if xfr > 0 && xfr == faults.unplugAt {
+			say("log unplugging at XfrBlock %d", xfr)
+			os.Exit(0) // closes the GadgetFS files: the host sees the unplug
 		}
 		if err := s.ep.Out(msg); err != nil {
 			return
 		}
 		msg = nil
+		if xfr > 0 && xfr == faults.removeAt {
+			s.removeAndReinsert(ctx)
+		}
 	}
 }
 

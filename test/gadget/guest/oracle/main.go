@@ -7,6 +7,10 @@
 //	               oracle starts pcscd once the reader is there and stops
 //	               it at the end, which releases the reader
 //
+// With -fault (unplug, removal, mute) it runs that fault scenario instead
+// of the script, against a gadget started with the matching fault flags,
+// and prints "fault WHAT key=value ..." lines (see faultCCID, faultPCSC).
+//
 // Output: "step NAME RESULT" per script step (lab.Step), then "done".
 // Exit status 1 when the card could not be reached at all.
 package main
@@ -36,6 +40,7 @@ func main() {
 	serial := flag.String("serial", "", "USB serial number of the gadget to wait for")
 	pcscd := flag.String("pcscd", "/usr/sbin/pcscd", "pcscd binary (-host libccid)")
 	timeout := flag.Duration("timeout", 2*time.Minute, "give up after this long")
+	fault := flag.String("fault", "", "run a fault scenario: unplug, removal, mute")
 	flag.Parse()
 	p, ok := lab.Find(*name)
 	if !ok {
@@ -52,10 +57,14 @@ func main() {
 	}
 	err := waitDevice(ctx, *serial)
 	if err == nil {
-		switch *host {
-		case "wsrc":
+		switch {
+		case *fault != "" && *host == "wsrc":
+			err = faultCCID(ctx, log, *fault)
+		case *fault != "" && *host == "libccid":
+			err = viaPCSC(ctx, log, *pcscd, func(c card.Card) { faultPCSC(ctx, c, *fault) })
+		case *host == "wsrc":
 			err = viaCCID(ctx, log, script)
-		case "libccid":
+		case *host == "libccid":
 			err = viaPCSC(ctx, log, *pcscd, script)
 		default:
 			err = fmt.Errorf("unknown host %q", *host)
@@ -180,4 +189,142 @@ func viaPCSC(ctx context.Context, log *slog.Logger, pcscd string, fn func(card.C
 	}
 	fn(c)
 	return c.Close()
+}
+
+// APDUs of the fault scenarios.
+var (
+	selectMF   = []byte{0x00, 0xA4, 0x00, 0x0C, 0x02, 0x3F, 0x00}
+	readICCID  = []byte{0x00, 0xB0, 0x82, 0x00, 0x0A}
+	faultStart = time.Now()
+)
+
+// report prints one fault line with the time since start in ms.
+func report(what string, kv ...any) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "fault %s t=%d", what, time.Since(faultStart).Milliseconds())
+	for i := 0; i+1 < len(kv); i += 2 {
+		v := fmt.Sprint(kv[i+1])
+		fmt.Fprintf(&b, " %s=%s", kv[i], strings.ReplaceAll(v, " ", "_"))
+	}
+	fmt.Println(b.String())
+}
+
+// faultCCID runs a fault scenario through our driver:
+//
+//	unplug   one APDU, then a second one during which the gadget exits:
+//	         "fault transmit removed=BOOL ms=N", "fault reader-removed ms=N"
+//	removal  one APDU after which the gadget takes the card out and puts
+//	         it back: "fault card-removed", "fault after-removal removed=BOOL",
+//	         "fault card-inserted", "fault reinserted sw=HEX"
+//	mute     one APDU to a mute card: "fault transmit mute=BOOL ms=N"
+func faultCCID(ctx context.Context, log *slog.Logger, fault string) error {
+	raw := make(chan ccid.Event)
+	events := make(chan ccid.Event, 64)
+	runErr := make(chan error, 1)
+	rctx, stop := context.WithCancel(ctx)
+	fwdDone := make(chan struct{})
+	defer func() {
+		stop()
+		<-runErr
+		<-fwdDone
+	}()
+	go func() { runErr <- ccid.Watch(rctx, ccid.Options{Logger: log}, raw) }()
+	go func() { // keeps the driver's sends from ever waiting on us
+		defer close(fwdDone)
+		for {
+			select {
+			case ev := <-raw:
+				select {
+				case events <- ev:
+				default:
+				}
+			case <-rctx.Done():
+				return
+			}
+		}
+	}()
+	wait := func(kind ccid.EventKind, d time.Duration) (ccid.Event, error) {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		for {
+			select {
+			case ev := <-events:
+				if ev.Kind == kind {
+					return ev, nil
+				}
+			case <-t.C:
+				return ccid.Event{}, fmt.Errorf("no %v within %v", kind, d)
+			case <-ctx.Done():
+				return ccid.Event{}, ctx.Err()
+			}
+		}
+	}
+	ev, err := wait(ccid.CardInserted, time.Minute)
+	if err != nil {
+		return err
+	}
+	c, err := ev.Open(ctx)
+	if err != nil {
+		return fmt.Errorf("opening the card: %w", err)
+	}
+	defer c.Close()
+	switch fault {
+	case "unplug":
+		if _, err := c.Transmit(ctx, selectMF); err != nil {
+			return fmt.Errorf("first APDU: %w", err)
+		}
+		t0 := time.Now()
+		_, err := c.Transmit(ctx, readICCID)
+		report("transmit", "removed", errors.Is(err, card.ErrRemoved), "ms", time.Since(t0).Milliseconds(), "err", err)
+		if _, err := wait(ccid.ReaderRemoved, 20*time.Second); err != nil {
+			report("reader-removed", "err", err)
+		} else {
+			report("reader-removed", "ms", time.Since(t0).Milliseconds())
+		}
+	case "removal":
+		if _, err := c.Transmit(ctx, selectMF); err != nil {
+			return fmt.Errorf("first APDU: %w", err)
+		}
+		t0 := time.Now()
+		if _, err := wait(ccid.CardRemoved, 20*time.Second); err != nil {
+			report("card-removed", "err", err)
+			return nil
+		}
+		report("card-removed", "ms", time.Since(t0).Milliseconds())
+		_, err := c.Transmit(ctx, readICCID)
+		report("after-removal", "removed", errors.Is(err, card.ErrRemoved), "err", err)
+		ev, err := wait(ccid.CardInserted, 20*time.Second)
+		if err != nil {
+			report("card-inserted", "err", err)
+			return nil
+		}
+		report("card-inserted", "ms", time.Since(t0).Milliseconds())
+		c2, err := ev.Open(ctx)
+		if err != nil {
+			report("reinserted", "err", err)
+			return nil
+		}
+		defer c2.Close()
+		r, err := c2.Transmit(ctx, selectMF)
+		report("reinserted", "sw", fmt.Sprintf("%x", r), "err", err)
+	case "mute":
+		t0 := time.Now()
+		_, err := c.Transmit(ctx, selectMF)
+		report("transmit", "mute", errors.Is(err, card.ErrMute), "ms", time.Since(t0).Milliseconds(), "err", err)
+	default:
+		return fmt.Errorf("unknown fault %q", fault)
+	}
+	return nil
+}
+
+// faultPCSC runs the mute scenario through pcscd + libccid:
+// "fault transmit failed=BOOL ms=N".
+func faultPCSC(ctx context.Context, c card.Card, fault string) {
+	if fault != "mute" {
+		report("unsupported", "fault", fault)
+		return
+	}
+	t0 := time.Now()
+	_, err := c.Transmit(ctx, selectMF)
+	report("transmit", "failed", err != nil, "mute", errors.Is(err, card.ErrMute), "ms", time.Since(t0).Milliseconds(), "err", err)
 }

@@ -17,6 +17,12 @@ cd "$(dirname "$0")/.."
 dir=${1:-build/qemu}
 meta=${KERNEL_META:-linux-image-amd64}
 
+# Test packages running in parallel (test/qemu, test/gadget) may both
+# fetch on a fresh clone: one fetches, the other waits and finds it done.
+mkdir -p "$dir"
+exec 9>"$dir/.fetch.lock"
+flock 9
+
 pkg=$(apt-cache depends "$meta" 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}')
 if [[ -z $pkg ]]; then
     apt-get update -qq

@@ -61,6 +61,7 @@ type Reader struct {
 	lastSent         []byte
 	busy             int
 	stats            Stats
+	timing           bool // SetCardTiming
 }
 
 // pendingCmd is a swallowed command.
@@ -129,6 +130,22 @@ func (r *Reader) HangNext(n int, abortToo bool) {
 	r.mu.Lock()
 	r.hangNext, r.hangAbort = n, abortToo
 	r.mu.Unlock()
+}
+
+// SetCardTiming makes every XfrBlock take the time its bytes need
+// between reader and card at the speed negotiated with the card (Fi/Di
+// from its TA1, the reader's default clock), so that rate negotiation
+// shows in timings. Off by default: the in-process tests want no waits.
+func (r *Reader) SetCardTiming(on bool) {
+	r.mu.Lock()
+	r.timing = on
+	r.mu.Unlock()
+}
+
+func (r *Reader) cardTiming() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.timing
 }
 
 // InjectStale makes the reader send a stale frame (the previous

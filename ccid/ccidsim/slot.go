@@ -479,7 +479,8 @@ func (s *Slot) xfrBlock(c *conn, m ccid.Message, reply func(status, code, param 
 		return
 	}
 	work := s.work(level, m)
-	if q.Delay <= 0 {
+	delay := q.Delay + s.transferTime(len(m.Data)+len(work.data))
+	if delay <= 0 {
 		s.mu.Unlock()
 		s.finish(work, reply)
 		return
@@ -506,7 +507,7 @@ func (s *Slot) xfrBlock(c *conn, m ccid.Message, reply func(status, code, param 
 			end()
 			s.mu.Unlock()
 		}()
-		done := time.NewTimer(q.Delay)
+		done := time.NewTimer(delay)
 		defer done.Stop()
 		var tick <-chan time.Time
 		if q.WTX > 0 {
@@ -532,6 +533,26 @@ func (s *Slot) xfrBlock(c *conn, m ccid.Message, reply func(status, code, param 
 			}
 		}
 	})
+}
+
+// transferTime is how long n bytes take between reader and card at the
+// speed the card runs (its TA1 and the reader's default clock) when the
+// reader simulates card timing (Reader.SetCardTiming): 12 etu a
+// character for T=0 (start, 8 data bits, parity, 2 guard etu), 11 for
+// T=1. mu is held.
+func (s *Slot) transferTime(n int) time.Duration {
+	if !s.r.cardTiming() || n <= 0 {
+		return 0
+	}
+	rate := atr.BaudRate(s.cardTA1, int(s.desc().DefaultClock))
+	if rate <= 0 {
+		return 0
+	}
+	etu := 12
+	if s.cardProto == 1 {
+		etu = 11
+	}
+	return time.Duration(int64(n) * int64(etu) * int64(time.Second) / int64(rate))
 }
 
 // abortBusy stops a command in progress (PC_to_RDR_Abort).

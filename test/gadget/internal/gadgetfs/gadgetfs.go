@@ -20,7 +20,8 @@
 //     calls); Close is for a device whose Run has returned.
 //
 // The blocking reads and writes use raw file descriptors: os.File skips
-// zero-length reads, which are the acknowledgement.
+// zero-length reads, which are the acknowledgement. They are retried on
+// EINTR (os.File would do that too).
 package gadgetfs
 
 import (
@@ -116,7 +117,7 @@ type Endpoint struct {
 // Read reads one transfer (at most len(p) bytes; a full-size packet
 // buffer reads one packet).
 func (e *Endpoint) Read(p []byte) (int, error) {
-	n, err := syscall.Read(e.fd, p)
+	n, err := read(e.fd, p)
 	if err != nil {
 		return 0, fmt.Errorf("%s: read: %w", e.Name, err)
 	}
@@ -126,15 +127,36 @@ func (e *Endpoint) Read(p []byte) (int, error) {
 // Write writes one transfer; a multiple of the packet size is followed
 // by a zero-length packet, so the host's read ends there.
 func (e *Endpoint) Write(p []byte) error {
-	if _, err := syscall.Write(e.fd, p); err != nil {
+	if _, err := write(e.fd, p); err != nil {
 		return fmt.Errorf("%s: write: %w", e.Name, err)
 	}
 	if len(p) > 0 && e.MaxPacket > 0 && len(p)%e.MaxPacket == 0 {
-		if _, err := syscall.Write(e.fd, nil); err != nil {
+		if _, err := write(e.fd, nil); err != nil {
 			return fmt.Errorf("%s: zero-length packet: %w", e.Name, err)
 		}
 	}
 	return nil
+}
+
+// read and write retry what a signal interrupted: the Go runtime
+// signals its threads (preemption), and GadgetFS's blocking I/O returns
+// EINTR then, with the request taken back.
+func read(fd int, p []byte) (int, error) {
+	for {
+		n, err := syscall.Read(fd, p)
+		if err != syscall.EINTR {
+			return n, err
+		}
+	}
+}
+
+func write(fd int, p []byte) (int, error) {
+	for {
+		n, err := syscall.Write(fd, p)
+		if err != syscall.EINTR {
+			return n, err
+		}
+	}
 }
 
 func (e *Endpoint) close() { e.once.Do(func() { syscall.Close(e.fd) }) }
@@ -170,7 +192,7 @@ func Open(cfg Config) (*Device, error) {
 	buf := binary.LittleEndian.AppendUint32(nil, 0)
 	buf = append(buf, cfg.Config...)
 	buf = append(buf, cfg.Device...)
-	if _, err := syscall.Write(fd, buf); err != nil {
+	if _, err := write(fd, buf); err != nil {
 		syscall.Close(fd)
 		return nil, fmt.Errorf("gadgetfs: writing the descriptors to %s: %w", ep0path, err)
 	}
@@ -183,9 +205,9 @@ func (d *Device) Run() error {
 	defer d.deconfigure()
 	buf := make([]byte, 5*eventSize)
 	for {
-		n, err := syscall.Read(d.ep0, buf)
+		n, err := read(d.ep0, buf)
 		if err != nil {
-			if errors.Is(err, syscall.EINTR) || errors.Is(err, syscall.EAGAIN) {
+			if errors.Is(err, syscall.EAGAIN) {
 				continue
 			}
 			if d.closed() {
@@ -261,7 +283,7 @@ func (d *Device) setup(s Setup) error {
 	var out []byte
 	if !s.In() && s.Length > 0 {
 		out = make([]byte, s.Length)
-		n, err := syscall.Read(d.ep0, out)
+		n, err := read(d.ep0, out)
 		if err != nil {
 			return fmt.Errorf("reading the data stage: %w", err)
 		}
@@ -288,13 +310,13 @@ func (d *Device) reply(s Setup, b []byte) error {
 	if len(b) > int(s.Length) {
 		b = b[:s.Length]
 	}
-	_, err := syscall.Write(d.ep0, b)
+	_, err := write(d.ep0, b)
 	return err
 }
 
 // ack completes a request without data stage.
 func (d *Device) ack() error {
-	_, err := syscall.Read(d.ep0, nil)
+	_, err := read(d.ep0, nil)
 	return err
 }
 
@@ -302,9 +324,9 @@ func (d *Device) ack() error {
 func (d *Device) stall(s Setup) error {
 	var err error
 	if s.In() {
-		_, err = syscall.Read(d.ep0, nil)
+		_, err = read(d.ep0, nil)
 	} else {
-		_, err = syscall.Write(d.ep0, nil)
+		_, err = write(d.ep0, nil)
 	}
 	if err != nil && !errors.Is(err, syscall.EL2HLT) {
 		return err
@@ -325,7 +347,7 @@ func (d *Device) configure() error {
 		ep := &Endpoint{fd: fd, Name: e.File, MaxPacket: int(binary.LittleEndian.Uint16(e.Desc[4:]))}
 		eps = append(eps, ep)
 		b := binary.LittleEndian.AppendUint32(nil, 1)
-		if _, err := syscall.Write(fd, append(b, e.Desc...)); err != nil {
+		if _, err := write(fd, append(b, e.Desc...)); err != nil {
 			closeAll(eps)
 			return fmt.Errorf("enabling %s: %w", p, err)
 		}

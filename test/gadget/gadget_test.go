@@ -67,6 +67,7 @@ func labRuns(t *testing.T) map[string]*run {
 			s.Run("oracle-"+id, "oracle", "-host", f.host, "-profile", f.profile, "-serial", serial, "-fault", f.fault, "-timeout", "90s")
 			s.Stop("gadget-" + id)
 		}
+		addBenchRuns(&s, benchRuns())
 		con := runVM(t, p, initrd, s.String())
 		labVM.runs = map[string]*run{}
 		for _, pr := range profiles() {
@@ -89,6 +90,10 @@ func labRuns(t *testing.T) map[string]*run {
 		for _, f := range faultRuns {
 			id := f.id()
 			labVM.runs[f.scenario+"/"+f.profile+"/"+f.host] = &run{oracle: con.Output("oracle-" + id), gadget: con.Output("gadget-" + id)}
+		}
+		for _, b := range benchRuns() {
+			id := b.id()
+			labVM.runs[id] = &run{oracle: con.Output("labbench-" + id), gadget: con.Output("gadget-" + id)}
 		}
 		labVM.took = time.Since(start)
 		t.Logf("lab: %d profiles × %d hosts in one VM, %.1fs with the build", len(profiles()), len(hosts), labVM.took.Seconds())
@@ -315,11 +320,12 @@ func (f faultRun) id() string { return f.scenario + "-" + f.profile + "-" + f.ho
 // faultRuns are the fault scenarios, through the real kernel USB stack.
 // ACR39U has an interrupt endpoint and negotiates by itself (the first
 // XfrBlock is the first APDU); NoInterrupt is polled, and its T=1 card's
-// first XfrBlock is the IFSD exchange.
+// first XfrBlock is the IFSD exchange. The removal passes answer at once
+// (-timing=false): the card must leave after its answer is sent.
 var faultRuns = []faultRun{
 	{"Unplug", "ACR39U", "wsrc", "unplug", []string{"-delay", "1s", "-unplug-at", "2"}},
-	{"Removal", "ACR39U", "wsrc", "removal", []string{"-remove-at", "1", "-reinsert-after", "1s"}},
-	{"Removal", "NoInterrupt", "wsrc", "removal", []string{"-remove-at", "2", "-reinsert-after", "1s"}},
+	{"Removal", "ACR39U", "wsrc", "removal", []string{"-timing=false", "-remove-at", "1", "-reinsert-after", "1s"}},
+	{"Removal", "NoInterrupt", "wsrc", "removal", []string{"-timing=false", "-remove-at", "2", "-reinsert-after", "1s"}},
 	{"Mute", "ACR39U", "wsrc", "mute", []string{"-mute"}},
 	{"Mute", "ACR39U", "libccid", "mute", []string{"-mute"}},
 }

@@ -134,6 +134,7 @@ func buildImage(t *testing.T, p prereqs) string {
 	bins := map[string]string{
 		"ccidgadget": goBuild(t, "github.com/wsrc-go/wsrc/test/gadget/guest/ccidgadget", false),
 		"oracle":     goBuild(t, "github.com/wsrc-go/wsrc/test/gadget/guest/oracle", true),
+		"labbench":   goBuild(t, "github.com/wsrc-go/wsrc/test/gadget/guest/labbench", true),
 	}
 	vminit := goBuild(t, "github.com/wsrc-go/wsrc/internal/qemuvm/vminit", false)
 	out := filepath.Join(workDir, "lab.cpio")

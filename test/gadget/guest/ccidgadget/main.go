@@ -9,6 +9,10 @@
 //
 //	ccidgadget -profile NAME -serial S [fault flags]
 //
+// -timing (on by default) makes every XfrBlock take the time its bytes
+// need at the speed negotiated with the card; -ta1 11 gives the cards an
+// ATR that asks for no faster speed.
+//
 // Fault flags (for TestGadgetUnplug, TestGadgetRemoval, TestGadgetMute):
 //
 //	-delay D          every XfrBlock takes D (the card is slow)
@@ -23,6 +27,8 @@
 //	ready                         the host configured the device
 //	rx TYPE SLOT SEQ PARAM LEN DATA   a message the host sent (lab.RecordLine)
 //	log TEXT                      ep0 events and errors
+//	stats maxbusy=N slotbusy=M    at the end: most slots busy at once,
+//	                              commands refused with "slot busy"
 //
 // SIGTERM (or SIGINT) ends it: exiting closes the GadgetFS files, which
 // the host sees as the reader being unplugged.
@@ -79,6 +85,8 @@ func say(format string, args ...any) {
 func main() {
 	name := flag.String("profile", "", "lab profile (test/gadget/internal/lab)")
 	serial := flag.String("serial", "wsrc-lab", "USB serial number string")
+	timing := flag.Bool("timing", true, "cards take the byte time of the negotiated speed (ccidsim SetCardTiming)")
+	ta1 := flag.Uint("ta1", 0, "the cards' TA1 (default: the profile card's own, 96)")
 	flag.DurationVar(&faults.delay, "delay", 0, "time every XfrBlock takes")
 	flag.BoolVar(&faults.mute, "mute", false, "the card in slot 0 is mute")
 	flag.IntVar(&faults.unplugAt, "unplug-at", 0, "exit on receiving the Nth XfrBlock")
@@ -90,27 +98,32 @@ func main() {
 		fmt.Fprintf(os.Stderr, "ccidgadget: no profile %q\n", *name)
 		os.Exit(2)
 	}
-	if err := run(p, *serial); err != nil {
+	card := p.CardConfig()
+	if *ta1 != 0 {
+		card = p.CardConfigTA1(byte(*ta1))
+	}
+	if err := run(p, card, *serial, *timing); err != nil {
 		fmt.Fprintln(os.Stderr, "ccidgadget:", err)
 		os.Exit(1)
 	}
 }
 
-func run(p lab.Profile, serial string) error {
+func run(p lab.Profile, card sim.Config, serial string, timing bool) error {
 	rd, err := ccidsim.NewDevice(p.Reader, serial)
 	if err != nil {
 		return err
 	}
+	rd.SetCardTiming(timing)
 	for i := range rd.Slots() {
 		q := ccidsim.CardQuirks{Delay: faults.delay, Mute: faults.mute && i == 0}
-		rd.Slot(i).Insert(sim.New(p.CardConfig()), q)
+		rd.Slot(i).Insert(sim.New(card), q)
 	}
 	cfg := p.Reader.ConfigDescriptor(bulkIn, bulkOut, intIn)
 	eps, err := endpointConfigs(cfg)
 	if err != nil {
 		return err
 	}
-	srv := &server{rd: rd, p: p}
+	srv := &server{rd: rd, card: card}
 	dev, err := gadgetfs.Open(gadgetfs.Config{
 		Device:       deviceDescriptor(p.Reader),
 		Config:       cfg,
@@ -130,6 +143,8 @@ func run(p lab.Profile, serial string) error {
 	go func() { runErr <- dev.Run() }()
 	select {
 	case s := <-sig:
+		st := rd.Stats()
+		say("stats maxbusy=%d slotbusy=%d", st.MaxBusy, st.SlotBusy)
 		say("log %v: unplugging", s)
 		return nil // exiting closes the files: the host sees the unplug
 	case err := <-runErr:
@@ -167,8 +182,8 @@ func endpointConfigs(cfg []byte) ([]gadgetfs.EndpointConfig, error) {
 // server moves messages between the endpoints and the simulated reader
 // while the host has the device configured.
 type server struct {
-	rd *ccidsim.Reader
-	p  lab.Profile
+	rd   *ccidsim.Reader
+	card sim.Config // the cards' configuration, for reinsertion
 
 	// Owned by ep0's goroutine (start and stop run there).
 	ep     *ccidsim.Endpoint
@@ -190,7 +205,7 @@ func (s *server) removeAndReinsert(ctx context.Context) {
 		defer s.wg.Done()
 		select {
 		case <-time.After(faults.reinsertAfter):
-			sl.Insert(sim.New(s.p.CardConfig()), ccidsim.CardQuirks{})
+			sl.Insert(sim.New(s.card), ccidsim.CardQuirks{})
 			say("log card inserted in slot 0")
 		case <-ctx.Done():
 		}

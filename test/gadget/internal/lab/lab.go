@@ -73,6 +73,21 @@ func (p Profile) CardConfig() sim.Config {
 	return sim.Config{T0GetResponse: true}
 }
 
+// CardConfigTA1 is CardConfig with the ATR's TA1 replaced by ta1 (and
+// its TCK fixed): 11 makes a card that runs at the default rate, so the
+// same reader can be timed at the default and at a negotiated speed.
+func (p Profile) CardConfigTA1(ta1 byte) sim.Config {
+	c := p.CardConfig()
+	a := c.ATR
+	if a == nil {
+		a = sim.ATRT0
+	}
+	a = append([]byte(nil), a[:len(a)-1]...) // without TCK
+	a[2] = ta1                               // TS, T0 (TA1 present), TA1
+	c.ATR = withTCK(a)
+	return c
+}
+
 // Extended reports whether the script's 4000-byte READ BINARY fits the
 // exchange (an extended-APDU reader, or T=1 at TPDU level).
 func (p Profile) Extended() bool {

@@ -121,6 +121,40 @@ func TestHungReader(t *testing.T) {
 	})
 }
 
+// TestStalledBulkIn: a reader that halts its bulk-in endpoint fails the
+// command in flight (card.ErrRemoved), is reported removed, reset (a USB
+// reset clears the halt) and reopened, and its card works again. Found
+// by the reader lab (test/gadget TestGadgetStall): before, the stall
+// counted as the reader gone, and the reader, claimed again with the
+// endpoint still halted, failed again at every scan.
+func TestStalledBulkIn(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h, r, c := single(t, ccidsim.ACR39U, newCard(sim.T0), ccidsim.CardQuirks{})
+		ctx := context.Background()
+		r.Slot(0).SetQuirks(ccidsim.CardQuirks{Delay: time.Second})
+		errc := make(chan error, 1)
+		go func() {
+			_, err := c.Transmit(ctx, unhex(t, "00a4000c023f00"))
+			errc <- err
+		}()
+		synctest.Wait()
+		r.StallBulkIn()
+		if err := <-errc; !errors.Is(err, card.ErrRemoved) || !errors.Is(err, ccid.ErrReaderHung) {
+			t.Fatalf("command during the stall: %v", err)
+		}
+		h.next(ccid.CardRemoved)
+		h.next(ccid.ReaderRemoved)
+		r.Slot(0).SetQuirks(ccidsim.CardQuirks{})
+		c2 := h.openFirst(ctx, 1)[0]
+		if got := transmit(t, ctx, c2, "00a4000c023f00"); got != "9000" {
+			t.Errorf("after the reset: %s", got)
+		}
+		if st := r.Stats(); st.Resets != 1 {
+			t.Errorf("%d USB resets, want 1", st.Resets)
+		}
+	})
+}
+
 // TestStaleAndWrongSeq: a repeated old answer and an answer with a wrong
 // bSeq are dropped; the right answer is used.
 func TestStaleAndWrongSeq(t *testing.T) {

@@ -143,10 +143,20 @@ func (l *link) readLoop(buf []byte) {
 		if err == nil || (errors.Is(err, usbio.ErrTimeout) && l.ctx.Err() == nil) {
 			continue
 		}
-		if l.ctx.Err() != nil {
-			err = l.ctx.Err()
+		switch {
+		case l.ctx.Err() != nil:
+			err = fmt.Errorf("reading bulk-in: %w", l.ctx.Err())
+		case errors.Is(err, usbio.ErrStall):
+			// A halted endpoint stays halted: only a USB reset (the
+			// hung-reader path) brings the reader back. Found by the
+			// reader lab (test/gadget, TestGadgetStall): treated as
+			// gone, the reader was reclaimed and failed again at once,
+			// for ever.
+			err = fmt.Errorf("%w: bulk-in endpoint halted: %w", ErrReaderHung, err)
+		default:
+			err = fmt.Errorf("reading bulk-in: %w", err)
 		}
-		l.fail(fmt.Errorf("reading bulk-in: %w", err))
+		l.fail(err)
 		return
 	}
 }
@@ -255,6 +265,10 @@ func (l *link) write(msg []byte) error {
 		}
 		if errors.Is(err, usbio.ErrNoDevice) {
 			l.fail(err)
+			return l.gone()
+		}
+		if errors.Is(err, usbio.ErrStall) { // see readLoop
+			l.fail(fmt.Errorf("%w: bulk-out endpoint halted: %w", ErrReaderHung, err))
 			return l.gone()
 		}
 		return fmt.Errorf("ccid: %s: writing %v: %w", l.name, MessageType(msg[0]), err)

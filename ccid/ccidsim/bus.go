@@ -189,6 +189,12 @@ func (c *conn) BulkIn(ctx context.Context, buf []byte, timeout time.Duration) (i
 	if err := c.alive(); err != nil {
 		return 0, err
 	}
+	stall := c.r.bulkInStall()
+	select {
+	case <-stall:
+		return 0, usbio.ErrStall
+	default:
+	}
 	if c.timer == nil {
 		c.timer = time.NewTimer(timeout)
 	} else {
@@ -204,6 +210,8 @@ func (c *conn) BulkIn(ctx context.Context, buf []byte, timeout time.Duration) (i
 		return copy(buf, f), nil
 	case <-t.C:
 		return 0, usbio.ErrTimeout
+	case <-stall:
+		return 0, usbio.ErrStall
 	case <-ctx.Done():
 		return 0, ctx.Err()
 	case <-c.closed:

@@ -61,7 +61,9 @@ type Reader struct {
 	lastSent         []byte
 	busy             int
 	stats            Stats
-	timing           bool // SetCardTiming
+	timing           bool          // SetCardTiming
+	stalled          bool          // StallBulkIn, until a USB reset
+	stallC           chan struct{} // closed while stalled
 }
 
 // pendingCmd is a swallowed command.
@@ -72,7 +74,7 @@ type pendingCmd struct {
 }
 
 func newReader(b *Bus, p Profile, id, port string) *Reader {
-	r := &Reader{bus: b, p: p, id: id, port: port, gone: make(chan struct{}), conns: map[int]*conn{}}
+	r := &Reader{bus: b, p: p, id: id, port: port, gone: make(chan struct{}), conns: map[int]*conn{}, stallC: make(chan struct{})}
 	r.stats.Messages = map[ccid.MessageType]int{}
 	for i := 0; i < p.interfaces(); i++ {
 		for j := 0; j < p.Descriptor.Slots(); j++ {
@@ -130,6 +132,24 @@ func (r *Reader) HangNext(n int, abortToo bool) {
 	r.mu.Lock()
 	r.hangNext, r.hangAbort = n, abortToo
 	r.mu.Unlock()
+}
+
+// StallBulkIn halts the bulk-in endpoint: the pending and every later
+// bulk-in read fail with usbio.ErrStall until a USB reset.
+func (r *Reader) StallBulkIn() {
+	r.mu.Lock()
+	if !r.stalled {
+		r.stalled = true
+		close(r.stallC)
+	}
+	r.mu.Unlock()
+}
+
+// bulkInStall returns a channel closed while bulk-in is halted.
+func (r *Reader) bulkInStall() <-chan struct{} {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.stallC
 }
 
 // SetCardTiming makes every XfrBlock take the time its bytes need
@@ -239,6 +259,9 @@ func (r *Reader) reset() {
 	r.mu.Lock()
 	r.stats.Resets++
 	r.hangNext, r.hangAbort, r.hung = 0, false, nil
+	if r.stalled {
+		r.stalled, r.stallC = false, make(chan struct{})
+	}
 	r.mu.Unlock()
 	for _, s := range r.slots {
 		s.mu.Lock()

@@ -25,18 +25,36 @@ import (
 // for them).
 const libusbControlTimeout = 2 * time.Second
 
+// libusbBus lists and opens devices, each time through a fresh libusb
+// context. A context's device list is kept current only by udev's
+// events (libusb's udev backend): where no udevd runs — a container
+// given /dev/bus/usb, a minimal system, the test VM — a context made
+// before a reader was plugged in never lists it, even when our netlink
+// watch (which hears the kernel's own events) triggers a rescan. Found
+// by the reader lab (test/gadget, TestGadgetReplug). libusb_init
+// enumerates sysfs afresh; an opened device keeps its context until it
+// is closed. Scans are rare (hotplug, and every RescanInterval).
 type libusbBus struct {
-	ctx *gousb.Context
 	log *slog.Logger
 }
 
-func newLibusbBus(log *slog.Logger) (b usbio.Bus, err error) {
+func newLibusbBus(log *slog.Logger) (usbio.Bus, error) {
+	c, err := newGousbContext()
+	if err != nil {
+		return nil, err
+	}
+	c.Close()
+	return &libusbBus{log: log}, nil
+}
+
+// newGousbContext returns a new libusb context.
+func newGousbContext() (c *gousb.Context, err error) {
 	defer func() {
 		if r := recover(); r != nil { // gousb.NewContext panics when libusb_init fails
-			b, err = nil, fmt.Errorf("initialising libusb: %v", r)
+			c, err = nil, fmt.Errorf("initialising libusb: %v", r)
 		}
 	}()
-	return &libusbBus{ctx: gousb.NewContext(), log: log}, nil
+	return gousb.NewContext(), nil
 }
 
 func portOf(d *gousb.DeviceDesc) string {
@@ -55,8 +73,13 @@ func idOf(d *gousb.DeviceDesc) string {
 }
 
 func (b *libusbBus) Devices() ([]usbio.DeviceInfo, error) {
+	c, err := newGousbContext()
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
 	var out []usbio.DeviceInfo
-	_, err := b.ctx.OpenDevices(func(d *gousb.DeviceDesc) bool {
+	_, err = c.OpenDevices(func(d *gousb.DeviceDesc) bool {
 		info := usbio.DeviceInfo{ID: idOf(d), Port: portOf(d), VendorID: uint16(d.Vendor), ProductID: uint16(d.Product)}
 		for _, c := range d.Configs {
 			for _, it := range c.Interfaces {
@@ -72,8 +95,13 @@ func (b *libusbBus) Devices() ([]usbio.DeviceInfo, error) {
 }
 
 func (b *libusbBus) Open(id string) (usbio.Device, error) {
-	devs, err := b.ctx.OpenDevices(func(d *gousb.DeviceDesc) bool { return idOf(d) == id })
+	c, err := newGousbContext()
+	if err != nil {
+		return nil, err
+	}
+	devs, err := c.OpenDevices(func(d *gousb.DeviceDesc) bool { return idOf(d) == id })
 	if len(devs) == 0 {
+		c.Close()
 		if err == nil {
 			err = usbio.ErrNoDevice
 		}
@@ -84,19 +112,20 @@ func (b *libusbBus) Open(id string) (usbio.Device, error) {
 	}
 	d := devs[0]
 	d.ControlTimeout = libusbControlTimeout
-	return &libusbDevice{d: d}, nil
+	return &libusbDevice{d: d, ctx: c}, nil
 }
 
 func (b *libusbBus) Watch(ctx context.Context, changed chan<- struct{}) error {
 	return watchUevents(ctx, changed, b.log)
 }
 
-func (b *libusbBus) Close() error { return b.ctx.Close() }
+func (b *libusbBus) Close() error { return nil }
 
 // libusbDevice is an opened device. mu guards the claimed configuration,
 // which gousb allows once per device.
 type libusbDevice struct {
-	d *gousb.Device
+	d   *gousb.Device
+	ctx *gousb.Context // its own (see libusbBus), closed after it
 
 	mu     sync.Mutex
 	cfg    *gousb.Config
@@ -170,7 +199,13 @@ func (d *libusbDevice) releaseCfgLocked() {
 
 func (d *libusbDevice) Reset() error { return mapLibusbErr(d.d.Reset()) }
 
-func (d *libusbDevice) Close() error { return mapLibusbErr(d.d.Close()) }
+func (d *libusbDevice) Close() error {
+	err := d.d.Close()
+	if cerr := d.ctx.Close(); err == nil {
+		err = cerr
+	}
+	return mapLibusbErr(err)
+}
 
 type libusbConn struct {
 	dev       *libusbDevice

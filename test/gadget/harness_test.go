@@ -132,9 +132,12 @@ func goBuild(t *testing.T, pkg string, cgo bool) string {
 func buildImage(t *testing.T, p prereqs) string {
 	t.Helper()
 	bins := map[string]string{
-		"ccidgadget": goBuild(t, "github.com/wsrc-go/wsrc/test/gadget/guest/ccidgadget", false),
-		"oracle":     goBuild(t, "github.com/wsrc-go/wsrc/test/gadget/guest/oracle", true),
-		"labbench":   goBuild(t, "github.com/wsrc-go/wsrc/test/gadget/guest/labbench", true),
+		"ccidgadget":  goBuild(t, "github.com/wsrc-go/wsrc/test/gadget/guest/ccidgadget", false),
+		"oracle":      goBuild(t, "github.com/wsrc-go/wsrc/test/gadget/guest/oracle", true),
+		"labbench":    goBuild(t, "github.com/wsrc-go/wsrc/test/gadget/guest/labbench", true),
+		"wsrc-server": goBuild(t, "github.com/wsrc-go/wsrc/cmd/wsrc-server", false),
+		"wsrc-agent":  goBuild(t, "github.com/wsrc-go/wsrc/cmd/wsrc-agent", true),
+		"wsrc":        goBuild(t, "github.com/wsrc-go/wsrc/cmd/wsrc", false),
 	}
 	vminit := goBuild(t, "github.com/wsrc-go/wsrc/internal/qemuvm/vminit", false)
 	out := filepath.Join(workDir, "lab.cpio")
@@ -220,8 +223,9 @@ func runVM(t *testing.T, p prereqs, initrd, script string) *qemuvm.Console {
 	}
 	for _, e := range con.Events() {
 		if e.Kind == vmscript.KindFail {
-			dump(t, con)
-			t.Fatalf("guest script failed at line %s: %s", e.Name, e.Text)
+			// The steps after it did not run: their tests fail for
+			// want of output, the others still report.
+			t.Errorf("guest script failed at line %s: %s", e.Name, e.Text)
 		}
 	}
 	return con

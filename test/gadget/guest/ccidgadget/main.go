@@ -16,11 +16,21 @@
 // Fault flags (for TestGadgetUnplug, TestGadgetRemoval, TestGadgetMute):
 //
 //	-delay D          every XfrBlock takes D (the card is slow)
+//	-wtx D            with -delay: the reader sends a time extension
+//	                  (bmCommandStatus 2) every D while the card works
 //	-mute             the card in slot 0 never answers an XfrBlock (ICC_MUTE)
 //	-unplug-at N      exit (unplug) on receiving the Nth XfrBlock, with its
 //	                  answer still outstanding when -delay is set
 //	-remove-at N      take the card out of slot 0 once the Nth XfrBlock is
 //	                  answered, and put a fresh one in -reinsert-after later
+//	-unplug-on HEX    exit (unplug) on receiving an XfrBlock whose data
+//	                  starts with HEX (an APDU only the user sends)
+//	-stall-at N       on receiving the Nth XfrBlock, halt bulk-in instead
+//	                  of answering (the host's read fails with a stall)
+//	-replug-at N      on receiving the Nth XfrBlock, unplug and plug in
+//	                  again -replug-after later: the program executes
+//	                  itself anew (closing the GadgetFS files) with
+//	                  -start-delay, and registers the device again
 //
 // Output (stdout, one line each, for the test to read from the console):
 //
@@ -37,11 +47,13 @@ package main
 import (
 	"context"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -63,10 +75,13 @@ const (
 
 // faults are the fault flags.
 var faults struct {
-	delay              time.Duration
+	delay, wtx         time.Duration
 	mute               bool
 	unplugAt, removeAt int
 	reinsertAfter      time.Duration
+	unplugOn           string
+	replugAt, stallAt  int
+	replugAfter        time.Duration
 }
 
 var epFiles = map[byte]string{bulkIn: "ep1in-bulk", bulkOut: "ep2out-bulk", intIn: "ep5in-int"}
@@ -89,10 +104,17 @@ func main() {
 	ta1 := flag.Uint("ta1", 0, "the cards' TA1 (default: the profile card's own, 96)")
 	flag.DurationVar(&faults.delay, "delay", 0, "time every XfrBlock takes")
 	flag.BoolVar(&faults.mute, "mute", false, "the card in slot 0 is mute")
+	flag.DurationVar(&faults.wtx, "wtx", 0, "with -delay: send a time extension this often")
 	flag.IntVar(&faults.unplugAt, "unplug-at", 0, "exit on receiving the Nth XfrBlock")
 	flag.IntVar(&faults.removeAt, "remove-at", 0, "remove the card in slot 0 after the Nth XfrBlock")
 	flag.DurationVar(&faults.reinsertAfter, "reinsert-after", time.Second, "put a card back this long after -remove-at")
+	flag.StringVar(&faults.unplugOn, "unplug-on", "", "exit on an XfrBlock whose data starts with this hex")
+	flag.IntVar(&faults.replugAt, "replug-at", 0, "unplug on the Nth XfrBlock and plug in again")
+	flag.IntVar(&faults.stallAt, "stall-at", 0, "halt bulk-in on the Nth XfrBlock")
+	flag.DurationVar(&faults.replugAfter, "replug-after", time.Second, "how long -replug-at stays unplugged")
+	startDelay := flag.Duration("start-delay", 0, "wait this long before registering the device")
 	flag.Parse()
+	time.Sleep(*startDelay)
 	p, ok := lab.Find(*name)
 	if !ok {
 		fmt.Fprintf(os.Stderr, "ccidgadget: no profile %q\n", *name)
@@ -115,7 +137,7 @@ func run(p lab.Profile, card sim.Config, serial string, timing bool) error {
 	}
 	rd.SetCardTiming(timing)
 	for i := range rd.Slots() {
-		q := ccidsim.CardQuirks{Delay: faults.delay, Mute: faults.mute && i == 0}
+		q := ccidsim.CardQuirks{Delay: faults.delay, WTX: faults.wtx, Mute: faults.mute && i == 0}
 		rd.Slot(i).Insert(sim.New(card), q)
 	}
 	cfg := p.Reader.ConfigDescriptor(bulkIn, bulkOut, intIn)
@@ -190,7 +212,8 @@ type server struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	xfrs int // XfrBlocks received; pumpOut's
+	xfrs int                // XfrBlocks received; pumpOut's
+	in   *gadgetfs.Endpoint // bulk-in while configured (set by start)
 }
 
 // removeAndReinsert takes the card out of slot 0 and, unless ctx ends
@@ -247,6 +270,7 @@ func (s *server) start(eps []*gadgetfs.Endpoint) {
 		case epFiles[bulkOut]:
 			go func() { defer s.wg.Done(); s.pumpOut(ctx, e) }()
 		case epFiles[bulkIn]:
+			s.in = e
 			go func() { defer s.wg.Done(); s.pumpIn(ctx, e, ep.In) }()
 		case epFiles[intIn]:
 			go func() { defer s.wg.Done(); s.pumpIn(ctx, e, ep.Interrupt) }()
@@ -308,9 +332,18 @@ func (s *server) pumpOut(ctx context.Context, e *gadgetfs.Endpoint) {
 			s.xfrs++
 			xfr = s.xfrs
 		}
-		if xfr > 0 && xfr == faults.unplugAt {
+		if xfr > 0 && (xfr == faults.unplugAt || (faults.unplugOn != "" && strings.HasPrefix(hex.EncodeToString(m.Data), faults.unplugOn))) {
 			say("log unplugging at XfrBlock %d", xfr)
 			os.Exit(0) // closes the GadgetFS files: the host sees the unplug
+		}
+		if xfr > 0 && xfr == faults.replugAt {
+			replug()
+		}
+		if xfr > 0 && xfr == faults.stallAt && s.in != nil {
+			err := s.in.Halt()
+			say("log bulk-in halted at XfrBlock %d (%v)", xfr, err)
+			msg = nil
+			continue
 		}
 		if err := s.ep.Out(msg); err != nil {
 			return
@@ -320,6 +353,26 @@ func (s *server) pumpOut(ctx context.Context, e *gadgetfs.Endpoint) {
 			s.removeAndReinsert(ctx)
 		}
 	}
+}
+
+// replug executes this program anew without -replug-at: the exec
+// closes the GadgetFS files (all opened close-on-exec), which the host
+// sees as an unplug, and the new image registers the device again after
+// -start-delay.
+func replug() {
+	args := []string{os.Args[0], "-start-delay", faults.replugAfter.String()}
+	flag.Visit(func(f *flag.Flag) {
+		if f.Name != "replug-at" && f.Name != "start-delay" {
+			args = append(args, "-"+f.Name+"="+f.Value.String())
+		}
+	})
+	say("log replugging: %v", args[1:])
+	exe, err := os.Executable()
+	if err == nil {
+		err = syscall.Exec(exe, args, os.Environ())
+	}
+	say("log replug: %v", err)
+	os.Exit(1)
 }
 
 // pumpIn writes what next returns to endpoint e.

@@ -40,7 +40,7 @@ func main() {
 	serial := flag.String("serial", "", "USB serial number of the gadget to wait for")
 	pcscd := flag.String("pcscd", "/usr/sbin/pcscd", "pcscd binary (-host libccid)")
 	timeout := flag.Duration("timeout", 2*time.Minute, "give up after this long")
-	fault := flag.String("fault", "", "run a fault scenario: unplug, removal, mute")
+	fault := flag.String("fault", "", "run a fault scenario: unplug, removal, mute, wtx, replug, stall")
 	flag.Parse()
 	p, ok := lab.Find(*name)
 	if !ok {
@@ -217,6 +217,17 @@ func report(what string, kv ...any) {
 //	         it back: "fault card-removed", "fault after-removal removed=BOOL",
 //	         "fault card-inserted", "fault reinserted sw=HEX"
 //	mute     one APDU to a mute card: "fault transmit mute=BOOL ms=N"
+//	stall    one APDU, then a second one for which the reader halts
+//	         bulk-in: "fault transmit failed=BOOL ms=N", then the card
+//	         as the driver brings the reader back: "fault card-inserted",
+//	         "fault recovered sw=HEX"
+//	wtx      one APDU that the card works on for a few seconds while the
+//	         reader sends time extensions: "fault transmit sw=HEX ms=N"
+//	replug   one APDU, then a second one during which the gadget unplugs
+//	         and plugs in again a second later; the driver rescans only
+//	         on netlink uevents (RescanInterval one hour): "fault transmit",
+//	         "fault reader-removed", "fault card-inserted ms=N",
+//	         "fault reinserted sw=HEX"
 func faultCCID(ctx context.Context, log *slog.Logger, fault string) error {
 	raw := make(chan ccid.Event)
 	events := make(chan ccid.Event, 64)
@@ -228,7 +239,12 @@ func faultCCID(ctx context.Context, log *slog.Logger, fault string) error {
 		<-runErr
 		<-fwdDone
 	}()
-	go func() { runErr <- ccid.Watch(rctx, ccid.Options{Logger: log}, raw) }()
+	opts := ccid.Options{Logger: log}
+	if fault == "replug" {
+		// Only a netlink uevent can bring the reader back in time.
+		opts.RescanInterval = time.Hour
+	}
+	go func() { runErr <- ccid.Watch(rctx, opts, raw) }()
 	go func() { // keeps the driver's sends from ever waiting on us
 		defer close(fwdDone)
 		for {
@@ -311,20 +327,76 @@ func faultCCID(ctx context.Context, log *slog.Logger, fault string) error {
 		t0 := time.Now()
 		_, err := c.Transmit(ctx, selectMF)
 		report("transmit", "mute", errors.Is(err, card.ErrMute), "ms", time.Since(t0).Milliseconds(), "err", err)
+	case "stall":
+		if _, err := c.Transmit(ctx, selectMF); err != nil {
+			return fmt.Errorf("first APDU: %w", err)
+		}
+		t0 := time.Now()
+		_, err := c.Transmit(ctx, readICCID)
+		report("transmit", "failed", err != nil, "removed", errors.Is(err, card.ErrRemoved), "ms", time.Since(t0).Milliseconds(), "err", err)
+		ev, err := wait(ccid.CardInserted, 30*time.Second)
+		if err != nil {
+			report("card-inserted", "err", err)
+			return nil
+		}
+		report("card-inserted", "ms", time.Since(t0).Milliseconds())
+		c2, err := ev.Open(ctx)
+		if err != nil {
+			report("recovered", "err", err)
+			return nil
+		}
+		defer c2.Close()
+		r, err := c2.Transmit(ctx, selectMF)
+		report("recovered", "sw", fmt.Sprintf("%x", r), "err", err)
+	case "wtx":
+		t0 := time.Now()
+		r, err := c.Transmit(ctx, selectMF)
+		report("transmit", "sw", fmt.Sprintf("%x", r), "ms", time.Since(t0).Milliseconds(), "err", err)
+	case "replug":
+		if _, err := c.Transmit(ctx, selectMF); err != nil {
+			return fmt.Errorf("first APDU: %w", err)
+		}
+		t0 := time.Now()
+		_, err := c.Transmit(ctx, readICCID)
+		report("transmit", "removed", errors.Is(err, card.ErrRemoved), "ms", time.Since(t0).Milliseconds(), "err", err)
+		if _, err := wait(ccid.ReaderRemoved, 20*time.Second); err != nil {
+			report("reader-removed", "err", err)
+			return nil
+		}
+		report("reader-removed", "ms", time.Since(t0).Milliseconds())
+		ev, err := wait(ccid.CardInserted, 30*time.Second)
+		if err != nil {
+			report("card-inserted", "err", err)
+			return nil
+		}
+		report("card-inserted", "ms", time.Since(t0).Milliseconds())
+		c2, err := ev.Open(ctx)
+		if err != nil {
+			report("reinserted", "err", err)
+			return nil
+		}
+		defer c2.Close()
+		r, err := c2.Transmit(ctx, selectMF)
+		report("reinserted", "sw", fmt.Sprintf("%x", r), "err", err)
 	default:
 		return fmt.Errorf("unknown fault %q", fault)
 	}
 	return nil
 }
 
-// faultPCSC runs the mute scenario through pcscd + libccid:
-// "fault transmit failed=BOOL ms=N".
+// faultPCSC runs the mute and wtx scenarios through pcscd + libccid:
+// "fault transmit failed=BOOL ms=N" (mute), "fault transmit sw=HEX ms=N"
+// (wtx).
 func faultPCSC(ctx context.Context, c card.Card, fault string) {
-	if fault != "mute" {
-		report("unsupported", "fault", fault)
-		return
-	}
 	t0 := time.Now()
-	_, err := c.Transmit(ctx, selectMF)
-	report("transmit", "failed", err != nil, "mute", errors.Is(err, card.ErrMute), "ms", time.Since(t0).Milliseconds(), "err", err)
+	switch fault {
+	case "mute":
+		_, err := c.Transmit(ctx, selectMF)
+		report("transmit", "failed", err != nil, "mute", errors.Is(err, card.ErrMute), "ms", time.Since(t0).Milliseconds(), "err", err)
+	case "wtx":
+		r, err := c.Transmit(ctx, selectMF)
+		report("transmit", "sw", fmt.Sprintf("%x", r), "ms", time.Since(t0).Milliseconds(), "err", err)
+	default:
+		report("unsupported", "fault", fault)
+	}
 }

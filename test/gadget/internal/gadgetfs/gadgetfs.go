@@ -138,6 +138,18 @@ func (e *Endpoint) Write(p []byte) error {
 	return nil
 }
 
+// Halt stalls the endpoint (GadgetFS: I/O in the wrong direction); the
+// host's transfers on it fail with EPIPE until it clears the halt or
+// resets the device.
+func (e *Endpoint) Halt() error {
+	var b [1]byte
+	_, err := read(e.fd, b[:])
+	if err == nil || errors.Is(err, syscall.EBADMSG) {
+		return nil
+	}
+	return fmt.Errorf("%s: halt: %w", e.Name, err)
+}
+
 // read and write retry what a signal interrupted: the Go runtime
 // signals its threads (preemption), and GadgetFS's blocking I/O returns
 // EINTR then, with the request taken back.

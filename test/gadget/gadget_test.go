@@ -350,6 +350,7 @@ var faultRuns = []faultRun{
 	{"Removal", "ACR39U", "wsrc", "removal", []string{"-timing=false", "-remove-at", "1", "-reinsert-after", "1s"}},
 	{"Removal", "NoInterrupt", "wsrc", "removal", []string{"-timing=false", "-remove-at", "2", "-reinsert-after", "1s"}},
 	{"Mute", "ACR39U", "wsrc", "mute", []string{"-mute"}},
+	{"Abort", "CT30", "wsrc", "abort", []string{"-timing=false", "-delay", "3s"}},
 	{"TimeExtension", "ACR39U", "wsrc", "wtx", []string{"-timing=false", "-delay", "3s", "-wtx", "500ms"}},
 	{"TimeExtension", "ACR39U", "libccid", "wtx", []string{"-timing=false", "-delay", "3s", "-wtx", "500ms"}},
 	{"Stall", "ACR39U", "wsrc", "stall", []string{"-timing=false", "-stall-at", "2"}},
@@ -477,6 +478,39 @@ func TestGadgetReplug(t *testing.T) {
 		}
 		if ri := fl["reinserted"]; ri == nil || ri["sw"] != "9000" {
 			t.Errorf("the card after the replug did not answer 9000: %v", ri)
+		}
+	})
+}
+
+// TestGadgetAbort cancels an APDU to a slow card with the caller's
+// deadline: our driver must return at the deadline, abort the command on
+// the reader (the ABORT class request and PC_to_RDR_Abort, both seen by
+// the gadget), and the slot must work for the next APDU.
+func TestGadgetAbort(t *testing.T) {
+	runs := labRuns(t)
+	faultRunsOf(t, "Abort", func(t *testing.T, fl map[string]map[string]string) {
+		c := fl["cancelled"]
+		if c == nil || c["deadline"] != "true" {
+			t.Errorf("the APDU under a 1 s deadline did not end with it: %v", c)
+		}
+		if ms := atoi(c["ms"]); ms > 2500 {
+			t.Errorf("the cancelled APDU returned after %d ms", ms)
+		}
+		if a := fl["after"]; a == nil || a["sw"] != "9000" {
+			t.Errorf("the slot did not work after the abort: %v", a)
+		}
+		g := runs["Abort/CT30/wsrc"].gadget
+		var bulk, class bool
+		for _, l := range g {
+			if rx, ok := lab.ParseRecord(l); ok && rx.Type == ccid.PCToRDRAbort {
+				bulk = true
+			}
+			if strings.HasPrefix(l, "log class request 21 01 ") {
+				class = true
+			}
+		}
+		if !bulk || !class {
+			t.Errorf("the reader saw PC_to_RDR_Abort %v, the ABORT class request %v", bulk, class)
 		}
 	})
 }

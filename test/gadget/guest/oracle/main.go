@@ -40,7 +40,7 @@ func main() {
 	serial := flag.String("serial", "", "USB serial number of the gadget to wait for")
 	pcscd := flag.String("pcscd", "/usr/sbin/pcscd", "pcscd binary (-host libccid)")
 	timeout := flag.Duration("timeout", 2*time.Minute, "give up after this long")
-	fault := flag.String("fault", "", "run a fault scenario: unplug, removal, mute, wtx, replug, stall")
+	fault := flag.String("fault", "", "run a fault scenario: unplug, removal, mute, abort, wtx, replug, stall")
 	flag.Parse()
 	p, ok := lab.Find(*name)
 	if !ok {
@@ -221,6 +221,9 @@ func report(what string, kv ...any) {
 //	         bulk-in: "fault transmit failed=BOOL ms=N", then the card
 //	         as the driver brings the reader back: "fault card-inserted",
 //	         "fault recovered sw=HEX"
+//	abort    one APDU to a slow card (3 s) under a 1 s deadline, which the
+//	         driver aborts; then the same APDU without deadline:
+//	         "fault cancelled deadline=BOOL ms=N", "fault after sw=HEX"
 //	wtx      one APDU that the card works on for a few seconds while the
 //	         reader sends time extensions: "fault transmit sw=HEX ms=N"
 //	replug   one APDU, then a second one during which the gadget unplugs
@@ -348,6 +351,15 @@ func faultCCID(ctx context.Context, log *slog.Logger, fault string) error {
 		defer c2.Close()
 		r, err := c2.Transmit(ctx, selectMF)
 		report("recovered", "sw", fmt.Sprintf("%x", r), "err", err)
+	case "abort":
+		actx, cancel := context.WithTimeout(ctx, time.Second)
+		t0 := time.Now()
+		_, err := c.Transmit(actx, selectMF)
+		cancel()
+		report("cancelled", "deadline", errors.Is(err, context.DeadlineExceeded), "ms", time.Since(t0).Milliseconds(), "err", err)
+		t0 = time.Now()
+		r, err := c.Transmit(ctx, selectMF)
+		report("after", "sw", fmt.Sprintf("%x", r), "ms", time.Since(t0).Milliseconds(), "err", err)
 	case "wtx":
 		t0 := time.Now()
 		r, err := c.Transmit(ctx, selectMF)

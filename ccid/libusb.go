@@ -121,8 +121,8 @@ func (b *libusbBus) Watch(ctx context.Context, changed chan<- struct{}) error {
 
 func (b *libusbBus) Close() error { return nil }
 
-// libusbDevice is an opened device. mu guards the claimed configuration,
-// which gousb allows once per device.
+// libusbDevice is an opened device. mu guards the claimed configuration
+// (which gousb allows once per device) and closed.
 type libusbDevice struct {
 	d   *gousb.Device
 	ctx *gousb.Context // its own (see libusbBus), closed after it
@@ -130,6 +130,7 @@ type libusbDevice struct {
 	mu     sync.Mutex
 	cfg    *gousb.Config
 	claims int
+	closed bool
 }
 
 func (d *libusbDevice) Config() ([]byte, error) {
@@ -197,9 +198,24 @@ func (d *libusbDevice) releaseCfgLocked() {
 	}
 }
 
-func (d *libusbDevice) Reset() error { return mapLibusbErr(d.d.Reset()) }
+func (d *libusbDevice) Reset() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return usbio.ErrNoDevice
+	}
+	return mapLibusbErr(d.d.Reset())
+}
 
+// Close closes the device and its context, once; the interfaces must be
+// released first.
 func (d *libusbDevice) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil
+	}
+	d.closed = true
 	err := d.d.Close()
 	if cerr := d.ctx.Close(); err == nil {
 		err = cerr
@@ -207,15 +223,39 @@ func (d *libusbDevice) Close() error {
 	return mapLibusbErr(err)
 }
 
+// libusbConn is a claimed interface. Its transfers hold mu shared and
+// Close holds it exclusively, so no transfer reaches libusb after the
+// interface (and then the device and its context) is released: a command
+// racing with the reader's removal gets ErrNoDevice instead of a libusb
+// call on a closed handle, which crashed the agent (SIGSEGV in
+// libusb_submit_transfer, seen in the reader lab's full-stack test).
+// Close waits for transfers in flight; the link cancels them first.
 type libusbConn struct {
-	dev       *libusbDevice
-	intf      *gousb.Interface
-	in, intr  *gousb.InEndpoint
-	out       *gousb.OutEndpoint
-	closeOnce sync.Once
+	dev      *libusbDevice
+	intf     *gousb.Interface
+	in, intr *gousb.InEndpoint
+	out      *gousb.OutEndpoint
+
+	mu     sync.RWMutex
+	closed bool // guarded by mu
+}
+
+// use admits one transfer; call the returned function when it is done.
+func (c *libusbConn) use() (func(), error) {
+	c.mu.RLock()
+	if c.closed {
+		c.mu.RUnlock()
+		return nil, fmt.Errorf("interface released: %w", usbio.ErrNoDevice)
+	}
+	return c.mu.RUnlock, nil
 }
 
 func (c *libusbConn) BulkOut(ctx context.Context, msg []byte, timeout time.Duration) error {
+	done, err := c.use()
+	if err != nil {
+		return err
+	}
+	defer done()
 	tctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	n, err := c.out.WriteContext(tctx, msg)
@@ -232,6 +272,11 @@ func (c *libusbConn) BulkOut(ctx context.Context, msg []byte, timeout time.Durat
 }
 
 func (c *libusbConn) BulkIn(ctx context.Context, buf []byte, timeout time.Duration) (int, error) {
+	done, err := c.use()
+	if err != nil {
+		return 0, err
+	}
+	defer done()
 	tctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	n, err := c.in.ReadContext(tctx, buf)
@@ -248,6 +293,11 @@ func (c *libusbConn) InterruptIn(ctx context.Context, buf []byte) (int, error) {
 	if c.intr == nil {
 		return 0, fmt.Errorf("no interrupt endpoint: %w", usbio.ErrUnsupported)
 	}
+	done, err := c.use()
+	if err != nil {
+		return 0, err
+	}
+	defer done()
 	n, err := c.intr.ReadContext(ctx, buf)
 	if err != nil {
 		return n, mapCtxErr(ctx, err)
@@ -259,18 +309,27 @@ func (c *libusbConn) Control(ctx context.Context, reqType, req uint8, value, ind
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
+	done, err := c.use()
+	if err != nil {
+		return 0, err
+	}
+	defer done()
 	n, err := c.dev.d.Control(reqType, req, value, index, data)
 	return n, mapLibusbErr(err)
 }
 
 func (c *libusbConn) Close() error {
-	c.closeOnce.Do(func() {
-		c.intf.Close()
-		c.dev.mu.Lock()
-		c.dev.claims--
-		c.dev.releaseCfgLocked()
-		c.dev.mu.Unlock()
-	})
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil
+	}
+	c.closed = true
+	c.intf.Close()
+	c.dev.mu.Lock()
+	c.dev.claims--
+	c.dev.releaseCfgLocked()
+	c.dev.mu.Unlock()
 	return nil
 }
 

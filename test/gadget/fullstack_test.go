@@ -82,6 +82,11 @@ func TestGadgetFullStack(t *testing.T) {
 	}
 	t.Run(fullStackProfile+"/wsrc", func(t *testing.T) {
 		out := con.Output
+		for _, e := range con.Events() {
+			if e.Kind == vmscript.KindFail {
+				t.Errorf("the lab script stopped at line %s: %s", e.Name, e.Text)
+			}
+		}
 		if !strings.Contains(strings.Join(out(fsList), "\n"), sim.DefaultICCID) {
 			t.Errorf("wsrc list never showed %s:\n%s", sim.DefaultICCID, strings.Join(out(fsList), "\n"))
 		}

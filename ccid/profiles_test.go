@@ -29,6 +29,7 @@ var profileExpect = map[string]struct {
 	ccidsim.ACR38U.Name:      {ccid.LevelTPDU, 0x95, 1, true}, // 250 kbit/s is over its 129 032: Di walks down
 	ccidsim.ACR39U.Name:      {ccid.LevelTPDU, 0x96, 0, true},
 	ccidsim.OCTSIM.Name:      {ccid.LevelTPDU, 0x96, 0, true},
+	ccidsim.AU9560.Name:      {ccid.LevelExtendedAPDU, 0x95, 0, true}, // 231 kbit/s at 3.7 MHz is over its 200 000 cap
 	ccidsim.NoInterrupt.Name: {ccid.LevelTPDU, 0x96, 0, true},
 	ccidsim.ShortAPDU.Name:   {ccid.LevelShortAPDU, 0x96, 0, true},
 	ccidsim.Composite.Name:   {ccid.LevelTPDU, 0x96, 0, true},

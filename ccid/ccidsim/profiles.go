@@ -91,6 +91,20 @@ var (
 			Features: 0x000100B0, MaxMessageLength: 272, ClassGetResponse: 0xFF, ClassEnvelope: 0xFF, MaxBusySlots: 8},
 		Interrupt: true,
 	}
+	// AU9560 is the Alcor Micro AU9560 ("EMV Smartcard Reader", USB ID
+	// 058F:9540 as libccid's readers/AlcorMicro_AU9560.txt gives it):
+	// short and extended APDU level with automatic PPS and IFSD, 3.7 MHz,
+	// 138 data rates announced but GET_DATA_RATES stalls, and hardware
+	// errors above ~200 kbit/s, so both libccid and our driver cap it
+	// there by VID:PID.
+	AU9560 = Profile{
+		Name: "EMV Smartcard Reader", Manufacturer: "Generic", VendorID: 0x058F, ProductID: 0x9540,
+		Descriptor: ccid.Descriptor{CCIDVersion: 0x0110, VoltageSupport: 7, Protocols: 3,
+			DefaultClock: 3700, MaxClock: 12000, NumClocks: 3, DataRate: 9946, MaxDataRate: 688172,
+			NumDataRates: 138, MaxIFSD: 254, SynchProtocols: 7, Features: 0x000404BE,
+			MaxMessageLength: 272, ClassGetResponse: 0xFF, ClassEnvelope: 0xFF, MaxBusySlots: 1},
+		Interrupt: true,
+	}
 	// NoInterrupt is a generic TPDU reader without an interrupt
 	// endpoint (so the host polls) whose class descriptor follows its
 	// endpoints.
@@ -143,7 +157,7 @@ var (
 // Profiles returns the reader profiles that take cards (all but
 // CharacterLevel), for tests that run over every one.
 func Profiles() []Profile {
-	return []Profile{OMNIKEY3x21, SCR3310, CT30, ACR38U, ACR39U, OCTSIM, NoInterrupt, ShortAPDU, Composite, QEMU}
+	return []Profile{OMNIKEY3x21, SCR3310, CT30, ACR38U, ACR39U, OCTSIM, AU9560, NoInterrupt, ShortAPDU, Composite, QEMU}
 }
 
 func (p Profile) interfaces() int {

@@ -17,7 +17,8 @@ func TestProfilesConsistent(t *testing.T) {
 		if err != nil || d != p.Descriptor {
 			t.Errorf("%s: descriptor round trip: %v", p.Name, err)
 		}
-		if len(p.DataRates) != int(p.Descriptor.NumDataRates) {
+		stalls := p.DataRates == nil && p.VendorID == AU9560.VendorID && p.ProductID == AU9560.ProductID
+		if len(p.DataRates) != int(p.Descriptor.NumDataRates) && !stalls {
 			t.Errorf("%s: %d rates listed, descriptor says %d", p.Name, len(p.DataRates), p.Descriptor.NumDataRates)
 		}
 		cfg := p.configDescriptor()

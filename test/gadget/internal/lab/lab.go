@@ -40,6 +40,7 @@ var Profiles = []Profile{
 	{"ACR38U", ccidsim.ACR38U, sim.T1},
 	{"ACR39U", ccidsim.ACR39U, sim.T0},
 	{"sysmoOCTSIM", ccidsim.OCTSIM, sim.T0},
+	{"AU9560", ccidsim.AU9560, sim.T0},
 	{"NoInterrupt", withID(ccidsim.NoInterrupt, 0x25DD, 0x1101), sim.T1},
 	{"ShortAPDU", withID(ccidsim.ShortAPDU, 0x076B, 0x3021), sim.T0},
 }

@@ -58,7 +58,7 @@ bench-vm: deps-test ## CCID in a VM: direct driver vs pcscd + libccid (QEMU, ~2 
 	scripts/fetch-kernel.sh && WSRC_VM_BENCH=1 $(GO) test -count=1 -timeout 20m -run TestQEMUBenchCCIDvsPCSC -v ./test/qemu/
 
 .PHONY: bench-lab
-bench-lab: deps-test ## Reader lab in a VM (test/gadget): APDU rates per profile, 8 slots vs 1, direct vs pcscd + libccid; paste into docs/performance.md
+bench-lab: deps-test ## Reader lab in a VM (test/gadget, ~10 min): APDU rates per profile, 8 slots vs 1, direct vs pcscd + libccid; paste into docs/performance.md
 	scripts/fetch-kernel.sh && WSRC_GADGET_BENCH=1 $(GO) test -count=1 -timeout 30m -run TestGadgetConcurrency -v ./test/gadget/
 
 .PHONY: fuzz

@@ -277,6 +277,20 @@ func (c *conn) closeGently(code int, reason string) {
 	_ = c.ws.SetReadDeadline(deadline)
 }
 
+// over marks the connection gone once its goroutine is done, however it
+// ended (the peer's close frame, a dropped TCP connection, our close):
+// the keepalive timer is stopped for good, so that nothing keeps the
+// connection reachable or pings a dead peer.
+func (c *conn) over() {
+	c.kmu.Lock()
+	c.closing = true
+	if c.ping != nil {
+		c.ping.Stop()
+		c.ping = nil
+	}
+	c.kmu.Unlock()
+}
+
 // closeNow sends a close frame and closes the TCP connection at once.
 func (c *conn) closeNow(code int, reason string) {
 	c.closeGently(code, reason)

@@ -447,6 +447,7 @@ func logSafe(s string) string {
 
 // finish releases a connection whose goroutine is done.
 func (s *Server) finish(c *conn) {
+	c.over()
 	c.ws.Close()
 	s.unregister(c)
 	s.obs.Disconnected(c.event(), c.endReason())

@@ -109,9 +109,16 @@ type Config struct {
 	MaxCards, MaxUsers int
 	// MaxConnsPerAddr bounds the connections on each port from one client
 	// (auth.ClientKey: an IPv4 address or an IPv6 /64); further upgrades
-	// get 503. Loopback clients are exempt (a local reverse proxy, tests).
-	// Default 64; negative: no limit.
+	// get 503. Loopback clients are exempt (tests, local tools; a local
+	// reverse proxy, unless it is in TrustedProxies and names its
+	// clients). Default 64; negative: no limit.
 	MaxConnsPerAddr int
+	// TrustedProxies are reverse proxies whose X-Forwarded-For header is
+	// believed: a request from one of them counts as coming from the
+	// client the proxy names, for every per-client limit, the throttle
+	// of failed logins, logs and the addresses admins see. Without it a
+	// proxy's clients all share the proxy's address. Empty: none.
+	TrustedProxies auth.Proxies
 	// MessageRate and MessageBurst are a token bucket on the messages a
 	// connection sends after hello (identification answers do not
 	// count): MessageRate per second on average, MessageBurst at once. A
@@ -138,9 +145,10 @@ type Config struct {
 	// accounts to the connections already open.
 	Auth Authenticator
 	// AuthFailureBurst and AuthFailurePer configure the throttle of
-	// failed authentications per client (see auth.Throttle): that many
-	// failures, then one more per AuthFailurePer; meanwhile the client's
-	// upgrade requests get 429. Defaults 10 and 30 s.
+	// failed authentications per port and client (see auth.Throttle):
+	// that many failures, then one more per AuthFailurePer; meanwhile the
+	// client's upgrade requests on that port get 429. Attempts being
+	// checked count as failures until they succeed. Defaults 10 and 30 s.
 	AuthFailureBurst int
 	AuthFailurePer   time.Duration
 
@@ -316,13 +324,8 @@ func (s *Server) upgradeError(w http.ResponseWriter, _ *http.Request, status int
 // accept authenticates and upgrades one request and starts the
 // connection's goroutine.
 func (s *Server) accept(w http.ResponseWriter, r *http.Request, role string) {
+	r.RemoteAddr = s.cfg.TrustedProxies.ClientAddr(r)
 	client := auth.ClientKey(r.RemoteAddr)
-	if wait, ok := s.throttle.Check(client); !ok {
-		s.obs.Refused(Refusal{Port: role, Remote: r.RemoteAddr, Reason: RefusedThrottled})
-		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
-		http.Error(w, "too many failed authentication attempts from this address; try again later", http.StatusTooManyRequests)
-		return
-	}
 	gen := s.authGen.Load() // before authenticating: see register
 	who, ok := s.authenticate(w, r, role, client)
 	if !ok {
@@ -391,10 +394,22 @@ func (p principal) name() string {
 type principal struct{ *auth.Principal }
 
 // authenticate asks Config.Auth who sent r. When it answers with a 401
-// (or nothing, for a client that has gone), ok is false.
+// or 429 (or nothing, for a client that has gone), ok is false.
+//
+// Failures are throttled per port and client (auth.Throttle): a client
+// that failed too often on one port is refused there before its
+// credentials are checked, and each attempt in flight holds one of its
+// failures left, so that attempts sent at once cannot outrun the count.
 func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, role, client string) (who principal, ok bool) {
 	if s.cfg.Auth == nil {
 		return principal{}, true
+	}
+	attempt, wait, ok := s.throttle.Begin(role + " " + client)
+	if !ok {
+		s.obs.Refused(Refusal{Port: role, Remote: r.RemoteAddr, Reason: RefusedThrottled})
+		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
+		http.Error(w, "too many failed authentication attempts from this address; try again later", http.StatusTooManyRequests)
+		return principal{}, false
 	}
 	var p *auth.Principal
 	var err error
@@ -405,6 +420,8 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, role, clie
 	} else {
 		p, err = s.cfg.Auth.UserRequest(r)
 	}
+	failed := err != nil && !errors.Is(err, auth.ErrNoCredentials) && r.Context().Err() == nil
+	logIt, suppressed := attempt.End(failed)
 	if err == nil {
 		return principal{p}, true
 	}
@@ -419,7 +436,7 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, role, clie
 	if errors.Is(err, auth.ErrNoCredentials) {
 		ref.Reason = RefusedNoCredentials
 		s.log.Debug("upgrade without credentials", "port", role, "remote", r.RemoteAddr)
-	} else if logIt, suppressed := s.throttle.Fail(client); logIt {
+	} else if logIt {
 		s.log.Warn("authentication failed", "port", role, "remote", r.RemoteAddr, "name", logSafe(ref.Name),
 			"err", err, "failures_not_logged", suppressed)
 	}

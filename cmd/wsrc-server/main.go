@@ -711,7 +711,7 @@ func (a *app) serve(ctx context.Context, hup <-chan os.Signal) error {
 	for _, ln := range a.lns.status {
 		loop := isLoopback(ln.Addr())
 		g := &statusGuard{next: a.gates[portStatus], loopback: loop, allowed: a.s.status.allowedHosts, auth: &a.auth,
-			throttle: statusThrottle, insecure: a.s.insecureNoAuth, log: logger}
+			throttle: statusThrottle, proxies: a.s.srv.TrustedProxies, insecure: a.s.insecureNoAuth, log: logger}
 		hs := newHTTP(g)
 		hs.WriteTimeout, hs.IdleTimeout = statusWriteTimeout, statusIdleTimeout
 		statusServers = append(statusServers, hs)

@@ -95,7 +95,8 @@ type statusGuard struct {
 	allowed  []string    // Host names accepted besides loopback's (lower case)
 	auth     *authSwitch // the current accounts
 	throttle *auth.Throttle
-	insecure bool // off loopback without admin users: open (insecure_no_auth)
+	proxies  auth.Proxies // trusted reverse proxies (trusted_proxies)
+	insecure bool         // off loopback without admin users: open (insecure_no_auth)
 	log      *slog.Logger
 }
 
@@ -119,8 +120,9 @@ func (g *statusGuard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		g.next.ServeHTTP(w, r)
 		return
 	}
-	client := auth.ClientKey(r.RemoteAddr)
-	if wait, ok := g.throttle.Check(client); !ok {
+	client := auth.ClientKey(g.proxies.ClientAddr(r))
+	attempt, wait, ok := g.throttle.Begin(client)
+	if !ok {
 		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
 		http.Error(w, "too many failed authentication attempts from this address; try again later", http.StatusTooManyRequests)
 		return
@@ -130,6 +132,7 @@ func (g *statusGuard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if acc.admins > 0 {
 		p, err = acc.store.UserRequest(r)
 	}
+	logIt, suppressed := attempt.End(err != nil && !errors.Is(err, auth.ErrNoCredentials))
 	switch {
 	case err == nil && p != nil && p.Admin:
 		g.next.ServeHTTP(w, r)
@@ -138,7 +141,7 @@ func (g *statusGuard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "the status listener is for admin users only", http.StatusForbidden)
 		return
 	case err != nil && !errors.Is(err, auth.ErrNoCredentials):
-		if logIt, suppressed := g.throttle.Fail(client); logIt {
+		if logIt {
 			g.log.Warn("authentication failed", "port", portStatus, "remote", r.RemoteAddr, "err", err, "failures_not_logged", suppressed)
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"strings"
 	"sync"
@@ -165,4 +166,61 @@ func TestWriteFailureLoggedOnce(t *testing.T) {
 			t.Errorf("%d write problems counted, want 1", problems)
 		}
 	})
+}
+
+// addrConn is a net.Conn with a remote address of the test's choosing
+// that remembers whether it was closed.
+type addrConn struct {
+	net.Conn
+	remote string
+	closed atomic.Bool
+}
+
+func (c *addrConn) Close() error { c.closed.Store(true); return c.Conn.Close() }
+
+func (c *addrConn) RemoteAddr() net.Addr { return net.TCPAddrFromAddrPort(netip.MustParseAddrPort(c.remote)) }
+
+// Connections that are not WebSockets yet are bounded per client and per
+// port: further ones are closed at once and counted as refusals; loopback
+// clients are not counted per address; an upgraded (hijacked) or closed
+// connection frees its place. Issue 10, point 2.
+func TestPendingConnectionsBounded(t *testing.T) {
+	rec := &recorder{}
+	srv := New(Config{MaxPending: 3, MaxConnsPerAddr: 2, Observer: rec}, nil)
+	hook := srv.ConnState(PortUser)
+	open := func(remote string) (*addrConn, func() bool) {
+		a, b := net.Pipe()
+		t.Cleanup(func() { a.Close(); b.Close() })
+		c := &addrConn{Conn: a, remote: remote}
+		hook(c, http.StateNew)
+		return c, c.closed.Load // closed by the hook?
+	}
+	a1, _ := open("198.51.100.1:1")
+	open("198.51.100.1:2")
+	if _, closed := open("198.51.100.1:3"); !closed() {
+		t.Fatal("a third connection from one client was kept (MaxConnsPerAddr 2)")
+	}
+	if _, closed := open("198.51.100.2:1"); closed() {
+		t.Fatal("another client's first connection was closed")
+	}
+	if _, closed := open("127.0.0.1:1"); !closed() {
+		t.Fatal("a fourth connection on the port was kept (MaxPending 3)")
+	}
+	if u, _ := srv.Pending(); u != 3 {
+		t.Fatalf("%d pending, want 3", u)
+	}
+	hook(a1, http.StateHijacked) // upgraded: a WebSocket now, counted by admit
+	if _, closed := open("198.51.100.1:4"); closed() {
+		t.Fatal("the upgrade did not free its place")
+	}
+	if n := rec.count(string(RefusedPending)); n != 2 {
+		t.Fatalf("%d refusals counted, want 2", n)
+	}
+	// The card port counts on its own.
+	if c, _ := srv.Pending(); c != 3 {
+		t.Fatalf("%d user connections pending, want 3", c)
+	}
+	if _, cards := srv.Pending(); cards != 0 {
+		t.Fatalf("%d card connections pending, want 0", cards)
+	}
 }

@@ -124,6 +124,7 @@ const (
 	RefusedThrottled     RefusalReason = "throttled"        // 429, too many failures from the address
 	RefusedPortFull      RefusalReason = "port_full"        // 503, MaxUsers/MaxCards
 	RefusedAddrFull      RefusalReason = "addr_full"        // 503, MaxConnsPerAddr
+	RefusedPending       RefusalReason = "pending_full"     // TCP connection closed before its request: MaxPending or MaxConnsPerAddr (ConnState)
 	RefusedShuttingDown  RefusalReason = "shutting_down"    // 503
 	RefusedRateLimited   RefusalReason = "rate_limited"     // a message over the rate limit (error sent)
 	RefusedRateClosed    RefusalReason = "rate_closed"      // closed for persistent abuse of the rate limit

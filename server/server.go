@@ -113,6 +113,12 @@ type Config struct {
 	// reverse proxy, unless it is in TrustedProxies and names its
 	// clients). Default 64; negative: no limit.
 	MaxConnsPerAddr int
+	// MaxPending bounds the connections on each port that are not (yet)
+	// WebSockets: TLS handshakes, upgrade requests, connections kept
+	// alive after a refused request. Further ones are closed at once;
+	// MaxConnsPerAddr applies to them too. Only with the hook of
+	// ConnState installed. Default 1024.
+	MaxPending int
 	// TrustedProxies are reverse proxies whose X-Forwarded-For header is
 	// believed: a request from one of them counts as coming from the
 	// client the proxy names, for every per-client limit, the throttle
@@ -178,6 +184,7 @@ const (
 	DefaultPongTimeout     = 20 * time.Second
 	DefaultMaxConns        = 10000
 	DefaultMaxConnsPerAddr = 64
+	DefaultMaxPending      = 1024
 	DefaultMessageRate     = 1000 // wsrc-server's; Config's zero value is no limit
 	DefaultMessageBurst    = 2000
 	DefaultRateStrikes     = 100
@@ -209,6 +216,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.MaxUsers <= 0 {
 		c.MaxUsers = DefaultMaxConns
+	}
+	if c.MaxPending <= 0 {
+		c.MaxPending = DefaultMaxPending
 	}
 	if c.MaxConnsPerAddr == 0 {
 		c.MaxConnsPerAddr = DefaultMaxConnsPerAddr
@@ -260,8 +270,10 @@ type Server struct {
 	nCards  int                // card connections admitted (upgrading or in conns)
 	nUsers  int                // user connections admitted
 	perAddr map[string]int     // admitted connections per port and client (addrKey)
-	closing bool               // set by Shutdown; no new connections
-	wg      sync.WaitGroup     // one count per connection, until its goroutine ends
+	// Connections not upgraded yet, per port (see ConnState):
+	pendingUser, pendingCard pending
+	closing                  bool           // set by Shutdown; no new connections
+	wg                       sync.WaitGroup // one count per connection, until its goroutine ends
 	// authGen counts Recheck calls; changed only with mu held (and
 	// recheckMu), so that register can tell a connection that
 	// authenticated before a Recheck and registered after it looked.

@@ -285,6 +285,7 @@ var refusalKinds = map[server.RefusalReason]status.ErrorKind{
 	server.RefusedThrottled:     status.ErrorThrottled,
 	server.RefusedPortFull:      status.ErrorConnLimit,
 	server.RefusedAddrFull:      status.ErrorConnLimit,
+	server.RefusedPending:       status.ErrorConnLimit,
 	server.RefusedRateLimited:   status.ErrorRateLimit,
 	server.RefusedRateClosed:    status.ErrorRateLimit,
 	server.RefusedCard:          status.ErrorCardNotAllowed,

@@ -52,6 +52,15 @@ func (ps Proxies) trusts(a netip.Addr) bool {
 	return false
 }
 
+// Trusts reports whether remote ("ip:port") is one of the proxies.
+func (ps Proxies) Trusts(remote string) bool {
+	if len(ps) == 0 {
+		return false
+	}
+	ap, err := netip.ParseAddrPort(remote)
+	return err == nil && ps.trusts(ap.Addr())
+}
+
 // ClientAddr returns the address ("ip:port") of the client that sent r:
 // r.RemoteAddr, unless that is a trusted proxy, in which case it is the
 // rightmost address in X-Forwarded-For that is not itself a trusted

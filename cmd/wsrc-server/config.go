@@ -56,6 +56,7 @@ type fileConfig struct {
 		MaxCards          int           `toml:"max_cards"`
 		MaxUsers          int           `toml:"max_users"`
 		MaxConnsPerAddr   int           `toml:"max_conns_per_address"`
+		MaxPending        int           `toml:"max_pending"`
 		MessageRate       int           `toml:"message_rate"`
 		MessageBurst      int           `toml:"message_burst"`
 		RateStrikes       int           `toml:"rate_strikes"`
@@ -341,6 +342,7 @@ func (s *settings) limits(p *problems, o options, fc *fileConfig) {
 	count("max_cards", l.MaxCards, 1, 1<<20, &c.MaxCards)
 	count("max_users", l.MaxUsers, 1, 1<<20, &c.MaxUsers)
 	count("max_conns_per_address", l.MaxConnsPerAddr, 1, 1<<20, &c.MaxConnsPerAddr)
+	count("max_pending", l.MaxPending, 1, 1<<20, &c.MaxPending)
 	count("message_burst", l.MessageBurst, 1, 1<<20, &c.MessageBurst)
 	count("rate_strikes", l.RateStrikes, 1, 1<<20, &c.RateStrikes)
 	count("auth_failure_burst", l.AuthFailureBurst, 1, 1<<20, &c.AuthFailureBurst)

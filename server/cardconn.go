@@ -165,6 +165,7 @@ func (cc *cardConn) identify() bool {
 	defer cancel()
 	tr := &identTransmitter{cc: cc}
 	found, err := identify(ctx, tr)
+	found = plausible(found, c.log())
 	id := identity{atr: cc.id.atr, eid: found.EID, iccid: found.ICCID, imsi: found.IMSI}
 	if err != nil {
 		var refused *cardRefused
@@ -335,6 +336,13 @@ func (cc *cardConn) serve() string {
 				c.sendError("unexpected r_apdu: %s", why)
 			}
 		case protocol.ResetResp:
+			if len(mm.ATR) > MaxATRLen {
+				c.problem(ProblemBadMessage)
+				msg := fmt.Sprintf("invalid reset_resp: atr is %d bytes; an ATR has at most %d", len(mm.ATR), MaxATRLen)
+				cc.complete("", nil, "card agent sent an invalid reply: "+msg)
+				c.sendError("%s", msg)
+				continue
+			}
 			if why := cc.complete(protocol.TypeResetResp, m, ""); why != "" {
 				c.problem(ProblemUnexpected)
 				c.sendError("unexpected reset_resp: %s", why)

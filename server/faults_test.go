@@ -178,7 +178,9 @@ type addrConn struct {
 
 func (c *addrConn) Close() error { c.closed.Store(true); return c.Conn.Close() }
 
-func (c *addrConn) RemoteAddr() net.Addr { return net.TCPAddrFromAddrPort(netip.MustParseAddrPort(c.remote)) }
+func (c *addrConn) RemoteAddr() net.Addr {
+	return net.TCPAddrFromAddrPort(netip.MustParseAddrPort(c.remote))
+}
 
 // Connections that are not WebSockets yet are bounded per client and per
 // port: further ones are closed at once and counted as refusals; loopback

@@ -51,6 +51,10 @@ type options struct {
 	eid     string
 	atr     string
 	id      string
+	// list's filter
+	agent  string
+	reader string
+	limit  int
 }
 
 // usageError is a mistake on the command line; the message is shown with
@@ -73,7 +77,9 @@ type command struct {
 	usage   string // the synopsis and description, then examples
 	// flags it takes besides the common ones
 	json, selects bool
-	run           func(cl *cli, ctx context.Context, o *options, args []string) error
+	// flags registers the command's own flags, if any
+	flags func(fs *flag.FlagSet, o *options)
+	run   func(cl *cli, ctx context.Context, o *options, args []string) error
 }
 
 var commands []*command
@@ -166,6 +172,9 @@ func (cl *cli) run(ctx context.Context, args []string) int {
 		fs.StringVar(&o.eid, "eid", "", "select the card by `EID`")
 		fs.StringVar(&o.atr, "atr", "", "select the card by `ATR` (hex)")
 		fs.StringVar(&o.id, "id", "", "select the card by any identity the server knows, as `TYPE=VALUE`")
+	}
+	if cmd.flags != nil {
+		cmd.flags(fs, o)
 	}
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
@@ -296,16 +305,29 @@ func (cl *cli) dial(ctx context.Context, o *options, extra ...client.Option) (*c
 
 // selection returns the identity type and value the flags ask for.
 func (o *options) selection(cmd string) (idType, idStr string, err error) {
+	if o.identityFlags() != 1 {
+		return "", "", usagef(cmd, "choose the card with exactly one of --iccid, --eid, --atr, --id")
+	}
+	return o.identity(cmd)
+}
+
+// identityFlags counts the identity flags given.
+func (o *options) identityFlags() int {
 	n := 0
 	for _, s := range []string{o.iccid, o.eid, o.atr, o.id} {
 		if s != "" {
 			n++
 		}
 	}
-	if n != 1 {
-		return "", "", usagef(cmd, "choose the card with exactly one of --iccid, --eid, --atr, --id")
-	}
+	return n
+}
+
+// identity returns the identity type and value of the one identity flag
+// given ("" when none).
+func (o *options) identity(cmd string) (idType, idStr string, err error) {
 	switch {
+	case o.identityFlags() == 0:
+		return "", "", nil
 	case o.iccid != "":
 		return "iccid", strings.TrimSpace(o.iccid), nil
 	case o.eid != "":

@@ -263,7 +263,9 @@ type Server struct {
 	hub      hub            // the cards users can see and select
 	throttle *auth.Throttle // failed authentications per client
 	obs      Observer       // cfg.Observer, never nil
-	lastID   atomic.Uint64  // the last ConnEvent.ID given out
+	// conflicts are the recent cards refused as duplicates (duplicates.go)
+	conflicts conflicts
+	lastID    atomic.Uint64 // the last ConnEvent.ID given out
 
 	mu      sync.Mutex         // guards the fields below
 	conns   map[*conn]struct{} // every upgraded connection

@@ -201,6 +201,11 @@ func statusSource(srv *server.Server, started time.Time) status.Source {
 			snap.Users = append(snap.Users, su)
 		}
 		slices.SortFunc(snap.Users, func(a, b status.User) int { return cmp.Compare(a.ID, b.ID) })
+		snap.Conflicts = []status.Conflict{}
+		for _, c := range srv.Conflicts() {
+			snap.Conflicts = append(snap.Conflicts, status.Conflict{Time: c.Time, Identity: c.Identity, Value: c.Value, Agent: c.Agent,
+				Reader: c.Reader, RemoteAddr: c.Remote, ListedAgent: c.Holder, ListedRemoteAddr: c.HolderRemote})
+		}
 		return snap
 	})
 }
@@ -289,6 +294,7 @@ var refusalKinds = map[server.RefusalReason]status.ErrorKind{
 	server.RefusedRateLimited:   status.ErrorRateLimit,
 	server.RefusedRateClosed:    status.ErrorRateLimit,
 	server.RefusedCard:          status.ErrorCardNotAllowed,
+	server.RefusedDuplicate:     status.ErrorDuplicateCard,
 }
 
 // Refused counts a refusal by kind.

@@ -57,6 +57,10 @@ bench-relay: build ## Relay benchmark (closed/open loop, idle memory); paste int
 bench-vm: deps-test ## CCID in a VM: direct driver vs pcscd + libccid (QEMU, ~2 min); paste into docs/performance.md
 	scripts/fetch-kernel.sh && WSRC_VM_BENCH=1 $(GO) test -count=1 -timeout 20m -run TestQEMUBenchCCIDvsPCSC -v ./test/qemu/
 
+.PHONY: soak
+soak: ## Soak the relay: 12,000 connections churned, 5,000 idle cards, list, throttle, pre-upgrade (~40 s); paste into docs/reliability.md
+	WSRC_SOAK=1 $(GO) test -count=1 -timeout 15m -v -run TestSoak ./test/soak/
+
 .PHONY: fuzz
 fuzz: ## Run every fuzz target for 30 s each
 	@for pkg in $$($(GO) list ./...); do \

@@ -8,8 +8,8 @@ import (
 
 	"github.com/gorilla/websocket"
 
-	"github.com/wsrc-go/wsrc/internal/transcript"
-	"github.com/wsrc-go/wsrc/internal/wstest"
+	"github.com/wsrc-go/wsrc/internal/testenv/transcript"
+	"github.com/wsrc-go/wsrc/internal/testenv/wstest"
 )
 
 // TestTranscriptReplay replays the client side of transcript.md sections

@@ -11,7 +11,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
-	"github.com/wsrc-go/wsrc/internal/wstest"
+	"github.com/wsrc-go/wsrc/internal/testenv/wstest"
 )
 
 // recorder is an Observer and Tracer that keeps a line per event.

@@ -14,7 +14,7 @@ import (
 	"github.com/wsrc-go/wsrc/agent/agenttest"
 	"github.com/wsrc-go/wsrc/card"
 	"github.com/wsrc-go/wsrc/card/sim"
-	"github.com/wsrc-go/wsrc/internal/pcscdtest"
+	"github.com/wsrc-go/wsrc/internal/testenv/pcscdtest"
 	"github.com/wsrc-go/wsrc/internal/vpcd"
 	"github.com/wsrc-go/wsrc/pcsc"
 )

@@ -17,12 +17,12 @@ import (
 
 	"github.com/wsrc-go/wsrc/agent"
 	"github.com/wsrc-go/wsrc/agent/agenttest"
+	"github.com/wsrc-go/wsrc/agent/pcscbackend"
 	"github.com/wsrc-go/wsrc/card/sim"
 	"github.com/wsrc-go/wsrc/client"
-	"github.com/wsrc-go/wsrc/internal/pcscdtest"
+	"github.com/wsrc-go/wsrc/internal/testenv/pcscdtest"
 	"github.com/wsrc-go/wsrc/internal/vpcd"
 	"github.com/wsrc-go/wsrc/pcsc"
-	"github.com/wsrc-go/wsrc/pcsc/agentbackend"
 	"github.com/wsrc-go/wsrc/protocol"
 	"github.com/wsrc-go/wsrc/server"
 )
@@ -54,7 +54,7 @@ type chain struct {
 }
 
 // chainOption changes the agent's PC/SC backend configuration.
-type chainOption func(*agentbackend.Config)
+type chainOption func(*pcscbackend.Config)
 
 // newChain starts pcscd, the server and the agent; the test's cleanup
 // stops them (agent first, then server, then pcscd).
@@ -92,7 +92,7 @@ func newChain(t *testing.T, opts ...chainOption) *chain {
 	})
 	c.userURL = "ws://" + users.Listener.Addr().String() + "/"
 
-	bcfg := agentbackend.Config{
+	bcfg := pcscbackend.Config{
 		Filter:     pcsc.Filter{Include: []string{pcscdtest.ReaderName + "*"}},
 		Logger:     log.With("program", "agent"),
 		MinBackoff: 20 * time.Millisecond,
@@ -101,7 +101,7 @@ func newChain(t *testing.T, opts ...chainOption) *chain {
 	for _, o := range opts {
 		o(&bcfg)
 	}
-	b, err := agentbackend.New(bcfg)
+	b, err := pcscbackend.New(bcfg)
 	if err != nil {
 		t.Fatal(err)
 	}

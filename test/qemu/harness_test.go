@@ -14,10 +14,10 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/wsrc-go/wsrc/internal/qemuvm"
-	"github.com/wsrc-go/wsrc/internal/qemuvm/initramfs"
-	"github.com/wsrc-go/wsrc/internal/qemuvm/vmscript"
-	"github.com/wsrc-go/wsrc/internal/vscard"
+	"github.com/wsrc-go/wsrc/internal/testenv/qemuvm"
+	"github.com/wsrc-go/wsrc/internal/testenv/qemuvm/initramfs"
+	"github.com/wsrc-go/wsrc/internal/testenv/qemuvm/vmscript"
+	"github.com/wsrc-go/wsrc/internal/testenv/vscard"
 )
 
 // vmTimeout bounds one VM from start to power-off, and each wait for it; a
@@ -181,7 +181,7 @@ func buildImage(t *testing.T, p prereqs, img image) string {
 	if f, ok := images.files[img.name]; ok {
 		return f
 	}
-	vminit := goBuild(t, "github.com/wsrc-go/wsrc/internal/qemuvm/vminit", false)
+	vminit := goBuild(t, "github.com/wsrc-go/wsrc/internal/testenv/qemuvm/vminit", false)
 	start := time.Now()
 	out := filepath.Join(workDir, img.name+".cpio")
 	f, err := os.Create(out)

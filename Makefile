@@ -42,8 +42,9 @@ vet: ## go vet and gofmt check
 	$(GO) vet ./...
 
 .PHONY: test
-test: deps-test vet ## Run vet and every test with -race (incl. pcscd+vpcd and the QEMU CCID VM)
-	$(GO) test $(GOTESTFLAGS) $(TESTFLAGS) ./...
+test: deps-test vet ## Run vet and every test with -race (incl. pcscd+vpcd and the QEMU CCID VM); ends with the skipped tests and why
+	@scripts/fetch-kernel.sh
+	set -o pipefail; $(GO) test -json $(GOTESTFLAGS) $(TESTFLAGS) ./... | $(GO) run ./internal/testenv/testreport
 
 .PHONY: bench
 bench: deps ## Run the Go benchmarks (relay, CCID, T=1, codec)

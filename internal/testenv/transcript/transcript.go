@@ -1,12 +1,22 @@
-// Package transcript reads the recording of pySim's own WSRC server that
-// the compatibility tests replay: ../shared/protocol/transcript.md, beside
-// the repository. Each table row of that file is one WebSocket frame (or a
-// connect/close event) on one socket; this package turns the rows into
-// values and leaves what to replay to each test.
+// Package transcript holds the recording of pySim's own WSRC server
+// (pySim at 671b0f1) that the compatibility tests replay. The recording
+// is ../shared/protocol/transcript.md beside the repository; its frames
+// are kept in this package's testdata/pysim-671b0f1.jsonl, one JSON row
+// per line, so that the replays always run, with or without the shared
+// folder. `go test ./internal/testenv/transcript -update` writes that
+// file again from the Markdown, and TestRecordingUpToDate checks that
+// the two agree whenever the Markdown is there.
+//
+// Each row is one WebSocket frame (or a connect/close event) on one
+// socket; this package turns the rows into values and leaves what to
+// replay to each test.
 package transcript
 
 import (
 	"bufio"
+	"bytes"
+	_ "embed" // the recording
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -30,11 +40,11 @@ const (
 
 // Row is one row of a section's table.
 type Row struct {
-	Section int    // the "### N." heading the row stands under
-	Line    int    // line number in the file, for messages
-	Socket  string // "card#1", "user#2", ...
-	Dir     string // one of the direction constants
-	Message string // the frame exactly as sent (backticks removed), or the event text
+	Section int    `json:"section"` // the "### N." heading the row stands under
+	Line    int    `json:"line"`    // line number in transcript.md, for messages
+	Socket  string `json:"socket"`  // "card#1", "user#2", ...
+	Dir     string `json:"dir"`     // one of the direction constants
+	Message string `json:"message"` // the frame exactly as sent (backticks removed), or the event text
 }
 
 // IsFrame reports whether the row is a frame rather than a connect or
@@ -75,10 +85,10 @@ func Parse(r io.Reader) ([]Row, error) {
 	return rows, nil
 }
 
-// Path returns where the recording is expected: ../shared/protocol/
-// transcript.md relative to the module root (the nearest directory above
-// the working directory that holds go.mod).
-func Path() (string, error) {
+// SharedPath returns where the Markdown recording is expected:
+// ../shared/protocol/transcript.md relative to the module root (the
+// nearest directory above the working directory that holds go.mod).
+func SharedPath() (string, error) {
 	dir, err := os.Getwd()
 	if err != nil {
 		return "", err
@@ -95,27 +105,49 @@ func Path() (string, error) {
 	}
 }
 
-// Load reads and parses the recording for a test, skipping the test with
-// the reason when the file is not there (it lives in the shared folder
-// beside the repository, which CI provides), and failing it when the file
-// is there but yields too few rows to be the recording.
+// recording is the rows of the Markdown recording, one JSON object per
+// line (see Encode).
+//
+//go:embed testdata/pysim-671b0f1.jsonl
+var recording []byte
+
+// Encode writes rows in the form of testdata/pysim-671b0f1.jsonl.
+func Encode(w io.Writer, rows []Row) error {
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	for _, r := range rows {
+		if err := enc.Encode(r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Decode reads rows written by Encode.
+func Decode(data []byte) ([]Row, error) {
+	var rows []Row
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	for dec.More() {
+		var r Row
+		if err := dec.Decode(&r); err != nil {
+			return nil, fmt.Errorf("reading the recording: row %d: %w", len(rows)+1, err)
+		}
+		rows = append(rows, r)
+	}
+	return rows, nil
+}
+
+// Load returns the recording's rows for a test. It never skips: the rows
+// are part of this package.
 func Load(t testing.TB) []Row {
 	t.Helper()
-	path, err := Path()
+	rows, err := Decode(recording)
 	if err != nil {
-		t.Skipf("pySim transcript not located: %v", err)
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		t.Skipf("pySim transcript not available (%v): the compatibility replay needs ../shared/protocol/transcript.md beside the repository", err)
-	}
-	defer f.Close()
-	rows, err := Parse(f)
-	if err != nil {
-		t.Fatalf("%s: %v", path, err)
+		t.Fatal(err)
 	}
 	if len(rows) < 50 {
-		t.Fatalf("%s: only %d rows parsed; has the format changed?", path, len(rows))
+		t.Fatalf("only %d rows in the recording; has it been cut?", len(rows))
 	}
 	return rows
 }

@@ -36,10 +36,14 @@ build: deps ## Build every program in cmd/ into bin/
 demo: build ## Run server + agent (2 simulated SIMs) + a user session on loopback
 	@scripts/demo.sh
 
+# staticcheck, pinned; `go run` builds it in the module cache (no install).
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
 .PHONY: vet
-vet: ## go vet and gofmt check
+vet: ## gofmt check, go vet and staticcheck
 	@fmt=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$fmt" ]; then echo "gofmt needed:"; echo "$$fmt"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
 
 .PHONY: test
 test: deps-test vet ## Run vet and every test with -race (incl. pcscd+vpcd and the QEMU CCID VM); ends with the skipped tests and why

@@ -3,10 +3,10 @@ package qemu
 import (
 	"context"
 	"fmt"
+	"go/build"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -141,7 +141,8 @@ func goBuild(t *testing.T, pkg string, cgo bool) string {
 		return out
 	}
 	out := filepath.Join(workDir, "bin", filepath.Base(pkg))
-	gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	// The go that runs the tests, even when it is not on PATH.
+	gobin := filepath.Join(build.Default.GOROOT, "bin", "go")
 	if _, err := os.Stat(gobin); err != nil {
 		gobin = "go"
 	}

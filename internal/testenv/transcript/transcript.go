@@ -53,7 +53,7 @@ func (r Row) IsFrame() bool { return r.Dir != Connect && r.Dir != Close }
 
 var (
 	sectionRE = regexp.MustCompile(`^### (\d+)\. `)
-	rowRE     = regexp.MustCompile("^\\| *[0-9.]+ *\\| *([a-z]+#\\d+) *\\| *([^|]+?) *\\| (.*) \\|$")
+	rowRE     = regexp.MustCompile(`^\| *[0-9.]+ *\| *([a-z]+#\d+) *\| *([^|]+?) *\| (.*) \|$`)
 )
 
 // Parse reads the rows of every numbered section. Rows outside a numbered

@@ -26,11 +26,11 @@
 // Synchronisation: inserting and removing a card are the vpcd connection's
 // start and end (vpcd.Slot waits for both), pcscd's stop and start are
 // waited for by internal/testenv/pcscdtest, and everything the user does is a
-// request with a reply. What remains has no event to wait on: the server
-// offers none for "a card was identified" or "a card left", so those are
-// awaited by polling its Cards snapshot (the list a user's list_cards
-// gets) every 10 ms, bounded by 30 s (chain.waitCards); every test then
-// checks the state it waited for. There are no sleeps.
+// request with a reply. "A card was identified" and "a card left" are
+// awaited through the server's Observer: chain.waitCards looks at the
+// Cards snapshot (the list a user's list_cards gets) again at every
+// CardChanged event, bounded by 30 s; every test then checks the state it
+// waited for. There are no sleeps and no polling.
 //
 // Logs of server and agent (and pcscd's) are printed when a test fails, or
 // always with WSRC_TEST_LOG=1.

@@ -106,7 +106,7 @@ func (s *Server) cardHandshake(c *conn) func() {
 	if cc.agent != "" && hello.Reader != "" {
 		cc.slot = cc.agent + "\x00" + hello.Reader
 	}
-	c.atr = atr
+	c.card = cc
 	if c.write(protocol.HelloAck{}) != nil {
 		return nil
 	}
@@ -258,6 +258,14 @@ func (cc *cardConn) identify() bool {
 
 func (cc *cardConn) srv() *Server { return cc.c.srv }
 
+// atr returns the card's current ATR (from hello, or its last reset).
+func (cc *cardConn) atr() string {
+	h := &cc.srv().hub
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return cc.id.atr
+}
+
 // errCardNotAllowed is the close reason for a card its agent's rules
 // exclude.
 const errCardNotAllowed = "card not allowed for this agent"
@@ -292,7 +300,13 @@ func (t *identTransmitter) Transmit(ctx context.Context, cmd []byte) (resp []byt
 	t.cmd = cmd
 	if tr := c.srv.cfg.Tracer; tr != nil {
 		start := time.Now()
-		defer func() { t.cc.trace(tr, "", start, cmd, resp, err) }()
+		defer func() {
+			var reply protocol.Message
+			if r, ok := protocol.RAPDUOf(resp); ok && err == nil {
+				reply = r
+			}
+			t.cc.trace(tr, "", start, cmd, reply, err)
+		}()
 	}
 	if dl, ok := ctx.Deadline(); ok {
 		c.setReadDeadline(dl)
@@ -313,7 +327,7 @@ func (t *identTransmitter) Transmit(ctx context.Context, cmd []byte) (resp []byt
 		}
 		switch m := m.(type) {
 		case protocol.RAPDU:
-			return append(m.Response, byte(m.SW>>8), byte(m.SW)), nil
+			return m.Bytes(), nil
 		case protocol.Error:
 			return nil, &cardRefused{m.Message}
 		default:
@@ -335,7 +349,7 @@ func (cc *cardConn) serve() string {
 		}
 		if !c.spend() && !cc.answers(m, err) {
 			if c.rateRefused() {
-				return c.ended
+				return c.endReason()
 			}
 			continue
 		}
@@ -486,39 +500,31 @@ func (cc *cardConn) finished(p request, outcome Outcome, reply protocol.Message,
 	start := p.deadline.Add(-d)
 	s.obs.Relayed(RequestEvent{CardID: cc.c.id, User: p.from.c.peerName(), Type: p.sent, Duration: time.Since(start), Outcome: outcome})
 	if tr := s.cfg.Tracer; tr != nil {
-		var resp []byte
-		switch r := reply.(type) {
-		case protocol.RAPDU:
-			resp = append(r.Response, byte(r.SW>>8), byte(r.SW))
-		case protocol.ResetResp:
-			resp = r.ATR
-		}
 		var err error
 		if reply == nil {
 			err = errors.New(why)
 		}
-		cc.trace(tr, p.from.c.peerName(), start, p.cmd, resp, err)
+		cc.trace(tr, p.from.c.peerName(), start, p.cmd, reply, err)
 	}
 }
 
-// trace gives one exchange to tr: cmd nil for a reset (resp is then the
-// ATR), else resp is the response APDU with its status word.
-func (cc *cardConn) trace(tr Tracer, user string, start time.Time, cmd, resp []byte, err error) {
+// trace gives one exchange to tr: cmd nil for a reset; reply the
+// card's r_apdu or reset_resp, nil when there was none (err says why).
+func (cc *cardConn) trace(tr Tracer, user string, start time.Time, cmd []byte, reply protocol.Message, err error) {
 	h := &cc.srv().hub
 	h.mu.Lock()
-	ids := cc.id.identities()
+	iccid, eid := cc.id.iccid, cc.id.eid
 	h.mu.Unlock()
-	t := APDUTrace{CardID: cc.c.id, Identities: ids, User: user, Start: start, Duration: time.Since(start), Command: cmd}
-	switch {
-	case err != nil:
-		t.Err = err.Error()
-	case cmd == nil:
-		t.Reset, t.Response = true, resp
-	case len(resp) >= 2:
-		t.Response, t.SW = resp[:len(resp)-2], uint16(resp[len(resp)-2])<<8|uint16(resp[len(resp)-1])
+	t := APDUTrace{CardID: cc.c.id, ICCID: iccid, EID: eid, User: user, Start: start, Duration: time.Since(start),
+		Command: cmd, Reset: cmd == nil}
+	switch r := reply.(type) {
+	case protocol.RAPDU:
+		t.Response, t.SW = r.Response, r.SW
+	case protocol.ResetResp:
+		t.Response = r.ATR
 	}
-	if cmd == nil {
-		t.Reset = true
+	if err != nil {
+		t.Err = err.Error()
 	}
 	tr.TraceAPDU(t)
 }

@@ -364,9 +364,9 @@ func (cc *cardConn) serve() string {
 		}
 		switch mm := m.(type) {
 		case protocol.RAPDU:
-			if why := cc.complete(protocol.TypeRAPDU, m, ""); why != "" { // m: no new interface value
+			if err := cc.complete(protocol.TypeRAPDU, m, ""); err != nil { // m: no new interface value
 				c.problem(ProblemUnexpected)
-				c.sendError("unexpected r_apdu: %s", why)
+				c.sendError("unexpected r_apdu: %s", err)
 			}
 		case protocol.ResetResp:
 			if len(mm.ATR) > MaxATRLen {
@@ -376,14 +376,14 @@ func (cc *cardConn) serve() string {
 				c.sendError("%s", msg)
 				continue
 			}
-			if why := cc.complete(protocol.TypeResetResp, m, ""); why != "" {
+			if err := cc.complete(protocol.TypeResetResp, m, ""); err != nil {
 				c.problem(ProblemUnexpected)
-				c.sendError("unexpected reset_resp: %s", why)
+				c.sendError("unexpected reset_resp: %s", err)
 			}
 		case protocol.Error:
 			// Never answered: a peer that answers errors with errors
 			// (pySim's card client does) would loop forever.
-			if cc.complete("", nil, "card agent error: "+mm.Message) != "" {
+			if cc.complete("", nil, "card agent error: "+mm.Message) != nil {
 				c.log().Warn("card agent sent an error", "message", mm.Message)
 			}
 		case protocol.DisconnectAck:
@@ -446,18 +446,18 @@ func replyLike(err error) bool {
 // complete answers the pending request with m (an r_apdu or reset_resp
 // of type msgType), or with an error text when m is nil (msgType "" then
 // matches any request). It runs on the card's goroutine and writes to the
-// user directly. It returns "" when done, else why there was nothing to
-// answer.
-func (cc *cardConn) complete(msgType string, m protocol.Message, errText string) string {
+// user directly. It returns nil when done, else why there was nothing to
+// answer (errNoRequest, *waitingForError).
+func (cc *cardConn) complete(msgType string, m protocol.Message, errText string) error {
 	cc.mu.Lock()
 	p := cc.pending
 	switch {
 	case p.from == nil:
 		cc.mu.Unlock()
-		return "no request is outstanding"
+		return errNoRequest
 	case msgType != "" && msgType != p.want:
 		cc.mu.Unlock()
-		return "the server is waiting for " + p.want
+		return &waitingForError{p.want}
 	}
 	cc.pending = request{}
 	if rr, ok := m.(protocol.ResetResp); ok && len(rr.ATR) > 0 {
@@ -480,14 +480,14 @@ func (cc *cardConn) complete(msgType string, m protocol.Message, errText string)
 	cc.finished(p, outcome, m, errText)
 	switch {
 	case withdrawn:
-		p.from.c.sendError(errWithdrawn)
+		p.from.c.sendError("%s", errWithdrawnCard)
 	case m != nil:
 		_ = p.from.c.write(m)
 	default:
 		p.from.c.sendError("%s", errText)
 	}
 	p.from.done(withdrawn)
-	return ""
+	return nil
 }
 
 // finished reports the end of request p to the Observer and the Tracer.
@@ -556,19 +556,20 @@ func (cc *cardConn) end(reason string) {
 }
 
 // send starts u's request m, which the card answers with a message of
-// type want. It returns "" or, when the card is gone, the error for the
-// user. On success the reply (or its failure) reaches the user later,
-// from the card's goroutine or the timeout, followed by u.done.
-func (cc *cardConn) send(u *userConn, m protocol.Message, want string) string {
+// type want. It returns nil or, when the card is gone or withdrawn, the
+// error for the user (*cardGoneError, errWithdrawnCard). On success the
+// reply (or its failure) reaches the user later, from the card's
+// goroutine or the timeout, followed by u.done.
+func (cc *cardConn) send(u *userConn, m protocol.Message, want string) error {
 	d := cc.srv().cfg.RequestTimeout
 	cc.mu.Lock()
 	switch {
 	case cc.gone != "":
 		cc.mu.Unlock()
-		return "card disconnected: " + cc.gone
+		return &cardGoneError{cc.gone}
 	case cc.user != u: // taken away by Server.Recheck
 		cc.mu.Unlock()
-		return errWithdrawn
+		return errWithdrawnCard
 	}
 	cc.pending = request{from: u, want: want, sent: m.MsgType(), deadline: time.Now().Add(d)}
 	if ca, ok := m.(protocol.CAPDU); ok {
@@ -591,7 +592,7 @@ func (cc *cardConn) send(u *userConn, m protocol.Message, want string) string {
 	cc.mu.Unlock()
 	// A failed write closes the card connection; end then answers.
 	_ = cc.c.write(m)
-	return ""
+	return nil
 }
 
 // checkTimeout runs on the request timer. A card agent that has not
@@ -623,24 +624,24 @@ func (cc *cardConn) checkTimeout() {
 	p.from.done(true)
 }
 
-// associate makes u the card's user. It returns "" on success, else the
-// error for the user.
-func (cc *cardConn) associate(u *userConn, key, value string) string {
+// associate makes u the card's user. It returns nil on success, else a
+// *selectError for the user.
+func (cc *cardConn) associate(u *userConn, key, value string) error {
 	cc.mu.Lock()
+	fail := func(kind selectFailure) error {
+		cc.mu.Unlock()
+		return &selectError{kind: kind, key: key, value: value}
+	}
 	switch {
 	case cc.gone != "":
-		cc.mu.Unlock()
-		return fmt.Sprintf("card %s %s disconnected", key, value)
+		return fail(selectDisconnected)
 	case cc.state == protocol.StateAssociated:
-		cc.mu.Unlock()
-		return fmt.Sprintf("card %s %s is in use by another user", key, value)
+		return fail(selectInUse)
 	case cc.state != protocol.StateReady:
-		cc.mu.Unlock()
-		return fmt.Sprintf("card %s %s is still being identified; try again in a moment", key, value)
+		return fail(selectIdentifying)
 	case !cc.allows(u):
 		// The user's rules changed since hub.find (Server.Recheck).
-		cc.mu.Unlock()
-		return fmt.Sprintf("no card with %s %s is connected", key, value)
+		return fail(selectNotConnected)
 	}
 	cc.setState(protocol.StateAssociated, u.c)
 	cc.user, cc.withdrawn = u, false
@@ -648,12 +649,11 @@ func (cc *cardConn) associate(u *userConn, key, value string) string {
 		// The card connection is closing; its goroutine cleans up.
 		cc.user = nil
 		cc.setState(protocol.StateReady, nil)
-		cc.mu.Unlock()
-		return fmt.Sprintf("card %s %s disconnected", key, value)
+		return fail(selectDisconnected)
 	}
 	cc.emit()
 	cc.mu.Unlock()
-	return ""
+	return nil
 }
 
 // setState changes the listed state and user (nil: none); cc.mu must be

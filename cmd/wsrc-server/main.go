@@ -5,7 +5,7 @@
 // wire protocol (docs/protocol.md). `wsrc-server --help` lists its flags.
 //
 // This command only wires the process to the daemon, package
-// internal/serverd: its arguments, standard streams and signals (SIGINT
+// server/daemon: its arguments, standard streams and signals (SIGINT
 // and SIGTERM end it, SIGHUP reloads).
 package main
 
@@ -15,14 +15,14 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/wsrc-go/wsrc/internal/serverd"
+	"github.com/wsrc-go/wsrc/server/daemon"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
-	code := serverd.Main(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr, hup)
+	code := daemon.Main(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr, hup)
 	signal.Stop(hup)
 	stop()
 	os.Exit(code)

@@ -1,7 +1,7 @@
 // Package auth decides who is at the other end of a WebSocket upgrade
 // request to wsrc-server, and which cards they may use.
 //
-// Place in the data flow: internal/serverd (wsrc-server) reads users and agents from its
+// Place in the data flow: server/daemon (wsrc-server) reads users and agents from its
 // configuration file into a Store; package server asks the Store about
 // every upgrade request, before the WebSocket exists, and refuses
 // unauthenticated requests with 401 (so they never reach hello). The

@@ -1,11 +1,11 @@
-// Package serverd is the wsrc-server daemon around the relay (package
+// Package daemon is the wsrc-server daemon around the relay (package
 // server): flags and the configuration file (config.go), listeners and
 // socket activation, TLS (tls.go), accounts and reloads, the status
 // listener and metrics (status.go), APDU traces (trace.go), systemd
 // integration (systemd.go) and the helper subcommands (tools.go).
 // cmd/wsrc-server only hands it the program's arguments, standard
 // streams and signals.
-package serverd
+package daemon
 
 import (
 	"context"

@@ -1,4 +1,4 @@
-package serverd
+package daemon
 
 import (
 	"fmt"

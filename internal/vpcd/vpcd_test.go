@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -315,7 +316,7 @@ func FuzzMessages(f *testing.F) {
 	f.Add([]byte{0x00, 0x00})
 	f.Add([]byte{0xff, 0xff, 0x00})
 	f.Fuzz(func(t *testing.T, data []byte) {
-		s := &session{c: sim.New(sim.Config{})}
+		s := &session{l: cardLink{sim.New(sim.Config{})}}
 		r := bytes.NewReader(data)
 		for {
 			msg, err := readMsg(r, nil)
@@ -331,4 +332,76 @@ func FuzzMessages(f *testing.F) {
 			}
 		}
 	})
+}
+
+// failingLink is a Link whose exchanges fail once broken is set.
+type failingLink struct {
+	testCard
+	broken error // guarded by testCard.mu
+}
+
+func (l *failingLink) err() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.broken
+}
+
+func (l *failingLink) Transmit(_ context.Context, cmd []byte) ([]byte, error) {
+	if err := l.err(); err != nil {
+		return nil, err
+	}
+	return l.Process(cmd), nil
+}
+
+func (l *failingLink) Reset(ctx context.Context, k card.ResetKind) ([]byte, error) {
+	if err := l.err(); err != nil {
+		return nil, err
+	}
+	return l.testCard.Reset(ctx, k)
+}
+
+// TestServeLink: with ResetAtPowerOn the first power on is a cold reset;
+// an exchange that fails ends the connection with the link's error (the
+// card leaves the reader), without an answer to vpcd.
+func TestServeLink(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		last []byte // the request that meets the broken link
+	}{
+		{"APDU", []byte{0x00, 0xa4, 0x00, 0x00}},
+		{"reset", []byte{CtrlReset}},
+		{"power on", []byte{CtrlPowerOn}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := &failingLink{testCard: testCard{atr: []byte{0x3b, 0x00}, reply: []byte{0x90, 0x00}}}
+			a, b := net.Pipe()
+			res := make(chan error, 1)
+			go func() { res <- ServeLink(context.Background(), a, l, LinkOptions{ResetAtPowerOn: true}) }()
+			defer b.Close()
+			v := &fakeVPCD{t: t, conn: b}
+			v.send([]byte{CtrlPowerOn})
+			if got := v.exchange([]byte{CtrlATR}); !bytes.Equal(got, l.atr) {
+				t.Fatalf("ATR = %x", got)
+			}
+			if got := v.exchange([]byte{0x00, 0xb0, 0x00, 0x00, 0x01}); !bytes.Equal(got, l.reply) {
+				t.Fatalf("response = %x", got)
+			}
+			if got, want := l.resetLog(), []card.ResetKind{card.ColdReset}; !slices.Equal(got, want) {
+				t.Fatalf("resets = %v, want %v", got, want)
+			}
+			if tc.last[0] == CtrlPowerOn {
+				v.send([]byte{CtrlPowerOff})
+			}
+			l.mu.Lock()
+			l.broken = errors.New("remote card gone")
+			l.mu.Unlock()
+			v.send(tc.last)
+			if _, err := readMsg(b, nil); !errors.Is(err, io.EOF) {
+				t.Fatalf("vpcd got %v, want the connection closed", err)
+			}
+			if err := <-res; err == nil || !strings.Contains(err.Error(), "remote card gone") {
+				t.Fatalf("ServeLink = %v, want the link's error", err)
+			}
+		})
+	}
 }

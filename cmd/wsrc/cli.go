@@ -51,6 +51,7 @@ type options struct {
 	eid     string
 	atr     string
 	id      string
+	vpcd    vpcdOptions // wsrc vpcd only
 }
 
 // usageError is a mistake on the command line; the message is shown with
@@ -73,13 +74,15 @@ type command struct {
 	usage   string // the synopsis and description, then examples
 	// flags it takes besides the common ones
 	json, selects bool
-	run           func(cl *cli, ctx context.Context, o *options, args []string) error
+	// flags registers the command's own flags, if any.
+	flags func(fs *flag.FlagSet, o *options)
+	run   func(cl *cli, ctx context.Context, o *options, args []string) error
 }
 
 var commands []*command
 
 func init() {
-	commands = []*command{listCmd, apduCmd, resetCmd, shellCmd, versionCmd}
+	commands = []*command{listCmd, apduCmd, resetCmd, shellCmd, vpcdCmd, versionCmd}
 }
 
 const mainUsage = `wsrc - use smart cards in remote readers through a WSRC server
@@ -95,7 +98,7 @@ Common flags (before or after the command):
   --timeout D        how long each request may wait for the server (default %v)
   -v, --verbose      trace every WebSocket frame on stderr
 
-Card selection (apdu, reset, shell), exactly one of:
+Card selection (apdu, reset, shell, vpcd), exactly one of:
   --iccid ICCID  --eid EID  --atr ATR  --id TYPE=VALUE
 
 Exit status:
@@ -166,6 +169,9 @@ func (cl *cli) run(ctx context.Context, args []string) int {
 		fs.StringVar(&o.eid, "eid", "", "select the card by `EID`")
 		fs.StringVar(&o.atr, "atr", "", "select the card by `ATR` (hex)")
 		fs.StringVar(&o.id, "id", "", "select the card by any identity the server knows, as `TYPE=VALUE`")
+	}
+	if cmd.flags != nil {
+		cmd.flags(fs, o)
 	}
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {

@@ -7,7 +7,7 @@ import (
 	"errors"
 	"os"
 	"os/exec"
-		"strings"
+	"strings"
 	"testing"
 	"time"
 
@@ -285,9 +285,13 @@ func TestTwoBridges(t *testing.T) {
 		e.agentCard(simCard(i, i == 1), "sim reader "+string(rune('0'+i)))
 		e.bridge(i, "eid", simbackend.EID(i))
 	}
+	present := map[string]bool{}
+	w.waitFor("both readers with a card", func(ev pcsc.ReaderEvent) bool {
+		present[ev.Reader] = ev.CardPresent
+		return present[e.d.Reader(0)] && present[e.d.Reader(1)]
+	})
 	cards := make([]*pcsc.Card, 2)
 	for i := range 2 {
-		w.present(e.d.Reader(i))
 		cards[i] = open(t, e.d.Reader(i))
 	}
 	done := make(chan error, 2)

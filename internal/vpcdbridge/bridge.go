@@ -73,6 +73,9 @@ import (
 // machine; slot i listens on port 35963+i.
 const DefaultVPCD = "127.0.0.1:35963"
 
+// maxVPCDBackoff bounds the wait between attempts to reach vpcd.
+const maxVPCDBackoff = time.Second
+
 // Defaults for the zero Config fields.
 const (
 	DefaultCheckInterval = 5 * time.Second
@@ -272,7 +275,11 @@ func (b *Bridge) hold(ctx context.Context, c *client.Client, ids protocol.Identi
 	}()
 	defer func() { cancel(nil); <-watched }()
 
+	// vpcd is on this machine, and with pcscd's --auto-exit (Debian's
+	// default) it only listens while an application has started pcscd:
+	// try often, so that the card is there soon after.
 	bo := b.newBackoff()
+	bo.max = min(bo.max, maxVPCDBackoff)
 	warned := false
 	for hctx.Err() == nil {
 		conn, err := vpcd.Dial(hctx, b.cfg.VPCD)

@@ -277,14 +277,15 @@ func TestServerRestart(t *testing.T) {
 }
 
 // TestTwoBridges: two cards on successive vpcd ports (readers 0 and 1),
-// used at the same time.
+// used at the same time; the second is chosen by its IMSI, which the
+// server's identification read.
 func TestTwoBridges(t *testing.T) {
 	e := newEnv(t, server.Config{})
 	w := e.watch()
-	for i := range 2 {
-		e.agentCard(simCard(i, i == 1), "sim reader "+string(rune('0'+i)))
-		e.bridge(i, "eid", simbackend.EID(i))
-	}
+	e.agentCard(simCard(0, false), "sim reader 0")
+	e.bridge(0, "eid", simbackend.EID(0))
+	e.agentCard(sim.New(sim.Config{ICCID: simbackend.ICCID(1), EID: sim.NoEID, USIM: true, IMSI: simbackend.IMSI(1), T0GetResponse: true}), "sim reader 1")
+	e.bridge(1, "imsi", simbackend.IMSI(1))
 	present := map[string]bool{}
 	w.waitFor("both readers with a card", func(ev pcsc.ReaderEvent) bool {
 		present[ev.Reader] = ev.CardPresent

@@ -50,6 +50,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/wsrc-go/wsrc/card"
 	"github.com/wsrc-go/wsrc/internal/version"
 	"github.com/wsrc-go/wsrc/protocol"
 )
@@ -184,6 +185,52 @@ func (c *Client) ListCards(ctx context.Context) ([]protocol.CardInfo, error) {
 		return nil, fmt.Errorf("listing cards: %w", err)
 	}
 	return ack.Cards, nil
+}
+
+// ListCardsWhere lists the cards that q selects (our extension of
+// list_cards: agent, reader, one identity, a limit; see
+// [protocol.ListCards]) and how many matched in all, which is more than
+// len(cards) when q.Limit cut the list. wsrc-server filters on its side;
+// a server that does not know the filter (pySim's) sends every card, and
+// the same filter is then applied here, so the result is the same.
+func (c *Client) ListCardsWhere(ctx context.Context, q protocol.ListCards) (cards []protocol.CardInfo, total int, err error) {
+	if (q.IDType == "") != (q.IDStr == "") {
+		return nil, 0, errors.New("listing cards: identity type and value go together")
+	}
+	ack, err := call[protocol.ListCardsAck](ctx, c, q)
+	if err != nil {
+		return nil, 0, fmt.Errorf("listing cards: %w", err)
+	}
+	cards = ack.Cards[:0:0]
+	for _, ci := range ack.Cards {
+		if matches(ci, q) {
+			cards = append(cards, ci)
+		}
+	}
+	total = max(ack.Total, len(cards))
+	if q.Limit > 0 && len(cards) > q.Limit {
+		cards = cards[:q.Limit]
+	}
+	return cards, total, nil
+}
+
+// matches reports whether a listed card is one q selects.
+func matches(ci protocol.CardInfo, q protocol.ListCards) bool {
+	switch {
+	case q.Agent != "" && ci.Agent != q.Agent, q.Reader != "" && ci.Reader != q.Reader:
+		return false
+	case q.IDType == "":
+		return true
+	}
+	for k, v := range ci.Identities {
+		if strings.EqualFold(k, q.IDType) {
+			if strings.EqualFold(k, protocol.IdentityICCID) {
+				return card.NormalizeICCID(v) == card.NormalizeICCID(q.IDStr)
+			}
+			return strings.EqualFold(v, q.IDStr)
+		}
+	}
+	return false
 }
 
 // Select associates this connection with one card, chosen by an identity:

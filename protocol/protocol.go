@@ -110,12 +110,30 @@ type Hello struct {
 // HelloAck acknowledges hello.
 type HelloAck struct{}
 
-// ListCards asks for the cards a user may select.
-type ListCards struct{}
+// ListCards asks for the cards a user may select. pySim sends no
+// fields; the fields are our extension, for deployments with many cards
+// (a pySim server ignores them and lists every card). Each one set
+// narrows the list: Agent and Reader match exactly, IDType and IDStr as
+// select_card matches, and Limit (when > 0) caps the number of cards
+// returned.
+type ListCards struct {
+	Agent  string
+	Reader string
+	IDType string
+	IDStr  string
+	Limit  int
+}
+
+// Filtered reports whether m asks for less than the whole list.
+func (m ListCards) Filtered() bool { return m != ListCards{} }
 
 // ListCardsAck answers ListCards.
 type ListCardsAck struct {
 	Cards []CardInfo
+	// Total is our extension, sent only in answer to a Filtered request:
+	// how many cards matched before the limit (len(Cards) when none was
+	// cut). 0 when not sent.
+	Total int
 }
 
 // CardInfo describes one card in list_cards_ack.

@@ -177,3 +177,37 @@ func BenchmarkEncodeRAPDU(b *testing.B) {
 		buf = AppendEncode(buf[:0], m)
 	}
 }
+
+// The list_cards filter and list_cards_ack's total are extensions: absent
+// from pySim's frames (which decode as before), present only when set.
+func TestListCardsFilter(t *testing.T) {
+	q := ListCards{Agent: "pi-3", Reader: "OMNIKEY 00 00", IDType: "iccid", IDStr: "8949", Limit: 100}
+	got := string(Encode(q))
+	want := `{"agent": "pi-3", "reader": "OMNIKEY 00 00", "id_type": "iccid", "id_str": "8949", "limit": 100, "msg_type": "list_cards"}`
+	if got != want {
+		t.Fatalf("encoded %s\nwant    %s", got, want)
+	}
+	m, err := Decode([]byte(got))
+	if err != nil || m != q {
+		t.Fatalf("decoded %+v, %v", m, err)
+	}
+	if got := string(Encode(ListCards{})); got != `{"msg_type": "list_cards"}` {
+		t.Fatalf("plain list_cards: %s", got)
+	}
+	ack := ListCardsAck{Cards: []CardInfo{}, Total: 5001}
+	if got := string(Encode(ack)); got != `{"cards": [], "total": 5001, "msg_type": "list_cards_ack"}` {
+		t.Fatalf("ack: %s", got)
+	}
+	if m, err := Decode(Encode(ack)); err != nil || m.(ListCardsAck).Total != 5001 {
+		t.Fatalf("ack decoded %+v, %v", m, err)
+	}
+	for frame, want := range map[string]string{
+		`{"msg_type": "list_cards", "limit": -1}`:      `"limit" must be a whole number`,
+		`{"msg_type": "list_cards", "limit": "10"}`:    `"limit" must be a whole number`,
+		`{"msg_type": "list_cards", "id_type": "eid"}`: `"id_type" and "id_str" go together`,
+	} {
+		if _, err := Decode([]byte(frame)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want %q", frame, err, want)
+		}
+	}
+}

@@ -165,6 +165,7 @@ func (cc *cardConn) identify() bool {
 	defer cancel()
 	tr := &identTransmitter{cc: cc}
 	found, err := identify(ctx, tr)
+	found = plausible(found, c.log())
 	id := identity{atr: cc.id.atr, eid: found.EID, iccid: found.ICCID, imsi: found.IMSI}
 	if err != nil {
 		var refused *cardRefused
@@ -215,11 +216,30 @@ func (cc *cardConn) identify() bool {
 	card.ICCID, card.EID = id.iccid, id.eid
 	who := c.who()
 	allowed := who.Principal == nil || who.MayUse(card)
+	var holder *cardConn
+	var dupKey string
 	if allowed {
+		holder, dupKey = h.conflictWith(cc, id)
+	}
+	if allowed && holder == nil {
 		cc.state = protocol.StateReady
 		cc.id = id
 	}
+	var conflict Conflict
+	if holder != nil {
+		conflict = Conflict{Time: time.Now(), Identity: dupKey, Value: id.get(dupKey), Agent: cc.agent, Reader: cc.hello.Reader,
+			Remote: c.addr, Holder: holder.agent, HolderRemote: holder.c.addr}
+	}
 	h.mu.Unlock()
+	if holder != nil {
+		cc.mu.Unlock()
+		c.srv.conflicts.add(conflict)
+		c.srv.obs.Refused(Refusal{Port: roleCard, Remote: c.addr, Name: c.name, Reason: RefusedDuplicate})
+		c.log().Warn("card refused: its identity is already listed from another agent",
+			"identity", dupKey, "value", conflict.Value, "agent", logSafe(cc.agent), "listed_agent", logSafe(conflict.Holder), "listed_remote", conflict.HolderRemote)
+		c.fail(websocket.ClosePolicyViolation, "duplicate card identity", duplicateText(dupKey, conflict.Value))
+		return false
+	}
 	if !allowed {
 		cc.mu.Unlock()
 		if !c.revoked.Load() { // else it is closing already
@@ -335,6 +355,13 @@ func (cc *cardConn) serve() string {
 				c.sendError("unexpected r_apdu: %s", why)
 			}
 		case protocol.ResetResp:
+			if len(mm.ATR) > MaxATRLen {
+				c.problem(ProblemBadMessage)
+				msg := fmt.Sprintf("invalid reset_resp: atr is %d bytes; an ATR has at most %d", len(mm.ATR), MaxATRLen)
+				cc.complete("", nil, "card agent sent an invalid reply: "+msg)
+				c.sendError("%s", msg)
+				continue
+			}
 			if why := cc.complete(protocol.TypeResetResp, m, ""); why != "" {
 				c.problem(ProblemUnexpected)
 				c.sendError("unexpected reset_resp: %s", why)

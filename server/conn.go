@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -41,6 +42,9 @@ type conn struct {
 	// lost is set when the connection was lost rather than closed (see
 	// CardEvent.Lost); by whoever finds out, before the card's end.
 	lost atomic.Bool
+	// writeFailed is set by the first failed write: later writes to the
+	// dying connection fail too, and are neither logged nor counted.
+	writeFailed atomic.Bool
 
 	// rights are what the peer may do, as admitted (nil: an anonymous
 	// peer of an open port); Server.Recheck replaces them when the
@@ -127,6 +131,10 @@ func (e errTooBig) Error() string {
 // errBinary reports a binary frame; WSRC messages are text.
 var errBinary = errors.New("binary frames are not supported: send each message as a JSON text frame")
 
+// errBadUTF8 reports a text frame that is not valid UTF-8, which RFC 6455
+// (section 8.1) says must fail the connection (close 1007).
+var errBadUTF8 = errors.New("invalid UTF-8 in a text frame")
+
 // recoverable reports whether err (from next) concerns one message only,
 // leaving the connection usable.
 func recoverable(err error) bool {
@@ -178,6 +186,9 @@ func (c *conn) next() (protocol.Message, error) {
 	if typ != websocket.TextMessage {
 		return nil, errBinary
 	}
+	if !utf8.Valid(buf) {
+		return nil, errBadUTF8
+	}
 	return protocol.Decode(buf)
 }
 
@@ -198,8 +209,10 @@ func (c *conn) write(m protocol.Message) error {
 	c.wmu.Unlock()
 	if err != nil && !errors.Is(err, websocket.ErrCloseSent) {
 		c.lost.Store(true)
-		c.problem(ProblemWrite)
-		c.log().Info("write failed; closing", "msg_type", m.MsgType(), "err", err)
+		if c.writeFailed.CompareAndSwap(false, true) {
+			c.problem(ProblemWrite)
+			c.log().Info("write failed; closing", "msg_type", m.MsgType(), "err", err)
+		}
 		c.ws.Close()
 	}
 	return err
@@ -275,6 +288,20 @@ func (c *conn) closeGently(code int, reason string) {
 	deadline := time.Now().Add(closeGrace)
 	_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, closeReason(reason)), deadline)
 	_ = c.ws.SetReadDeadline(deadline)
+}
+
+// over marks the connection gone once its goroutine is done, however it
+// ended (the peer's close frame, a dropped TCP connection, our close):
+// the keepalive timer is stopped for good, so that nothing keeps the
+// connection reachable or pings a dead peer.
+func (c *conn) over() {
+	c.kmu.Lock()
+	c.closing = true
+	if c.ping != nil {
+		c.ping.Stop()
+		c.ping = nil
+	}
+	c.kmu.Unlock()
 }
 
 // closeNow sends a close frame and closes the TCP connection at once.
@@ -383,19 +410,27 @@ func (c *conn) setReadDeadline(t time.Time) {
 	c.kmu.Unlock()
 }
 
-// isTimeout reports whether err is a read deadline expiring.
+// isTimeout reports whether err is one of our read deadlines expiring
+// (hello, identification, pong). The kernel giving up on a TCP
+// connection (ETIMEDOUT) is not one: that connection was lost.
+//
+// gorilla/websocket replaces every timeout error by one of its own that
+// keeps only the text, and ETIMEDOUT also "is" os.ErrDeadlineExceeded,
+// so the text tells them apart: a deadline's ends in "i/o timeout", the
+// kernel's in "connection timed out".
 func isTimeout(err error) bool {
 	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
+	return errors.As(err, &ne) && ne.Timeout() && strings.HasSuffix(err.Error(), os.ErrDeadlineExceeded.Error())
 }
 
-// endedByPeer reports whether err is the peer closing or dropping the
-// connection (as opposed to our deadline or a protocol failure).
+// endedByPeer reports whether err is the peer closing or the connection
+// dropping: reset, broken pipe, the kernel's TCP timeout... (as opposed
+// to our deadline or a protocol failure).
 func endedByPeer(err error) bool {
 	var ce *websocket.CloseError
-	var oe *net.OpError // connection reset, broken pipe, ...
+	var ne net.Error
 	return errors.As(err, &ce) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		errors.Is(err, net.ErrClosed) || (errors.As(err, &oe) && !oe.Timeout())
+		errors.Is(err, net.ErrClosed) || (errors.As(err, &ne) && !isTimeout(err))
 }
 
 // readFailed ends the connection after a fatal error from next, with the
@@ -428,6 +463,10 @@ func (c *conn) readFailedClose(err error) string {
 		c.problem(ProblemTooBig)
 		c.fail(websocket.CloseMessageTooBig, big.Error(), big.Error())
 		return big.Error()
+	case errors.Is(err, errBadUTF8):
+		c.problem(ProblemBadMessage)
+		c.fail(websocket.CloseInvalidFramePayloadData, errBadUTF8.Error(), errBadUTF8.Error()+": WSRC messages are JSON text")
+		return errBadUTF8.Error()
 	case errors.As(err, &ce) && ce.Code != websocket.CloseAbnormalClosure:
 		// A close frame, whatever its code: the peer meant to go.
 		return "the " + peer + " closed the connection"
@@ -440,7 +479,9 @@ func (c *conn) readFailedClose(err error) string {
 		c.closeNow(websocket.CloseInternalServerErr, "keepalive ping timeout")
 		return "the " + peer + " stopped answering keepalive pings"
 	default:
+		// A WebSocket framing error (gorilla's texts name no address);
+		// whatever it is, it is logged above and not passed on.
 		c.closeNow(websocket.CloseProtocolError, closeReason(err.Error()))
-		return "protocol error: " + err.Error()
+		return "the " + peer + " broke the WebSocket protocol"
 	}
 }

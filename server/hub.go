@@ -55,13 +55,30 @@ func (h *hub) remove(cc *cardConn) {
 var hiddenAddr = protocol.RemoteAddr{IP: "0.0.0.0", Port: 0}
 
 // list returns the cards who may use as list_cards_ack shows them, with
-// the agents' addresses when showAddr.
-func (h *hub) list(who principal, showAddr bool) []protocol.CardInfo {
+// the agents' addresses when showAddr, narrowed by q (its IDType a
+// canonical key or ""); and how many matched before q.Limit.
+func (h *hub) list(who principal, showAddr bool, q protocol.ListCards) (cards []protocol.CardInfo, total int) {
+	var want string
+	if q.IDType != "" {
+		want = normalizeID(q.IDType, q.IDStr)
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	out := make([]protocol.CardInfo, 0, len(h.cards))
+	n := len(h.cards)
+	if q.Filtered() {
+		n = min(n, 16) // usually a few
+	}
+	out := make([]protocol.CardInfo, 0, n)
 	for _, cc := range h.cards {
-		if !who.mayUse(cc) {
+		switch {
+		case !who.mayUse(cc),
+			q.Agent != "" && cc.agent != q.Agent,
+			q.Reader != "" && cc.hello.Reader != q.Reader,
+			q.IDType != "" && (cc.id.get(q.IDType) == "" || normalizeID(q.IDType, cc.id.get(q.IDType)) != want):
+			continue
+		}
+		total++
+		if q.Limit > 0 && len(out) >= q.Limit {
 			continue
 		}
 		ci := protocol.CardInfo{
@@ -76,7 +93,7 @@ func (h *hub) list(who principal, showAddr bool) []protocol.CardInfo {
 		}
 		out = append(out, ci)
 	}
-	return out
+	return out, total
 }
 
 // mayUse reports whether the principal may list and select cc (an

@@ -25,11 +25,12 @@ const DefaultConfigPath = "/etc/wsrc/server.toml"
 // optional; flags and WSRC_SERVER_* variables override the ones that
 // have a flag.
 type fileConfig struct {
-	LogLevel       string `toml:"log_level"`
-	InsecureNoAuth bool   `toml:"insecure_no_auth"`
-	ShowRemoteAddr bool   `toml:"show_remote_addr"`
-	UserPort       port   `toml:"user_port"`
-	CardPort       port   `toml:"card_port"`
+	LogLevel       string   `toml:"log_level"`
+	InsecureNoAuth bool     `toml:"insecure_no_auth"`
+	ShowRemoteAddr bool     `toml:"show_remote_addr"`
+	TrustedProxies []string `toml:"trusted_proxies"`
+	UserPort       port     `toml:"user_port"`
+	CardPort       port     `toml:"card_port"`
 	TLS            struct {
 		CertFile   string `toml:"cert_file"`
 		KeyFile    string `toml:"key_file"`
@@ -55,6 +56,7 @@ type fileConfig struct {
 		MaxCards          int           `toml:"max_cards"`
 		MaxUsers          int           `toml:"max_users"`
 		MaxConnsPerAddr   int           `toml:"max_conns_per_address"`
+		MaxPending        int           `toml:"max_pending"`
 		MessageRate       int           `toml:"message_rate"`
 		MessageBurst      int           `toml:"message_burst"`
 		RateStrikes       int           `toml:"rate_strikes"`
@@ -259,6 +261,11 @@ func resolve(o options, f *config.File, fc *fileConfig, explicit map[string]bool
 	s.cardPort = pick("card-bind-port", def("card_port.bind_port"), fc.CardPort.BindPort, o.cardPort).(int)
 	s.insecureNoAuth = pick("insecure-no-auth", def("insecure_no_auth"), fc.InsecureNoAuth, o.insecureNoAuth).(bool)
 	s.srv.ShowRemoteAddr = pick("show-remote-addr", def("show_remote_addr"), fc.ShowRemoteAddr, o.showRemoteAddr).(bool)
+	if ps, err := auth.ParseProxies(fc.TrustedProxies); err != nil {
+		p.add("trusted_proxies", "%v (write addresses or networks: \"127.0.0.1\", \"::1\", \"10.0.0.0/8\")", err)
+	} else {
+		s.srv.TrustedProxies = ps
+	}
 	level := pick("log-level", def("log_level"), fc.LogLevel, o.logLevel).(string)
 	if err := s.logLevel.UnmarshalText([]byte(level)); err != nil {
 		p.add("log_level", "%q is not a log level (debug, info, warn, error)", level)
@@ -335,6 +342,7 @@ func (s *settings) limits(p *problems, o options, fc *fileConfig) {
 	count("max_cards", l.MaxCards, 1, 1<<20, &c.MaxCards)
 	count("max_users", l.MaxUsers, 1, 1<<20, &c.MaxUsers)
 	count("max_conns_per_address", l.MaxConnsPerAddr, 1, 1<<20, &c.MaxConnsPerAddr)
+	count("max_pending", l.MaxPending, 1, 1<<20, &c.MaxPending)
 	count("message_burst", l.MessageBurst, 1, 1<<20, &c.MessageBurst)
 	count("rate_strikes", l.RateStrikes, 1, 1<<20, &c.RateStrikes)
 	count("auth_failure_burst", l.AuthFailureBurst, 1, 1<<20, &c.AuthFailureBurst)

@@ -146,6 +146,7 @@ func TestConfigErrors(t *testing.T) {
 		{"[limits]\nmax_message_size = 10\n", ":2: limits.max_message_size: 10 is out of range"},
 		{"[limits]\nmessage_rate = -5\n", ":2: limits.message_rate: -5 is out of range"},
 		{"[user_port]\nbind_port = 99999\n", ":2: user_port.bind_port: 99999 is not a TCP port"},
+		{"trusted_proxies = [\"127.0.0.1\", \"proxy.example\"]\n", ":1: trusted_proxies: ParseAddr(\"proxy.example\")"},
 		{"[tls]\ncert_file = \"/x.pem\"\n", ":1: tls.key_file: cert_file and key_file go together"},
 		{"[tls]\ncert_file = \"/nonexistent.pem\"\nkey_file = \"/nonexistent.key\"\n", ":2: tls.cert_file: loading certificate"},
 		{"[tls]\nmin_version = \"1.0\"\n", ":2: tls.min_version: \"1.0\": use \"1.2\" or \"1.3\""},

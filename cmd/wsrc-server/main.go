@@ -668,10 +668,20 @@ const (
 func (a *app) serve(ctx context.Context, hup <-chan os.Signal) error {
 	logger := a.log
 	httpLog := log.New(&slogWriter{logger}, "", 0)
+	// Every state of a connection before it is a WebSocket is bounded by
+	// the header timeout: the TLS handshake and the request's header
+	// (ReadHeaderTimeout), a body dribbled slowly (ReadTimeout), a client
+	// that does not read the answer (WriteTimeout) and a connection kept
+	// alive after an answer that was not an upgrade (IdleTimeout). The
+	// upgrade (a hijack) clears these deadlines; the relay sets its own.
+	t := a.s.headerTimeout
 	newHTTP := func(h http.Handler) *http.Server {
 		return &http.Server{
 			Handler:           h,
-			ReadHeaderTimeout: a.s.headerTimeout, // also bounds the TLS handshake
+			ReadHeaderTimeout: t,
+			ReadTimeout:       t,
+			WriteTimeout:      t,
+			IdleTimeout:       t,
 			MaxHeaderBytes:    16 << 10,
 			ErrorLog:          httpLog,
 			TLSNextProto:      map[string]func(*http.Server, *tls.Conn, http.Handler){}, // no HTTP/2
@@ -679,6 +689,8 @@ func (a *app) serve(ctx context.Context, hup <-chan os.Signal) error {
 	}
 	a.gates[portUser].next, a.gates[portCard].next = a.srv.UserHandler(), a.srv.CardHandler()
 	users, cards := newHTTP(a.gates[portUser]), newHTTP(a.gates[portCard])
+	// And their number, per port and per client.
+	users.ConnState, cards.ConnState = a.srv.ConnState(server.PortUser), a.srv.ConnState(server.PortCard)
 	servers := []*http.Server{users, cards}
 	type group struct {
 		hs   *http.Server
@@ -711,7 +723,7 @@ func (a *app) serve(ctx context.Context, hup <-chan os.Signal) error {
 	for _, ln := range a.lns.status {
 		loop := isLoopback(ln.Addr())
 		g := &statusGuard{next: a.gates[portStatus], loopback: loop, allowed: a.s.status.allowedHosts, auth: &a.auth,
-			throttle: statusThrottle, insecure: a.s.insecureNoAuth, log: logger}
+			throttle: statusThrottle, proxies: a.s.srv.TrustedProxies, insecure: a.s.insecureNoAuth, log: logger}
 		hs := newHTTP(g)
 		hs.WriteTimeout, hs.IdleTimeout = statusWriteTimeout, statusIdleTimeout
 		statusServers = append(statusServers, hs)

@@ -95,7 +95,8 @@ type statusGuard struct {
 	allowed  []string    // Host names accepted besides loopback's (lower case)
 	auth     *authSwitch // the current accounts
 	throttle *auth.Throttle
-	insecure bool // off loopback without admin users: open (insecure_no_auth)
+	proxies  auth.Proxies // trusted reverse proxies (trusted_proxies)
+	insecure bool         // off loopback without admin users: open (insecure_no_auth)
 	log      *slog.Logger
 }
 
@@ -119,8 +120,9 @@ func (g *statusGuard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		g.next.ServeHTTP(w, r)
 		return
 	}
-	client := auth.ClientKey(r.RemoteAddr)
-	if wait, ok := g.throttle.Check(client); !ok {
+	client := auth.ClientKey(g.proxies.ClientAddr(r))
+	attempt, wait, ok := g.throttle.Begin(client)
+	if !ok {
 		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
 		http.Error(w, "too many failed authentication attempts from this address; try again later", http.StatusTooManyRequests)
 		return
@@ -130,6 +132,7 @@ func (g *statusGuard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if acc.admins > 0 {
 		p, err = acc.store.UserRequest(r)
 	}
+	logIt, suppressed := attempt.End(err != nil && !errors.Is(err, auth.ErrNoCredentials))
 	switch {
 	case err == nil && p != nil && p.Admin:
 		g.next.ServeHTTP(w, r)
@@ -138,7 +141,7 @@ func (g *statusGuard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "the status listener is for admin users only", http.StatusForbidden)
 		return
 	case err != nil && !errors.Is(err, auth.ErrNoCredentials):
-		if logIt, suppressed := g.throttle.Fail(client); logIt {
+		if logIt {
 			g.log.Warn("authentication failed", "port", portStatus, "remote", r.RemoteAddr, "err", err, "failures_not_logged", suppressed)
 		}
 	}
@@ -198,6 +201,11 @@ func statusSource(srv *server.Server, started time.Time) status.Source {
 			snap.Users = append(snap.Users, su)
 		}
 		slices.SortFunc(snap.Users, func(a, b status.User) int { return cmp.Compare(a.ID, b.ID) })
+		snap.Conflicts = []status.Conflict{}
+		for _, c := range srv.Conflicts() {
+			snap.Conflicts = append(snap.Conflicts, status.Conflict{Time: c.Time, Identity: c.Identity, Value: c.Value, Agent: c.Agent,
+				Reader: c.Reader, RemoteAddr: c.Remote, ListedAgent: c.Holder, ListedRemoteAddr: c.HolderRemote})
+		}
 		return snap
 	})
 }
@@ -282,9 +290,11 @@ var refusalKinds = map[server.RefusalReason]status.ErrorKind{
 	server.RefusedThrottled:     status.ErrorThrottled,
 	server.RefusedPortFull:      status.ErrorConnLimit,
 	server.RefusedAddrFull:      status.ErrorConnLimit,
+	server.RefusedPending:       status.ErrorConnLimit,
 	server.RefusedRateLimited:   status.ErrorRateLimit,
 	server.RefusedRateClosed:    status.ErrorRateLimit,
 	server.RefusedCard:          status.ErrorCardNotAllowed,
+	server.RefusedDuplicate:     status.ErrorDuplicateCard,
 }
 
 // Refused counts a refusal by kind.

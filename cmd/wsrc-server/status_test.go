@@ -433,7 +433,7 @@ func TestMetricsObserver(t *testing.T) {
 	o.Relayed(server.RequestEvent{Type: "c_apdu", Outcome: server.OutcomeTimeout})
 	o.Relayed(server.RequestEvent{Type: "c_apdu", Outcome: server.OutcomeGone})
 	for _, r := range []server.RefusalReason{server.RefusedNoCredentials, server.RefusedBadCredential, server.RefusedThrottled,
-		server.RefusedPortFull, server.RefusedAddrFull, server.RefusedRateLimited, server.RefusedRateClosed, server.RefusedCard,
+		server.RefusedPortFull, server.RefusedAddrFull, server.RefusedRateLimited, server.RefusedRateClosed, server.RefusedCard, server.RefusedDuplicate, server.RefusedPending,
 		server.RefusedShuttingDown} {
 		o.Refused(server.Refusal{Reason: r})
 	}
@@ -470,9 +470,10 @@ func TestMetricsObserver(t *testing.T) {
 		{"wsrc_server_errors_total", []string{"kind", "request_timeout"}, 1},
 		{"wsrc_server_errors_total", []string{"kind", "auth"}, 2},
 		{"wsrc_server_errors_total", []string{"kind", "throttled"}, 1},
-		{"wsrc_server_errors_total", []string{"kind", "conn_limit"}, 2},
+		{"wsrc_server_errors_total", []string{"kind", "conn_limit"}, 3}, // port, address, pending
 		{"wsrc_server_errors_total", []string{"kind", "rate_limit"}, 2},
 		{"wsrc_server_errors_total", []string{"kind", "card_not_allowed"}, 1},
+		{"wsrc_server_errors_total", []string{"kind", "duplicate_card"}, 1},
 		{"wsrc_server_errors_total", []string{"kind", "bad_message"}, 1},
 		{"wsrc_server_errors_total", []string{"kind", "unexpected_message"}, 1},
 		{"wsrc_server_errors_total", []string{"kind", "hello"}, 1},

@@ -345,3 +345,35 @@ func TestHandshakeTimeout(t *testing.T) {
 		}
 	}
 }
+
+// Every state before the upgrade is bounded by header_timeout: a
+// connection kept alive after a request that was not an upgrade (400,
+// or 401 with accounts), and a request whose body is dribbled slowly.
+// Issue 10, point 2.
+func TestPreUpgradeStatesTimeOut(t *testing.T) {
+	path := writeConfig(t, "[limits]\nheader_timeout = \"1s\"\n")
+	s, o, ex := testSettings(t, path)
+	r := start(t, s, o, ex)
+	requests := map[string]string{
+		"not an upgrade, kept alive": "GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+		"slow body":                  "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nab",
+	}
+	for name, req := range requests {
+		for _, addr := range []string{r.user, r.card} {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if _, err := io.WriteString(c, req); err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			_, err = io.ReadAll(c) // the answer, if any, then EOF when the server closes
+			if d := time.Since(start); err != nil || d > 5*time.Second {
+				t.Errorf("%s on %s: connection kept for %v (%v), want closed after about 1s", name, addr, d, err)
+			}
+		}
+	}
+}

@@ -51,7 +51,11 @@ type options struct {
 	eid     string
 	atr     string
 	id      string
-	vpcd    vpcdOptions // wsrc vpcd only
+	// list's filter
+	agent  string
+	reader string
+	limit  int
+	vpcd   vpcdOptions // wsrc vpcd only
 }
 
 // usageError is a mistake on the command line; the message is shown with
@@ -74,7 +78,7 @@ type command struct {
 	usage   string // the synopsis and description, then examples
 	// flags it takes besides the common ones
 	json, selects bool
-	// flags registers the command's own flags, if any.
+	// flags registers the command's own flags, if any
 	flags func(fs *flag.FlagSet, o *options)
 	run   func(cl *cli, ctx context.Context, o *options, args []string) error
 }
@@ -302,16 +306,29 @@ func (cl *cli) dial(ctx context.Context, o *options, extra ...client.Option) (*c
 
 // selection returns the identity type and value the flags ask for.
 func (o *options) selection(cmd string) (idType, idStr string, err error) {
+	if o.identityFlags() != 1 {
+		return "", "", usagef(cmd, "choose the card with exactly one of --iccid, --eid, --atr, --id")
+	}
+	return o.identity(cmd)
+}
+
+// identityFlags counts the identity flags given.
+func (o *options) identityFlags() int {
 	n := 0
 	for _, s := range []string{o.iccid, o.eid, o.atr, o.id} {
 		if s != "" {
 			n++
 		}
 	}
-	if n != 1 {
-		return "", "", usagef(cmd, "choose the card with exactly one of --iccid, --eid, --atr, --id")
-	}
+	return n
+}
+
+// identity returns the identity type and value of the one identity flag
+// given ("" when none).
+func (o *options) identity(cmd string) (idType, idStr string, err error) {
 	switch {
+	case o.identityFlags() == 0:
+		return "", "", nil
 	case o.iccid != "":
 		return "iccid", strings.TrimSpace(o.iccid), nil
 	case o.eid != "":

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -21,11 +22,20 @@ var listCmd = &command{
 	summary: "list the cards on the server",
 	json:    true,
 	usage: `Usage:
-  wsrc list [--server URL] [--json]
+  wsrc list [--server URL] [--json] [--agent NAME] [--reader NAME]
+            [--iccid ICCID | --eid EID | --atr ATR | --id TYPE=VALUE] [--limit N]
 
-Lists every card the server knows, with its identities, its state (init:
-being identified; ready: free; associated: selected by a user), the agent
-and reader it sits in (when the server tells), and the agent's address.
+Lists the cards the server knows (those you may use), with their
+identities, their state (init: being identified; ready: free; associated:
+selected by a user), the agent and reader they sit in (when the server
+tells), and the agent's address (when the server shows it).
+
+The filter flags list only the matching cards: on a server with
+thousands of cards the server sends just those (wsrc-server's extension
+of list_cards; a server without it, such as pySim's, sends every card and
+wsrc filters them). With --limit, at most N cards are shown and a last
+line (stderr with --json) says how many matched in all.
+
 An IMSI column appears when the server found an IMSI on any card
 (wsrc-server reads it where the card gives it without a PIN); select such a
 card with --id imsi=IMSI.
@@ -33,8 +43,19 @@ card with --id imsi=IMSI.
 Examples:
   wsrc list
   wsrc list --server ws://relay.example.org:4220/
+  wsrc list --agent lab-pi-3
+  wsrc list --iccid 8949440000001155314
   WSRC_SERVER=ws://pi.local:4220/ wsrc list --json | jq -r '.[].iccid'
 `,
+	flags: func(fs *flag.FlagSet, o *options) {
+		fs.StringVar(&o.agent, "agent", "", "list only the cards of the agent `NAME`")
+		fs.StringVar(&o.reader, "reader", "", "list only the cards in the reader `NAME` (as listed)")
+		fs.StringVar(&o.iccid, "iccid", "", "list only the card with this `ICCID`")
+		fs.StringVar(&o.eid, "eid", "", "list only the card with this `EID`")
+		fs.StringVar(&o.atr, "atr", "", "list only the cards with this `ATR` (hex)")
+		fs.StringVar(&o.id, "id", "", "list only the cards with this identity, as `TYPE=VALUE`")
+		fs.IntVar(&o.limit, "limit", 0, "show at most `N` cards (0: all)")
+	},
 	run: runList,
 }
 
@@ -42,19 +63,41 @@ func runList(cl *cli, ctx context.Context, o *options, args []string) error {
 	if len(args) > 0 {
 		return usagef("list", "no arguments expected, got %q", args[0])
 	}
+	if o.identityFlags() > 1 {
+		return usagef("list", "filter by at most one of --iccid, --eid, --atr, --id")
+	}
+	if o.limit < 0 {
+		return usagef("list", "--limit wants a number of cards, 0 for all")
+	}
+	idType, idStr, err := o.identity("list")
+	if err != nil {
+		return err
+	}
 	c, err := cl.dial(ctx, o)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	cards, err := c.ListCards(ctx)
+	q := protocol.ListCards{Agent: o.agent, Reader: o.reader, IDType: idType, IDStr: idStr, Limit: o.limit}
+	cards, total, err := c.ListCardsWhere(ctx, q)
 	if err != nil {
 		return err
 	}
+	more := ""
+	if total > len(cards) {
+		more = fmt.Sprintf("%d of %d matching cards shown (--limit)", len(cards), total)
+	}
 	if o.json {
+		if more != "" {
+			fmt.Fprintln(cl.stderr, more)
+		}
 		return writeJSON(cl.stdout, listJSON(cards))
 	}
-	return writeTable(cl.stdout, cards)
+	if err := writeTable(cl.stdout, cards); err != nil || more == "" {
+		return err
+	}
+	_, err = fmt.Fprintln(cl.stdout, more)
+	return err
 }
 
 // cardJSON is one card in `wsrc list --json`.

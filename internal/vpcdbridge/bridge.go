@@ -80,7 +80,9 @@ const maxVPCDBackoff = time.Second
 const (
 	DefaultCheckInterval = 5 * time.Second
 	DefaultMinBackoff    = 500 * time.Millisecond
-	DefaultMaxBackoff    = 30 * time.Second
+	// DefaultMaxBackoff is the agents' cap too: after a long outage the
+	// card is back within about 10 s of the server's return.
+	DefaultMaxBackoff = 8 * time.Second
 )
 
 // Config describes a bridge.

@@ -352,14 +352,16 @@ func (b *Bridge) watch(ctx context.Context, cancel context.CancelCauseFunc, c *c
 // is not ours. If another user took it meanwhile, the next exchange
 // fails instead.)
 func (b *Bridge) check(ctx context.Context, c *client.Client, ids protocol.Identities, l *remote) error {
-	cards, err := c.ListCards(ctx)
+	key, val := matchKey(ids, l.currentATR())
+	// Only the cards with this identity (wsrc-server filters; a pySim
+	// server sends all and the client filters).
+	cards, _, err := c.ListCardsWhere(ctx, protocol.ListCards{IDType: key, IDStr: val})
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
 		return fmt.Errorf("checking the card: %w", err)
 	}
-	key, val := matchKey(ids, l.currentATR())
 	for _, ci := range cards {
 		v := ci.Identities[key]
 		if v == "" || normalize(key, v) != normalize(key, val) {

@@ -107,6 +107,7 @@ func hexOf(s string) string {
 // in the vpcd reader: the project's pcsc package (EF.ICCID, a 256-byte
 // and an extended 4000-byte READ BINARY, case 4 SELECT whose answer comes
 // through GET RESPONSE, reset from the application with the new ATR),
+// warm and cold), the card still held when no application has it open,
 // then scriptor (pcsc-tools) and opensc-tool (opensc) with --atr,
 // --send-apdu and --reset.
 func TestApplications(t *testing.T) {
@@ -159,7 +160,22 @@ func TestApplications(t *testing.T) {
 		t.Errorf("after the application's reset: remote resets %v, ATR %x, remote ATR %x", got, atr, rec.ATR())
 	}
 	transmit(t, c, selectMF, 0x9000)
+	// A cold reset (power off and on) from the application resets the
+	// remote card too.
+	n := len(rec.Resets())
+	if atr, err = c.Reset(ctx, card.ColdReset); err != nil {
+		t.Fatalf("cold reset from the application: %v", err)
+	}
+	if len(rec.Resets()) <= n || !bytes.Equal(atr, rec.ATR()) {
+		t.Errorf("after the cold reset: remote resets %v, ATR %x, remote ATR %x", rec.Resets(), atr, rec.ATR())
+	}
 	c.Close()
+
+	// No application has the card open: the bridge still holds it.
+	other := e.user(t)
+	if _, err := other.Select(ctx, "iccid", iccid); !errContains(err, "in use by another user") {
+		t.Errorf("another user selecting the card while no application uses it: %v, want in use", err)
+	}
 
 	// scriptor sends each line as an APDU.
 	out := tool(t, "00 A4 00 04 02 3F 00\n00 A4 00 04 02 2F E2\n00 B0 00 00 0A\n", "scriptor", "-r", reader)
@@ -170,7 +186,7 @@ func TestApplications(t *testing.T) {
 		t.Errorf("scriptor: want 3 APDUs answered 9000")
 	}
 
-	n := len(rec.Resets())
+	n = len(rec.Resets())
 	out = tool(t, "", "opensc-tool", "--reader", "0", "--atr")
 	if !strings.Contains(hexOf(out), hex.EncodeToString(rec.ATR())) {
 		t.Errorf("opensc-tool --atr does not show the remote ATR %x", rec.ATR())

@@ -106,8 +106,8 @@ func hexOf(s string) string {
 // RESPONSE, 6Cxx) behind agent and server is seen by PC/SC applications
 // in the vpcd reader: the project's pcsc package (EF.ICCID, a 256-byte
 // and an extended 4000-byte READ BINARY, case 4 SELECT whose answer comes
-// through GET RESPONSE, reset from the application with the new ATR),
-// warm and cold), the card still held when no application has it open,
+// through GET RESPONSE, resets from the application, warm and cold, with
+// the new ATR), the card still held when no application has it open,
 // then scriptor (pcsc-tools) and opensc-tool (opensc) with --atr,
 // --send-apdu and --reset.
 func TestApplications(t *testing.T) {

@@ -25,6 +25,7 @@ type vpcdOptions struct {
 	addr      string
 	tokenFile string
 	caFile    string
+	share     bool
 }
 
 var vpcdCmd = &command{
@@ -36,10 +37,11 @@ var vpcdCmd = &command{
 		fs.StringVar(&o.vpcd.addr, "vpcd", o.vpcd.addr, "vpcd's `HOST:PORT` for the reader (port 35963 is reader 0, 35964 reader 1, ...)")
 		fs.StringVar(&o.vpcd.tokenFile, "token-file", "", "send the token in `FILE` as a bearer token (default: $WSRC_TOKEN, else $CREDENTIALS_DIRECTORY/wsrc-token if present)")
 		fs.StringVar(&o.vpcd.caFile, "tls-ca-file", "", "trust the CA certificates in PEM `FILE` instead of the system roots for wss://")
+		fs.BoolVar(&o.vpcd.share, "share", false, "select the card only while an application has it powered, so that others may use it in between")
 	},
 	usage: `Usage:
   wsrc vpcd [--vpcd HOST:PORT] (--iccid ICCID | --eid EID | --atr ATR | --id TYPE=VALUE)
-            [--server URL] [--token-file FILE] [--tls-ca-file FILE]
+            [--share] [--server URL] [--token-file FILE] [--tls-ca-file FILE]
 
 Makes a remote card a card in a local PC/SC reader, for every PC/SC
 application on this machine: pcsc_scan, scriptor, opensc-tool, lpac and
@@ -49,7 +51,11 @@ adds the readers "Virtual PCD 00 00" (port 35963) and "Virtual PCD 00 01"
 (port 35964); docs/pcsc-apps.md explains the set-up and other systems.
 
 The card is selected on the server when wsrc vpcd starts and held until it
-stops: other users see it associated. Each time pcscd powers the card on,
+stops: other users see it associated. With --share it is selected only
+while an application has it powered (pcscd powers it off as soon as the
+last application disconnects), so that a team can take turns; another user
+may then take it between two PC/SC sessions, and it leaves this reader
+until it is free again. Each time pcscd powers the card on,
 and when an application resets it, the remote card is reset. When the card
 or the server goes away, the reader shows no card; wsrc vpcd selects the
 card again (forever, with backoff) and it reappears. A card that cannot be
@@ -107,12 +113,12 @@ func runVPCD(cl *cli, ctx context.Context, o *options, args []string) error {
 	}
 	b, err := vpcdbridge.New(vpcdbridge.Config{
 		Server: serverURL(o.server), IDType: idType, IDStr: idStr, VPCD: vo.addr,
-		ClientOptions: opts, Logger: log,
+		ClientOptions: opts, Logger: log, Share: vo.share,
 	})
 	if err != nil {
 		return usagef("vpcd", "%v", err)
 	}
-	log.Info("wsrc vpcd: bridging the remote card to vpcd; stop with Ctrl-C", "server", redacted(o.server), "card", idType+"="+idStr, "vpcd", vo.addr)
+	log.Info("wsrc vpcd: bridging the remote card to vpcd; stop with Ctrl-C", "server", redacted(o.server), "card", idType+"="+idStr, "vpcd", vo.addr, "share", vo.share)
 	if err := b.Run(ctx); err != nil {
 		return err
 	}

@@ -74,12 +74,17 @@ func tool(t *testing.T, stdin, name string, args ...string) string {
 
 // TestVPCDRealStack runs `wsrc vpcd` against a private pcscd with vpcd and
 // a wss:// server that wants a bearer token (read from --token-file), and
-// uses the card with opensc-tool and scriptor. Ctrl-C (ctx) ends it with
-// status 0.
+// uses the card with opensc-tool and scriptor, holding the card and with
+// --share. Ctrl-C (ctx) ends it with status 0.
 func TestVPCDRealStack(t *testing.T) {
 	if testing.Short() {
 		t.Skip("real PC/SC stack test in -short mode")
 	}
+	t.Run("hold", func(t *testing.T) { vpcdRealStack(t) })
+	t.Run("share", func(t *testing.T) { vpcdRealStack(t, "--share") })
+}
+
+func vpcdRealStack(t *testing.T, extra ...string) {
 	d := pcscdtest.Start(t)
 	fakeSrv, env := fake(t, clienttest.Config{TLS: true, Authorize: func(r *http.Request) error {
 		if r.Header.Get("Authorization") != "Bearer s3cret-token" {
@@ -98,8 +103,9 @@ func TestVPCDRealStack(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	res := make(chan result, 1)
 	go func() {
-		res <- runWith(ctx, env, "", "vpcd", "--vpcd", d.SlotAddr(0), "--iccid", clienttest.TranscriptICCID,
-			"--token-file", tok, "--tls-ca-file", ca)
+		args := append([]string{"vpcd", "--vpcd", d.SlotAddr(0), "--iccid", clienttest.TranscriptICCID,
+			"--token-file", tok, "--tls-ca-file", ca}, extra...)
+		res <- runWith(ctx, env, "", args...)
 	}()
 	defer func() {
 		cancel()
@@ -126,7 +132,11 @@ func TestVPCDRealStack(t *testing.T) {
 	if r.code != exitOK {
 		t.Errorf("wsrc vpcd exited %d after the signal; stderr:\n%s", r.code, r.stderr)
 	}
-	for _, s := range []string{"card selected", "card inserted", "card removed from the reader", "wsrc vpcd: stopped"} {
+	want := []string{"card selected", "card inserted", "card removed from the reader", "wsrc vpcd: stopped"}
+	if len(extra) > 0 {
+		want = append(want, "card released (powered off)", "share=true")
+	}
+	for _, s := range want {
 		if !strings.Contains(r.stderr, s) {
 			t.Errorf("stderr lacks %q:\n%s", s, r.stderr)
 		}

@@ -78,6 +78,12 @@ type Link interface {
 	Reset(ctx context.Context, kind card.ResetKind) ([]byte, error)
 }
 
+// PowerOffer is implemented by Links that act on vpcd's power off (a
+// shared remote card is released then); an error ends the connection.
+type PowerOffer interface {
+	PowerOff(ctx context.Context) error
+}
+
 // ErrMessage is wrapped by errors about a malformed message from vpcd.
 var ErrMessage = errors.New("malformed vpcd message")
 
@@ -122,6 +128,11 @@ func (s *session) handle(ctx context.Context, msg []byte) (reply []byte, err err
 	case 1:
 		switch msg[0] {
 		case CtrlPowerOff:
+			if p, ok := s.l.(PowerOffer); ok {
+				if err := p.PowerOff(ctx); err != nil {
+					return nil, fmt.Errorf("power off: %w", err)
+				}
+			}
 			s.powered, s.coldNext = false, true
 		case CtrlPowerOn:
 			if s.coldNext {

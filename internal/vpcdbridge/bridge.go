@@ -30,6 +30,21 @@
 // between people, stop the bridge (`systemctl stop wsrc-vpcd@NAME`); the
 // server frees the card at once.
 //
+// # Sharing
+//
+// With Config.Share (`wsrc vpcd --share`) the bridge holds the card only
+// while pcscd has it powered: pcscd powers a card on when an application
+// connects (and briefly at insertion, to read the ATR) and off right after
+// the last application disconnects (pcsc-lite 1.9). The card is in the
+// reader while the server lists it as free (checked every CheckInterval,
+// on a connection of its own that never selects); a power on selects and
+// resets it, a power off releases it (by closing that session's
+// connection: the protocol has no other way). So a team shares the card
+// between PC/SC sessions, at the price the hold mode avoids: another user
+// may take it between two of them, and it then leaves this reader until
+// it is free again; a power on that loses that race fails (the card is
+// removed).
+//
 // # Presence and reconnection
 //
 // While the card is held, it is inserted in the vpcd slot (a TCP
@@ -49,7 +64,10 @@
 //
 // Run's goroutine owns the connection to the server and the slot. While a
 // card is held, one helper goroutine (owned by Run, ended before the card
-// is released) watches the server connection and the card list.
+// is released) watches the server connection and the card list. With
+// Share, Run's goroutine owns the watcher connection and the slot, and the
+// one goroutine serving the slot (started and waited for by Run) owns the
+// selecting connection.
 package vpcdbridge
 
 import (
@@ -109,6 +127,9 @@ type Config struct {
 	// OnEvent, if set, is called on Run's goroutines at every state
 	// change (tests wait on it); it must not block for long.
 	OnEvent func(Event)
+	// Share holds the card only while pcscd has it powered (see "Sharing"
+	// in the package doc) instead of for the bridge's lifetime.
+	Share bool
 }
 
 // EventKind says what changed.
@@ -196,6 +217,9 @@ func (b *Bridge) event(ev Event) {
 // Run keeps the card in the vpcd slot until ctx is done, reconnecting
 // forever (see the package doc). It returns nil when ctx is done.
 func (b *Bridge) Run(ctx context.Context) error {
+	if b.cfg.Share {
+		return b.runShared(ctx)
+	}
 	bo := b.newBackoff()
 	var lastWait string
 	for ctx.Err() == nil {

@@ -427,3 +427,50 @@ func waitSelect(t *testing.T, c *client.Client, iccid string) protocol.Identitie
 		<-tick.C
 	}
 }
+
+// TestShared: with Share, the card is selected only while pcscd has it
+// powered. Between PC/SC sessions another user may take it; the card then
+// leaves the reader, and comes back when that user lets it go. A session
+// selects it (other users are refused meanwhile) and its end releases it.
+func TestShared(t *testing.T) {
+	e := newEnv(t, server.Config{})
+	iccid := simbackend.ICCID(0)
+	rec := vpcd.NewResetRecorder(simCard(0, true))
+	e.agentCard(rec, "sim reader 0")
+	w := e.watch()
+	events := e.bridge(0, "iccid", iccid, func(c *Config) { c.Share = true })
+	reader := e.d.Reader(0)
+	waitEvent(t, events, "inserted", kind(Inserted))
+	w.present(reader)
+	// pcscd powers the card on to read the ATR, and off again at once.
+	waitEvent(t, events, "released after the insertion's power cycle", kind(Released))
+
+	// Free between sessions: another user takes it, and it leaves the
+	// reader.
+	other := e.user(t)
+	waitSelect(t, other, iccid)
+	w.absent(reader)
+	ev := waitEvent(t, events, "removed", kind(Removed))
+	if !errContains(ev.Err, "in use by another user") {
+		t.Errorf("removed because %v", ev.Err)
+	}
+	other.Close()
+	w.present(reader)
+
+	// A session: selected while open, refused to others, released after.
+	c := open(t, reader)
+	waitEvent(t, events, "selected", kind(Selected))
+	transmit(t, c, selectICCID, 0x9000)
+	if got := transmit(t, c, readICCID, 0x9000); !bytes.Equal(got, rawICCID(t, iccid)) {
+		t.Errorf("EF.ICCID %x", got)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	third := e.user(t)
+	if _, err := third.Select(ctx, "iccid", iccid); !errContains(err, "in use by another user") {
+		t.Errorf("select during the PC/SC session: %v, want in use", err)
+	}
+	c.Close()
+	waitEvent(t, events, "released after the session", kind(Released))
+	waitSelect(t, third, iccid)
+}

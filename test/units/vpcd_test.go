@@ -20,7 +20,7 @@ func TestVPCDTemplate(t *testing.T) {
 	checkSettings(t, name, u, []want{
 		{"Service", "Type", "exec"},
 		{"Service", "EnvironmentFile", "/etc/wsrc/vpcd/%i.env"},
-		{"Service", "ExecStart", "/usr/bin/wsrc vpcd --vpcd ${WSRC_VPCD} --id ${WSRC_CARD}"},
+		{"Service", "ExecStart", "/usr/bin/wsrc vpcd --vpcd ${WSRC_VPCD} --id ${WSRC_CARD} $WSRC_VPCD_ARGS"},
 		{"Service", "DynamicUser", "yes"},
 		{"Service", "Restart", "on-failure"},
 		{"Service", "RestartPreventExitStatus", "2"},
@@ -35,7 +35,7 @@ func TestVPCDTemplate(t *testing.T) {
 	if err := os.MkdirAll(filepath.Dir(env), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	conf := "WSRC_SERVER=wss://relay.example.org:4220/\nWSRC_CARD=iccid=8949440000001155314\nWSRC_VPCD=127.0.0.1:35963\n"
+	conf := "WSRC_SERVER=wss://relay.example.org:4220/\nWSRC_CARD=iccid=8949440000001155314\nWSRC_VPCD=127.0.0.1:35963\nWSRC_VPCD_ARGS=--share\n"
 	if err := os.WriteFile(env, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -405,3 +405,47 @@ func TestServeLink(t *testing.T) {
 		})
 	}
 }
+
+// offLink records power offs; the second one fails.
+type offLink struct {
+	failingLink
+	offs int // guarded by testCard.mu
+}
+
+func (l *offLink) PowerOff(context.Context) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.offs++
+	if l.offs > 1 {
+		return errors.New("cannot release")
+	}
+	return nil
+}
+
+// TestServeLinkPowerOff: a PowerOffer hears vpcd's power off; its error
+// ends the connection.
+func TestServeLinkPowerOff(t *testing.T) {
+	l := &offLink{failingLink: failingLink{testCard: testCard{atr: []byte{0x3b, 0x00}, reply: []byte{0x90, 0x00}}}}
+	a, b := net.Pipe()
+	res := make(chan error, 1)
+	go func() { res <- ServeLink(context.Background(), a, l, LinkOptions{}) }()
+	defer b.Close()
+	v := &fakeVPCD{t: t, conn: b}
+	v.send([]byte{CtrlPowerOn})
+	v.send([]byte{CtrlPowerOff})
+	if got := v.exchange([]byte{CtrlATR}); !bytes.Equal(got, l.atr) {
+		t.Fatalf("ATR = %x", got)
+	}
+	v.send([]byte{CtrlPowerOff})
+	if _, err := readMsg(b, nil); !errors.Is(err, io.EOF) {
+		t.Fatalf("vpcd got %v, want the connection closed", err)
+	}
+	if err := <-res; err == nil || !strings.Contains(err.Error(), "cannot release") {
+		t.Fatalf("ServeLink = %v", err)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.offs != 2 {
+		t.Fatalf("%d power offs heard, want 2", l.offs)
+	}
+}

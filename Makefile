@@ -36,14 +36,19 @@ build: deps ## Build every program in cmd/ into bin/
 demo: build ## Run server + agent (2 simulated SIMs) + a user session on loopback
 	@scripts/demo.sh
 
+# staticcheck, pinned; `go run` builds it in the module cache (no install).
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
 .PHONY: vet
-vet: ## go vet and gofmt check
+vet: ## gofmt check, go vet and staticcheck
 	@fmt=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$fmt" ]; then echo "gofmt needed:"; echo "$$fmt"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
 
 .PHONY: test
-test: deps-test vet ## Run vet and every test with -race (incl. pcscd+vpcd and the QEMU CCID VM)
-	$(GO) test $(GOTESTFLAGS) $(TESTFLAGS) ./...
+test: deps-test vet ## Run vet and every test with -race (incl. pcscd+vpcd and the QEMU CCID VM); ends with the skipped tests and why
+	@scripts/fetch-kernel.sh
+	set -o pipefail; $(GO) test -json $(GOTESTFLAGS) $(TESTFLAGS) ./... | $(GO) run ./internal/testenv/testreport
 
 .PHONY: bench
 bench: deps ## Run the Go benchmarks (relay, CCID, T=1, codec)
@@ -56,6 +61,10 @@ bench-relay: build ## Relay benchmark (closed/open loop, idle memory); paste int
 .PHONY: bench-vm
 bench-vm: deps-test ## CCID in a VM: direct driver vs pcscd + libccid (QEMU, ~2 min); paste into docs/performance.md
 	scripts/fetch-kernel.sh && WSRC_VM_BENCH=1 $(GO) test -count=1 -timeout 20m -run TestQEMUBenchCCIDvsPCSC -v ./test/qemu/
+
+.PHONY: soak
+soak: ## Soak the relay: 12,000 connections churned, 5,000 idle cards, list, throttle, pre-upgrade (~40 s); paste into docs/reliability.md
+	WSRC_SOAK=1 $(GO) test -count=1 -timeout 15m -v -run TestSoak ./test/soak/
 
 .PHONY: fuzz
 fuzz: ## Run every fuzz target for 30 s each

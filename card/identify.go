@@ -233,7 +233,7 @@ func DecodeICCID(b []byte) string {
 	for i := 0; i+1 < len(h); i += 2 {
 		h[i], h[i+1] = h[i+1], h[i]
 	}
-	return strings.Trim(string(h), "f")
+	return NormalizeICCID(string(h))
 }
 
 // ErrBadICCID is wrapped by EncodeICCID's errors.
@@ -258,11 +258,12 @@ func EncodeICCID(iccid string) ([]byte, error) {
 	return b, nil
 }
 
-// NormalizeICCID returns s in the form used to match ICCIDs: lower case,
-// trailing 'f' padding removed. pySim-shell's --wsrc-iccid takes only an
-// even number of digits, so a 19-digit ICCID arrives with its pad.
+// NormalizeICCID returns s in the form DecodeICCID gives and ICCIDs are
+// matched in: lower case, 'f' padding removed from both ends (as pySim's
+// dec_iccid strips it). pySim-shell's --wsrc-iccid takes only an even
+// number of digits, so a 19-digit ICCID arrives with its pad.
 func NormalizeICCID(s string) string {
-	return strings.TrimRight(strings.ToLower(s), "f")
+	return strings.Trim(strings.ToLower(s), "f")
 }
 
 func mustHex(s string) []byte {

@@ -250,8 +250,12 @@ func (c *Client) Select(ctx context.Context, idType, idStr string) (protocol.Ide
 
 // Transmit sends one command APDU (4 to [MaxCommandLen] bytes) to the
 // selected card and returns the response data and status word. The server
-// relays APDUs raw: on T=0 cards the agent's reader handles GET RESPONSE,
-// but an SW of 61xx or 6Cxx from the card itself is returned as it is.
+// relays APDUs as they are; the card agent completes the response before
+// it answers: on 61xx (or 9Fxx) it sends GET RESPONSE, on 6Cxx it sends
+// the command again with the Le the card asked for, and returns the whole
+// data with the final status word (wsrc-agent: card.TransmitFollow;
+// pySim's card client does the same). So a 61xx or 6Cxx reaches the
+// caller only from an agent that does not follow them.
 func (c *Client) Transmit(ctx context.Context, command []byte) (response []byte, sw uint16, err error) {
 	if len(command) < 4 || len(command) > MaxCommandLen {
 		return nil, 0, fmt.Errorf("transmitting APDU: a command APDU has 4 to %d bytes, got %d", MaxCommandLen, len(command))

@@ -180,6 +180,23 @@ type RAPDU struct {
 	SW       uint16
 }
 
+// RAPDUOf splits a response APDU as a card sends it (the data, then SW1
+// and SW2) into an RAPDU whose Response shares resp's memory. ok is false
+// when resp is too short to hold a status word.
+func RAPDUOf(resp []byte) (r RAPDU, ok bool) {
+	n := len(resp) - 2
+	if n < 0 {
+		return RAPDU{}, false
+	}
+	return RAPDU{Response: resp[:n:n], SW: uint16(resp[n])<<8 | uint16(resp[n+1])}, true
+}
+
+// Bytes returns the response APDU as a card sends it: the data followed
+// by SW1 SW2, in a new slice.
+func (r RAPDU) Bytes() []byte {
+	return append(append(make([]byte, 0, len(r.Response)+2), r.Response...), byte(r.SW>>8), byte(r.SW))
+}
+
 // ResetReq asks for a card reset.
 type ResetReq struct{}
 

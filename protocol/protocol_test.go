@@ -211,3 +211,27 @@ func TestListCardsFilter(t *testing.T) {
 		}
 	}
 }
+
+// RAPDUOf and Bytes are each other's inverse.
+func TestRAPDUBytes(t *testing.T) {
+	r, ok := RAPDUOf([]byte{0x62, 0x20, 0x90, 0x00})
+	if !ok || r.SW != 0x9000 || string(r.Response) != "\x62\x20" {
+		t.Fatalf("RAPDUOf = %+v, %v", r, ok)
+	}
+	if got := r.Bytes(); string(got) != "\x62\x20\x90\x00" {
+		t.Fatalf("Bytes = % x", got)
+	}
+	if r, ok := RAPDUOf([]byte{0x6a, 0x82}); !ok || len(r.Response) != 0 || r.SW != 0x6a82 {
+		t.Fatalf("status word only: %+v %v", r, ok)
+	}
+	if _, ok := RAPDUOf([]byte{0x90}); ok {
+		t.Fatal("one byte accepted")
+	}
+	// Bytes does not write into the RAPDU's memory.
+	resp := []byte{1, 2, 0x90, 0x00}
+	r, _ = RAPDUOf(resp)
+	_ = append(r.Response, 0xff)
+	if resp[2] != 0x90 {
+		t.Fatal("appending to Response overwrote the status word")
+	}
+}

@@ -13,8 +13,8 @@ import (
 
 	"github.com/wsrc-go/wsrc/card"
 	"github.com/wsrc-go/wsrc/card/sim"
-	"github.com/wsrc-go/wsrc/internal/transcript"
-	"github.com/wsrc-go/wsrc/internal/wstest"
+	"github.com/wsrc-go/wsrc/internal/testenv/transcript"
+	"github.com/wsrc-go/wsrc/internal/testenv/wstest"
 )
 
 // TestTranscriptReplay replays the client side of transcript.md sections

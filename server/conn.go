@@ -32,12 +32,13 @@ type conn struct {
 	since   time.Time // when it was accepted
 	name    string    // the authenticated user or agent; "" for an anonymous peer of an open port
 	addrKey string    // the per-address count this connection holds; "" for none
-	atr     string    // card connections: the hello ATR, for logs; set before the goroutine starts relaying
+	// card is the card connection this is (nil for users); set by the
+	// handshake before the card is listed, read-only after.
+	card *cardConn
 
 	// Owned by the connection's goroutine, the only reader:
 	rbuf   []byte     // read buffer, reused across messages
 	bucket rateBucket // the message rate limit
-	ended  string     // why the connection ended, when known (for the Observer)
 
 	// lost is set when the connection was lost rather than closed (see
 	// CardEvent.Lost); by whoever finds out, before the card's end.
@@ -63,7 +64,10 @@ type conn struct {
 	awaitPong bool        // a ping is out and its pong not yet read
 	busy      bool        // the goroutine is waiting on the card, not reading
 	closing   bool        // a close frame has been sent (or the conn is gone)
-	why       string      // the reason closeGently gave
+	// reason is why the connection ends, as first found out: by the
+	// goroutine (a failed read, a refused peer) or by anyone who closes
+	// it (shutdown, a recheck, a replacement); "" while it is up.
+	reason string
 }
 
 func newConn(s *Server, ws *websocket.Conn, role, remote string, who principal) *conn {
@@ -76,16 +80,17 @@ func newConn(s *Server, ws *websocket.Conn, role, remote string, who principal) 
 // who returns the peer's current rights.
 func (c *conn) who() principal { return principal{c.rights.Load()} }
 
-// log returns the server's logger with the connection's attributes. It
-// is built per call (logging is rare) so that idle connections do not
-// each keep a logger.
+// log returns the server's logger with the connection's attributes (for
+// a card, its current ATR). It is built per call (logging is rare) so
+// that idle connections do not each keep a logger. Not to be called with
+// hub.mu held.
 func (c *conn) log() *slog.Logger {
 	l := c.srv.log.With("port", c.role, "remote", c.addr)
 	if c.name != "" {
 		l = l.With("name", c.name)
 	}
-	if c.atr != "" {
-		l = l.With("atr", c.atr)
+	if c.card != nil {
+		l = l.With("atr", c.card.atr())
 	}
 	return l
 }
@@ -110,15 +115,22 @@ func (c *conn) peerName() string {
 // endReason is why the connection ended, as well as is known. Called
 // once its goroutine is done.
 func (c *conn) endReason() string {
-	if c.ended != "" {
-		return c.ended
-	}
 	c.kmu.Lock()
 	defer c.kmu.Unlock()
-	if c.why != "" {
-		return c.why
+	if c.reason != "" {
+		return c.reason
 	}
 	return "ended"
+}
+
+// noteEnd records why the connection ends, unless a reason is known
+// already (the first cause stands).
+func (c *conn) noteEnd(reason string) {
+	c.kmu.Lock()
+	if c.reason == "" {
+		c.reason = reason
+	}
+	c.kmu.Unlock()
 }
 
 // errTooBig ends a connection that sent a message over MaxFrameSize.
@@ -234,11 +246,8 @@ func (c *conn) sendError(format string, args ...any) {
 // goroutine, which must return afterwards.
 func (c *conn) fail(code int, reason string, message string) {
 	c.log().Info("closing connection", "code", code, "reason", message)
-	if c.ended == "" {
-		c.ended = message
-		if message == "" {
-			c.ended = reason
-		}
+	if message != "" {
+		c.noteEnd(message)
 	}
 	if message != "" {
 		_ = c.write(protocol.Error{Message: message})
@@ -275,8 +284,8 @@ func (c *conn) closeGently(code int, reason string) {
 	c.kmu.Lock()
 	already := c.closing
 	c.closing = true
-	if !already {
-		c.why = reason
+	if c.reason == "" {
+		c.reason = reason
 	}
 	if c.ping != nil {
 		c.ping.Stop()
@@ -438,9 +447,7 @@ func endedByPeer(err error) bool {
 // party (a user whose card this was).
 func (c *conn) readFailed(err error) string {
 	why := c.readFailedClose(err)
-	if c.ended == "" {
-		c.ended = why
-	}
+	c.noteEnd(why)
 	return why
 }
 
@@ -448,7 +455,7 @@ func (c *conn) readFailed(err error) string {
 func (c *conn) readFailedClose(err error) string {
 	c.log().Debug("read failed", "err", err)
 	c.kmu.Lock()
-	keepalive, closing, why := c.awaitPong, c.closing, c.why
+	keepalive, closing, why := c.awaitPong, c.closing, c.reason
 	c.kmu.Unlock()
 	peer := "user"
 	if c.role == roleCard {

@@ -3,6 +3,7 @@ package server
 import (
 	"bufio"
 	"context"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -225,4 +226,39 @@ func TestPendingConnectionsBounded(t *testing.T) {
 	if _, cards := srv.Pending(); cards != 0 {
 		t.Fatalf("%d card connections pending, want 0", cards)
 	}
+}
+
+// The ATR is one piece of state: after a reset, log lines show the new
+// one (they showed the hello's). Issue 11.
+func TestLogShowsATRAfterReset(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e := newEnv(t, Config{})
+		var buf strings.Builder
+		var mu sync.Mutex
+		e.srv.log = slog.New(slog.NewTextHandler(lockedWriter{&mu, &buf}, nil))
+		p := e.pair("3b01")
+		p.user.Send(`{"msg_type": "reset_req"}`)
+		expectJSON(t, p.card.Recv(), `{"msg_type": "reset_req"}`)
+		p.card.Send(`{"msg_type": "reset_resp", "atr": "3b99"}`)
+		expectJSON(t, p.user.Recv(), `{"atr": "3b99", "msg_type": "reset_resp"}`)
+		p.card.Close(1000, "")
+		p.card.WaitClosed()
+		synctest.Wait()
+		mu.Lock()
+		defer mu.Unlock()
+		if !strings.Contains(buf.String(), `msg="card connection ended" port=card remote=127.0.0.1:40001 atr=3b99`) {
+			t.Errorf("log:\n%s", buf.String())
+		}
+	})
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

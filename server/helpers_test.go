@@ -15,7 +15,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/wsrc-go/wsrc/card"
-	"github.com/wsrc-go/wsrc/internal/wstest"
+	"github.com/wsrc-go/wsrc/internal/testenv/wstest"
 )
 
 func TestMain(m *testing.M) {

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -131,9 +130,9 @@ func normalizeID(key, v string) string {
 }
 
 // find looks for a card who may use whose identity key equals value. It
-// returns the first ready match; failing that, nil and the reason to give
-// the user. Cards who may not use are not there as far as who can tell.
-func (h *hub) find(key, value string, who principal) (*cardConn, string) {
+// returns the first ready match; failing that, a *selectError. Cards who
+// may not use are not there as far as who can tell.
+func (h *hub) find(key, value string, who principal) (*cardConn, error) {
 	want := normalizeID(key, value)
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -151,20 +150,19 @@ func (h *hub) find(key, value string, who principal) (*cardConn, string) {
 		}
 		switch cc.state {
 		case protocol.StateReady:
-			return cc, ""
+			return cc, nil
 		case protocol.StateAssociated:
 			inUse = true
 		default:
 			identifying = true
 		}
 	}
+	e := &selectError{kind: selectNotConnected, key: key, value: value, unidentified: unidentified}
 	switch {
 	case inUse:
-		return nil, fmt.Sprintf("card %s %s is in use by another user", key, value)
+		e.kind = selectInUse
 	case identifying:
-		return nil, fmt.Sprintf("card %s %s is still being identified; try again in a moment", key, value)
-	case unidentified > 0:
-		return nil, fmt.Sprintf("no card with %s %s is connected (%d card(s) still being identified; try again in a moment)", key, value, unidentified)
+		e.kind = selectIdentifying
 	}
-	return nil, fmt.Sprintf("no card with %s %s is connected", key, value)
+	return nil, e
 }

@@ -9,7 +9,7 @@ import (
 
 	"github.com/wsrc-go/wsrc/card"
 	"github.com/wsrc-go/wsrc/card/sim"
-	"github.com/wsrc-go/wsrc/internal/wstest"
+	"github.com/wsrc-go/wsrc/internal/testenv/wstest"
 )
 
 // simAgent connects a card agent that answers the identification from

@@ -223,11 +223,11 @@ type Tracer interface {
 
 // APDUTrace is one exchange with a card.
 type APDUTrace struct {
-	CardID     uint64              // the card connection's ConnEvent.ID
-	Identities protocol.Identities // the card's identities at the time (a fresh map)
-	User       string              // who asked: the user's name or address; "" for identification
-	Start      time.Time           // when the command went to the agent
-	Duration   time.Duration       // until the answer (or the failure)
+	CardID     uint64        // the card connection's ConnEvent.ID
+	ICCID, EID string        // the card's, when known at the time
+	User       string        // who asked: the user's name or address; "" for identification
+	Start      time.Time     // when the command went to the agent
+	Duration   time.Duration // until the answer (or the failure)
 	// Command is the command APDU; nil for a reset.
 	Command []byte
 	// Response is the response data without the status word; for a

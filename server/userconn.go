@@ -188,13 +188,13 @@ func (u *userConn) selectCard(m protocol.SelectCard) {
 		}
 		u.card = nil
 	}
-	cc, why := c.srv.hub.find(key, m.IDStr, c.who())
-	if cc != nil {
-		why = cc.associate(u, key, m.IDStr)
+	cc, err := c.srv.hub.find(key, m.IDStr, c.who())
+	if err == nil {
+		err = cc.associate(u, key, m.IDStr)
 	}
-	if why != "" {
+	if err != nil {
 		c.problem(ProblemSelect)
-		c.sendError("%s", why)
+		c.sendError("%s", err)
 		return
 	}
 	u.card = cc
@@ -215,9 +215,9 @@ func (u *userConn) relay(m protocol.Message, want string) bool {
 		u.c.sendError(errNoCard)
 		return false
 	}
-	if why := cc.send(u, m, want); why != "" {
+	if err := cc.send(u, m, want); err != nil {
 		u.card = nil
-		u.c.sendError("%s", why)
+		u.c.sendError("%s", err)
 		return false
 	}
 	return true

@@ -26,7 +26,7 @@ import (
 	"github.com/wsrc-go/wsrc/client"
 	"github.com/wsrc-go/wsrc/internal/auth"
 	"github.com/wsrc-go/wsrc/internal/status"
-	"github.com/wsrc-go/wsrc/internal/wstest"
+	"github.com/wsrc-go/wsrc/internal/testenv/wstest"
 	"github.com/wsrc-go/wsrc/server"
 )
 

@@ -176,13 +176,7 @@ func TestTLSReloadOnSIGHUP(t *testing.T) {
 // waitLog waits until the server's log contains want.
 func waitLog(t *testing.T, r *running, want string) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(r.log.String(), want) {
-		if time.Now().After(deadline) {
-			t.Fatalf("log lacks %q:\n%s", want, r.log.String())
-		}
-		time.Sleep(10 * time.Millisecond) // polling a log written by another goroutine
-	}
+	r.log.waitFor(t, want, 1)
 }
 
 // TLS 1.2 at least, HTTP/1.1 only.

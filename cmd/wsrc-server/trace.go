@@ -10,7 +10,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wsrc-go/wsrc/internal/trace"
-	"github.com/wsrc-go/wsrc/protocol"
 	"github.com/wsrc-go/wsrc/server"
 )
 
@@ -120,7 +119,7 @@ type apduTracer struct {
 // redaction stops trusting what it knew of the card's selected file.
 func (a *apduTracer) TraceAPDU(t server.APDUTrace) {
 	id := strconv.FormatUint(t.CardID, 10)
-	iccid, eid := t.Identities[protocol.IdentityICCID], t.Identities[protocol.IdentityEID]
+	iccid, eid := t.ICCID, t.EID
 	if !a.tr.Enabled(id, iccid, eid) {
 		return
 	}

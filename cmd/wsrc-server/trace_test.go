@@ -11,7 +11,6 @@ import (
 	"github.com/wsrc-go/wsrc/card/sim"
 	"github.com/wsrc-go/wsrc/internal/trace"
 	"github.com/wsrc-go/wsrc/internal/trace/tracetest"
-	"github.com/wsrc-go/wsrc/protocol"
 	"github.com/wsrc-go/wsrc/server"
 )
 
@@ -162,12 +161,12 @@ func TestAPDUTracer(t *testing.T) {
 		t.Fatal(err)
 	}
 	a := &apduTracer{tr: tr}
-	ids := protocol.Identities{"ATR": "3b00", "ICCID": "8949440000001155314"}
+	const iccid = "8949440000001155314"
 	cmd, _ := hex.DecodeString("0020000108" + pin + "ffffffff")
-	a.TraceAPDU(server.APDUTrace{CardID: 7, Identities: ids, Command: cmd, Err: "card disconnected: gone"})
-	a.TraceAPDU(server.APDUTrace{CardID: 7, Identities: ids, Reset: true, Response: []byte{0x3b, 0x01}})
-	a.TraceAPDU(server.APDUTrace{CardID: 7, Identities: ids, Reset: true, Err: "no answer"}) // not a reset that happened
-	a.TraceAPDU(server.APDUTrace{CardID: 8, Identities: ids, Command: []byte{0, 0xb0, 0, 0, 1}, Response: []byte{1}, SW: 0x9000})
+	a.TraceAPDU(server.APDUTrace{CardID: 7, ICCID: iccid, Command: cmd, Err: "card disconnected: gone"})
+	a.TraceAPDU(server.APDUTrace{CardID: 7, ICCID: iccid, Reset: true, Response: []byte{0x3b, 0x01}})
+	a.TraceAPDU(server.APDUTrace{CardID: 7, ICCID: iccid, Reset: true, Err: "no answer"}) // not a reset that happened
+	a.TraceAPDU(server.APDUTrace{CardID: 8, ICCID: iccid, Command: []byte{0, 0xb0, 0, 0, 1}, Response: []byte{1}, SW: 0x9000})
 	a.CardChanged(server.CardEvent{ID: 7})
 	if err := tr.Close(); err != nil {
 		t.Fatal(err)

@@ -215,8 +215,11 @@ the status word with its meaning:
   < 62208202782183023f00...010a 9000 (normal processing)
 
 Each APDU is one argument in hex; spaces and colons may separate bytes
-(quote the argument then). The APDUs go to the card as they are: a 61xx or
-6Cxx status is printed, not followed up. All APDUs are checked before the
+(quote the argument then). The APDUs go to the card as they are, and the
+card agent completes each response before it answers: a 61xx (more data)
+is followed by GET RESPONSE and a 6Cxx (wrong Le) by the command with the
+right Le, so what is printed is the whole response and its final status
+(wsrc-agent and pySim's card client both do this). All APDUs are checked before the
 first is sent. A status word other than 9000 is not an error: the exit
 status only tells whether the APDUs were exchanged.
 

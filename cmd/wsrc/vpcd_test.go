@@ -16,7 +16,7 @@ import (
 
 	"github.com/wsrc-go/wsrc/card"
 	"github.com/wsrc-go/wsrc/client/clienttest"
-	"github.com/wsrc-go/wsrc/internal/pcscdtest"
+	"github.com/wsrc-go/wsrc/internal/testenv/pcscdtest"
 	"github.com/wsrc-go/wsrc/pcsc"
 )
 

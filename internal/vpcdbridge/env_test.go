@@ -17,7 +17,7 @@ import (
 	"github.com/wsrc-go/wsrc/agent"
 	"github.com/wsrc-go/wsrc/agent/agenttest"
 	"github.com/wsrc-go/wsrc/card"
-	"github.com/wsrc-go/wsrc/internal/pcscdtest"
+	"github.com/wsrc-go/wsrc/internal/testenv/pcscdtest"
 	"github.com/wsrc-go/wsrc/pcsc"
 	"github.com/wsrc-go/wsrc/server"
 )

@@ -13,12 +13,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wsrc-go/wsrc/agent/pcscbackend"
 	"github.com/wsrc-go/wsrc/agent/simbackend"
 	"github.com/wsrc-go/wsrc/card"
 	"github.com/wsrc-go/wsrc/card/sim"
 	"github.com/wsrc-go/wsrc/client"
 	"github.com/wsrc-go/wsrc/internal/vpcd"
-	"github.com/wsrc-go/wsrc/pcsc/agentbackend"
 	"github.com/wsrc-go/wsrc/protocol"
 )
 
@@ -251,7 +251,7 @@ func (p *pullingCard) Process(cmd []byte) []byte {
 // with an hour, the APDU would hit the user's request timeout instead of
 // getting the server's error.
 func TestRemovalDuringAPDU(t *testing.T) {
-	c := newChain(t, func(b *agentbackend.Config) { b.PollTimeout = time.Hour })
+	c := newChain(t, func(b *pcscbackend.Config) { b.PollTimeout = time.Hour })
 	pc := &pullingCard{Card: simCard(0, sim.T0, false)}
 	iccid := pc.Identity().ICCID
 	conn, err := net.Dial("tcp", c.d.SlotAddr(0))

@@ -15,7 +15,7 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/wsrc-go/wsrc/internal/qemuvm/vmscript"
+	"github.com/wsrc-go/wsrc/internal/testenv/qemuvm/vmscript"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

@@ -1,4 +1,4 @@
-package agentbackend
+package ccidbackend
 
 import (
 	"context"

@@ -57,9 +57,8 @@ func (a *fakeAgent) serve() {
 		}
 		switch m := m.(type) {
 		case protocol.CAPDU:
-			r := a.card.Process(m.Command)
-			n := len(r) - 2
-			buf = protocol.AppendEncode(buf[:0], protocol.RAPDU{Response: r[:n], SW: uint16(r[n])<<8 | uint16(r[n+1])})
+			r, _ := protocol.RAPDUOf(a.card.Process(m.Command)) // the simulated card always gives SW1 SW2
+			buf = protocol.AppendEncode(buf[:0], r)
 			if a.conn.WriteMessage(websocket.TextMessage, buf) != nil {
 				return
 			}

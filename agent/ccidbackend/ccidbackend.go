@@ -1,4 +1,4 @@
-// Package agentbackend plugs the USB CCID driver (package ccid) into the
+// Package ccidbackend plugs the USB CCID driver (package ccid) into the
 // agent: it implements agent.Backend over a ccid.Driver.
 //
 // Data flow: USB readers ── ccid.Driver.Run ──ccid.Event──► Backend.Run
@@ -15,7 +15,7 @@
 // functions stay valid until Close or Run), Run reuses or creates it and
 // closes it when it returns, and Close releases it. Keeping it a package
 // of its own leaves agent/ free of cgo unless a binary links this.
-package agentbackend
+package ccidbackend
 
 import (
 	"context"

@@ -15,7 +15,7 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/wsrc-go/wsrc/internal/qemuvm/vmscript"
+	"github.com/wsrc-go/wsrc/internal/testenv/qemuvm/vmscript"
 )
 
 // fakeQEMUEnv makes the test binary act as qemu-system-x86_64: it connects

@@ -15,7 +15,7 @@ import (
 	"os"
 	"strings"
 
-	"github.com/wsrc-go/wsrc/internal/qemuvm/vmscript"
+	"github.com/wsrc-go/wsrc/internal/testenv/qemuvm/vmscript"
 )
 
 // scriptPath is where the test puts the script in the initramfs.

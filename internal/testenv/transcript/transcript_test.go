@@ -1,6 +1,9 @@
 package transcript
 
 import (
+	"bytes"
+	"flag"
+	"os"
 	"strings"
 	"testing"
 )
@@ -37,7 +40,43 @@ func TestParse(t *testing.T) {
 	}
 }
 
-// TestLoad reads the real recording when it is there.
+var update = flag.Bool("update", false, "write testdata/pysim-671b0f1.jsonl again from ../shared/protocol/transcript.md")
+
+// The committed rows are those of the Markdown recording, whenever it is
+// there (CI puts the shared folder beside the clone).
+func TestRecordingUpToDate(t *testing.T) {
+	path, err := SharedPath()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		if *update || os.Getenv("CI") == "true" {
+			t.Fatalf("the Markdown recording: %v", err)
+		}
+		t.Skipf("nothing to compare with: %v (the replays use the committed rows)", err)
+	}
+	defer f.Close()
+	rows, err := Parse(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	if err := Encode(&b, rows); err != nil {
+		t.Fatal(err)
+	}
+	if *update {
+		if err := os.WriteFile("testdata/pysim-671b0f1.jsonl", b.Bytes(), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	if !bytes.Equal(b.Bytes(), recording) {
+		t.Fatalf("testdata/pysim-671b0f1.jsonl differs from %s: run go test -update in this package", path)
+	}
+}
+
+// TestLoad reads the committed recording.
 func TestLoad(t *testing.T) {
 	rows := Load(t)
 	frames := 0

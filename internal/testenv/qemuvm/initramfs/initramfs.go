@@ -24,7 +24,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/wsrc-go/wsrc/internal/qemuvm/kmod"
+	"github.com/wsrc-go/wsrc/internal/testenv/qemuvm/kmod"
 )
 
 // Builder adds entries to one archive. Parent directories are created as

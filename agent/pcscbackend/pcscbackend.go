@@ -1,4 +1,4 @@
-// Package agentbackend plugs the PC/SC backend (package pcsc) into the
+// Package pcscbackend plugs the PC/SC backend (package pcsc) into the
 // agent: it implements agent.Backend over pcsc.Watch, pcsc.Open and
 // pcsc.Snapshot.
 //
@@ -15,7 +15,7 @@
 //
 // It is a package of its own so that agent/ does not need cgo unless the
 // binary links this backend.
-package agentbackend
+package pcscbackend
 
 import (
 	"context"

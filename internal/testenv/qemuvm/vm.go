@@ -30,7 +30,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/wsrc-go/wsrc/internal/qemuvm/initramfs"
+	"github.com/wsrc-go/wsrc/internal/testenv/qemuvm/initramfs"
 )
 
 // Config describes one VM.

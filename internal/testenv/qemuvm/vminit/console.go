@@ -5,7 +5,7 @@ import (
 	"io"
 	"sync"
 
-	"github.com/wsrc-go/wsrc/internal/qemuvm/vmscript"
+	"github.com/wsrc-go/wsrc/internal/testenv/qemuvm/vmscript"
 )
 
 // console writes marker lines, one whole line per write, so that lines of

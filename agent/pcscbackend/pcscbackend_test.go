@@ -1,4 +1,4 @@
-package agentbackend
+package pcscbackend
 
 import (
 	"bytes"
@@ -13,7 +13,7 @@ import (
 	"github.com/wsrc-go/wsrc/agent"
 	"github.com/wsrc-go/wsrc/card"
 	"github.com/wsrc-go/wsrc/card/sim"
-	"github.com/wsrc-go/wsrc/internal/pcscdtest"
+	"github.com/wsrc-go/wsrc/internal/testenv/pcscdtest"
 	"github.com/wsrc-go/wsrc/internal/vpcd"
 	"github.com/wsrc-go/wsrc/pcsc"
 	"go.uber.org/goleak"

@@ -15,8 +15,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/wsrc-go/wsrc/internal/qemuvm/kmod"
-	"github.com/wsrc-go/wsrc/internal/qemuvm/vmscript"
+	"github.com/wsrc-go/wsrc/internal/testenv/qemuvm/kmod"
+	"github.com/wsrc-go/wsrc/internal/testenv/qemuvm/vmscript"
 )
 
 // Polling intervals and limits of the waiting steps. The guest has no

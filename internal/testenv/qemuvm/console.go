@@ -9,7 +9,7 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/wsrc-go/wsrc/internal/qemuvm/vmscript"
+	"github.com/wsrc-go/wsrc/internal/testenv/qemuvm/vmscript"
 )
 
 // ErrExited: the VM's console ended (QEMU exited) before the awaited

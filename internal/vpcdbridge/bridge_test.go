@@ -359,7 +359,7 @@ func TestInUseThenFree(t *testing.T) {
 	iccid := simbackend.ICCID(0)
 	e.agentCard(simCard(0, false), "sim reader 0")
 	other := e.user(t)
-	waitSelect(t, other, iccid)
+	e.waitSelect(t, other, iccid)
 	w := e.watch()
 	events := e.bridge(0, "iccid", iccid)
 	ev := waitEvent(t, events, "waiting", kind(Waiting))
@@ -408,23 +408,27 @@ func (e *env) user(t *testing.T) *client.Client {
 	return c
 }
 
-// waitSelect selects the card with iccid once the server has identified
-// it (the server has no event for that: poll its answer).
-func waitSelect(t *testing.T, c *client.Client, iccid string) protocol.Identities {
+// waitSelect selects the card with iccid as c once the server has
+// identified it, trying again at every change of the server's cards.
+func (e *env) waitSelect(t *testing.T, c *client.Client, iccid string) protocol.Identities {
 	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
+	timeout := time.NewTimer(waitTimeout)
+	defer timeout.Stop()
 	for {
+		changed := e.cards.next() // before trying: no change is missed
 		ids, err := c.Select(context.Background(), "iccid", iccid)
 		if err == nil {
 			return ids
 		}
 		var se *client.ServerError
-		if !errors.As(err, &se) || time.Now().After(deadline) {
+		if !errors.As(err, &se) {
 			t.Fatalf("selecting %s: %v", iccid, err)
 		}
-		<-tick.C
+		select {
+		case <-changed:
+		case <-timeout.C:
+			t.Fatalf("selecting %s: %v (for %v)", iccid, err, waitTimeout)
+		}
 	}
 }
 
@@ -448,7 +452,7 @@ func TestShared(t *testing.T) {
 	// Free between sessions: another user takes it, and it leaves the
 	// reader.
 	other := e.user(t)
-	waitSelect(t, other, iccid)
+	e.waitSelect(t, other, iccid)
 	w.absent(reader)
 	ev := waitEvent(t, events, "removed", kind(Removed))
 	if !errContains(ev.Err, "in use by another user") {
@@ -472,5 +476,5 @@ func TestShared(t *testing.T) {
 	}
 	c.Close()
 	waitEvent(t, events, "released after the session", kind(Released))
-	waitSelect(t, third, iccid)
+	e.waitSelect(t, third, iccid)
 }

@@ -53,6 +53,36 @@ type env struct {
 
 	mu  sync.Mutex // guards srv
 	srv *running   // the running server; nil while stopped
+
+	// cards hears of every change of the server's cards (its Observer).
+	cards cardChanges
+}
+
+// cardChanges is a server.Observer that wakes waiters whenever a card
+// connects, changes state or leaves.
+type cardChanges struct {
+	server.NopObserver
+	mu      sync.Mutex
+	changed chan struct{} // closed and replaced at every change
+}
+
+// next returns a channel that is closed at the next change.
+func (c *cardChanges) next() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.changed == nil {
+		c.changed = make(chan struct{})
+	}
+	return c.changed
+}
+
+func (c *cardChanges) CardChanged(server.CardEvent) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.changed != nil {
+		close(c.changed)
+		c.changed = nil
+	}
 }
 
 // running is one run of the server on the env's addresses.
@@ -98,7 +128,9 @@ func freeAddr(t *testing.T) string {
 // startServer starts a fresh server on the env's addresses.
 func (e *env) startServer() {
 	e.t.Helper()
-	srv := server.New(e.srvCfg, e.log.With("program", "server"))
+	cfg := e.srvCfg
+	cfg.Observer = &e.cards
+	srv := server.New(cfg, e.log.With("program", "server"))
 	r := &running{srv: srv, done: make(chan struct{}),
 		users: &http.Server{Handler: srv.UserHandler()}, cards: &http.Server{Handler: srv.CardHandler()}}
 	lu, err := net.Listen("tcp4", e.userAddr)

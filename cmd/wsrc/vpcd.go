@@ -55,8 +55,8 @@ stops: other users see it associated. With --share it is selected only
 while an application has it powered (pcscd powers it off as soon as the
 last application disconnects), so that a team can take turns; another user
 may then take it between two PC/SC sessions, and it leaves this reader
-until it is free again. Each time pcscd powers the card on,
-and when an application resets it, the remote card is reset. When the card
+until it is free again. Each time pcscd powers the card on, and when an
+application resets it, the remote card is reset. When the card
 or the server goes away, the reader shows no card; wsrc vpcd selects the
 card again (forever, with backoff) and it reappears. A card that cannot be
 selected (not connected, not allowed for this account, in use) leaves the
@@ -69,6 +69,7 @@ environment variable WSRC_TOKEN, or the systemd credential wsrc-token.
 Examples:
   wsrc vpcd --server wss://relay.example.org:4220/ --iccid 8949440000001155314
   wsrc vpcd --vpcd 127.0.0.1:35964 --eid 89049032123451234512345678901235
+  wsrc vpcd --share --id imsi=001010123456790
   pcsc_scan; scriptor -r "Virtual PCD 00 00"; opensc-tool -r 0 --atr
 `,
 	run: runVPCD,

@@ -10,6 +10,7 @@ import (
 	"github.com/wsrc-go/wsrc/card"
 	"github.com/wsrc-go/wsrc/card/sim"
 	"github.com/wsrc-go/wsrc/internal/testenv/wstest"
+	"github.com/wsrc-go/wsrc/protocol"
 )
 
 // simAgent connects a card agent that answers the identification from
@@ -45,8 +46,8 @@ func (e *env) simAgent(c *sim.Card) *wstest.Peer {
 }
 
 // TestIdentifySimulatedCards: the server's identification finds the IMSI
-// of a simulated UICC whose EF.IMSI needs no PIN (list_cards shows it,
-// select_card by imsi finds the card), finds none where a PIN guards it
+// of a simulated UICC whose EF.IMSI needs no PIN (list_cards and the
+// status page's snapshot show it, select_card by imsi finds the card), finds none where a PIN guards it
 // (the card is identified all the same), and finds the EID behind each
 // alternative ISD-R AID.
 func TestIdentifySimulatedCards(t *testing.T) {
@@ -78,6 +79,11 @@ func TestIdentifySimulatedCards(t *testing.T) {
 				u := e.helloUser()
 				u.Send(`{"msg_type": "list_cards"}`)
 				expectJSON(t, u.Recv(), `{"cards": [{"remote_addr": ["0.0.0.0", 0], "identities": `+tc.ids+`, "state": "ready"}], "msg_type": "list_cards_ack"}`)
+				// The status page's snapshot has the same identities.
+				cards, _ := e.srv.Snapshot()
+				if len(cards) != 1 || cards[0].Identities[protocol.IdentityIMSI] != sim.New(tc.cfg).Identity().IMSI {
+					t.Errorf("status snapshot %+v", cards)
+				}
 				if tc.cfg.IMSINeedsPIN {
 					u.Send(`{"msg_type": "select_card", "id_type": "imsi", "id_str": "` + imsi + `"}`)
 					expectError(t, u.Recv(), "no card with IMSI "+imsi)

@@ -10,7 +10,7 @@ import (
 // pending tracks a port's connections that are not WebSocket
 // connections yet: in the TLS handshake, sending the upgrade request, or
 // kept alive after an answer that was not an upgrade. The HTTP server's
-// timeouts bound how long each lives (cmd/wsrc-server sets them to the
+// timeouts bound how long each lives (server/daemon sets them to the
 // header timeout); this bounds how many there are, per client and per
 // port, so that they cannot use up the file descriptors the WebSockets
 // need. Guarded by Server.mu.

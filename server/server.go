@@ -48,7 +48,7 @@
 // refusals and problems, Config.Tracer of every APDU exchange, and
 // Snapshot and Stats give the current state (observe.go).
 //
-// The server never listens: cmd/wsrc-server (or a test) creates the
+// The server never listens: server/daemon (wsrc-server), or a test, creates the
 // listeners and serves UserHandler and CardHandler on them, which leaves
 // TLS and socket activation to the caller. Because
 // http.Server.Shutdown does not track hijacked connections, the server

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"bytes"
@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/signal"
 	"regexp"
 	"strings"
 	"sync"
@@ -213,7 +214,7 @@ func TestNoReaderDependencies(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs go list")
 	}
-	out, err := exec.Command("go", "list", "-deps", "-f", "{{.ImportPath}} {{if .CgoFiles}}cgo{{end}} {{.Standard}}", ".").CombinedOutput()
+	out, err := exec.Command("go", "list", "-deps", "-f", "{{.ImportPath}} {{if .CgoFiles}}cgo{{end}} {{.Standard}}", "github.com/wsrc-go/wsrc/cmd/wsrc-server").CombinedOutput()
 	if err != nil {
 		t.Fatalf("go list: %v\n%s", err, out)
 	}
@@ -316,4 +317,15 @@ func (b *syncBuffer) waitFor(t *testing.T, want string, n int) {
 			t.Fatalf("no %q (%d times) in the log:\n%s", want, n, b.String())
 		}
 	}
+}
+
+// runWithSignals runs the daemon as cmd/wsrc-server wires it: until
+// SIGINT or SIGTERM, SIGHUP reloading.
+func runWithSignals(args []string, std stdio) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	return Main(ctx, args, std.in, std.out, std.err, hup)
 }

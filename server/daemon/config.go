@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"errors"
@@ -464,90 +464,81 @@ func checkHostName(h string) error {
 	return nil
 }
 
-// accounts checks [[user]] and [[agent]] and builds the store.
+// accounts builds the store from [[user]] and [[agent]]. auth.NewStore
+// checks them; each mistake it finds names its account and setting,
+// which become the file's line and key here.
 func (s *settings) accounts(p *problems, fc *fileConfig) {
 	if len(fc.Users) == 0 && len(fc.Agents) == 0 {
 		return
 	}
-	bad := len(p.errs) + len(p.other)
+	badTokens := map[string]bool{} // accounts with a token hash that did not parse
 	tokens := func(key string, hs []string) []auth.TokenHash {
 		var out []auth.TokenHash
 		for i, h := range hs {
 			th, err := auth.ParseTokenHash(h)
 			if err != nil {
 				p.add(fmt.Sprintf("%s.token_hashes[%d]", key, i), "%v", err)
+				badTokens[key] = true
 				continue
 			}
 			out = append(out, th)
 		}
 		return out
 	}
-	rules := func(key string, fr []fileRule) auth.Rules {
+	rules := func(fr []fileRule) auth.Rules {
 		var out auth.Rules
-		for i, r := range fr {
-			rule := auth.Rule{Agent: r.Agent, Reader: r.Reader, ATR: r.ATR, ICCID: r.ICCID, EID: r.EID}
-			if err := rule.Validate(); err != nil {
-				p.add(fmt.Sprintf("%s.cards[%d]", key, i), "%v", err)
-			}
-			out = append(out, rule)
+		for _, r := range fr {
+			out = append(out, auth.Rule{Agent: r.Agent, Reader: r.Reader, ATR: r.ATR, ICCID: r.ICCID, EID: r.EID})
 		}
 		return out
 	}
-	names := map[string]bool{}
+	bad := len(p.errs) + len(p.other)
 	var users []auth.User
+	admins := 0
 	for i, u := range fc.Users {
-		key := fmt.Sprintf("user[%d]", i)
-		switch {
-		case u.Name == "":
-			p.add(key+".name", "every user needs a name")
-		case names[u.Name]:
-			p.add(key+".name", "user %q is defined twice", u.Name)
-		}
-		names[u.Name] = true
-		if u.PasswordHash == "" && len(u.TokenHashes) == 0 {
-			p.add(key, "user %q has neither password_hash nor token_hashes", u.Name)
-		}
-		if u.PasswordHash != "" {
-			if err := auth.CheckPasswordHash(u.PasswordHash); err != nil {
-				p.add(key+".password_hash", "%v", err)
-			}
-		}
-		if u.AllCards && len(u.Cards) > 0 {
-			p.add(key+".all_cards", "all_cards and cards exclude each other")
-		}
 		if u.Admin {
-			s.admins++
+			admins++
 		}
-		users = append(users, auth.User{Name: u.Name, PasswordHash: u.PasswordHash, TokenHashes: tokens(key, u.TokenHashes),
-			Admin: u.Admin, AllCards: u.AllCards, Cards: rules(key, u.Cards)})
+		users = append(users, auth.User{Name: u.Name, PasswordHash: u.PasswordHash, TokenHashes: tokens(fmt.Sprintf("user[%d]", i), u.TokenHashes),
+			Admin: u.Admin, AllCards: u.AllCards, Cards: rules(u.Cards)})
 	}
-	names = map[string]bool{}
 	var agents []auth.Agent
 	for i, a := range fc.Agents {
-		key := fmt.Sprintf("agent[%d]", i)
-		switch {
-		case a.Name == "":
-			p.add(key+".name", "every agent needs a name")
-		case names[a.Name]:
-			p.add(key+".name", "agent %q is defined twice", a.Name)
-		}
-		names[a.Name] = true
-		if len(a.TokenHashes) == 0 {
-			p.add(key+".token_hashes", "agent %q has no token (make one with `wsrc-server gen-token`)", a.Name)
-		}
-		agents = append(agents, auth.Agent{Name: a.Name, TokenHashes: tokens(key, a.TokenHashes),
-			AllCards: len(a.Cards) == 0, Cards: rules(key, a.Cards)})
-	}
-	if len(p.errs)+len(p.other) > bad {
-		return // the store would repeat them
+		agents = append(agents, auth.Agent{Name: a.Name, TokenHashes: tokens(fmt.Sprintf("agent[%d]", i), a.TokenHashes),
+			AllCards: len(a.Cards) == 0, Cards: rules(a.Cards)})
 	}
 	store, err := auth.NewStore(users, agents)
-	if err != nil {
-		// What is left: tokens shared between accounts.
-		p.add("user", "%v", err)
-		return
+	for _, e := range joined(err) {
+		var ae *auth.AccountError
+		if !errors.As(e, &ae) {
+			p.add("user", "%v", e)
+			continue
+		}
+		account := fmt.Sprintf("%s[%d]", ae.Kind, ae.Index)
+		if badTokens[account] && (ae.Field == "" || ae.Field == "token_hashes") {
+			continue // its token hash did not parse: said above
+		}
+		key := account
+		if ae.Field != "" {
+			key += "." + ae.Field
+		}
+		p.add(key, "%v", ae.Err)
 	}
-	s.store = store
+	if err == nil && len(p.errs)+len(p.other) == bad {
+		s.store, s.admins = store, admins
+	}
+}
+
+// joined returns the errors err joins (err itself when it joins none;
+// none for nil).
+func joined(err error) []error {
+	if err == nil {
+		return nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
 }
 
 // loopbackHost reports whether binding host listens on loopback only.

@@ -207,11 +207,21 @@ func writeMsg(w io.Writer, p []byte) error {
 // ctx is done (it then closes conn and returns nil), vpcd closes the
 // connection (nil), or an error. ServeConn closes conn before returning.
 func ServeConn(ctx context.Context, conn net.Conn, c Card) error {
-	return serve(ctx, conn, &session{l: cardLink{c}})
+	return serve(ctx, conn, &session{l: cardLink{c}}, 0)
 }
+
+// ErrSilent is wrapped by ServeLink's error when vpcd sends nothing within
+// LinkOptions.FirstMessageTimeout: vpcd accepted the connection (the
+// kernel does, into its backlog) but does not serve it, because another
+// card already occupies the slot.
+var ErrSilent = errors.New("vpcd sent nothing")
 
 // LinkOptions configure ServeLink.
 type LinkOptions struct {
+	// FirstMessageTimeout, if positive, bounds the wait for vpcd's first
+	// message (vpcd asks for the ATR about every 400 ms while it serves
+	// the slot); see ErrSilent.
+	FirstMessageTimeout time.Duration
 	// ResetAtPowerOn makes the first power on a cold reset too, as every
 	// later power on after a power off is: the application then finds
 	// the card as freshly powered, whatever its state before insertion.
@@ -222,21 +232,31 @@ type LinkOptions struct {
 // conn closed) when Transmit or Reset fail: the card is then removed from
 // pcscd's point of view, and the error says why.
 func ServeLink(ctx context.Context, conn net.Conn, l Link, opts LinkOptions) error {
-	return serve(ctx, conn, &session{l: l, coldNext: opts.ResetAtPowerOn})
+	return serve(ctx, conn, &session{l: l, coldNext: opts.ResetAtPowerOn}, opts.FirstMessageTimeout)
 }
 
-func serve(ctx context.Context, conn net.Conn, s *session) error {
+func serve(ctx context.Context, conn net.Conn, s *session, firstTimeout time.Duration) error {
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 	defer conn.Close()
+	if firstTimeout > 0 {
+		_ = conn.SetReadDeadline(time.Now().Add(firstTimeout))
+	}
 	var buf []byte
-	for {
+	for first := true; ; first = false {
 		msg, err := readMsg(conn, buf)
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
-				return nil
-			}
+		var ne net.Error
+		switch {
+		case err == nil:
+		case ctx.Err() != nil || errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed):
+			return nil
+		case first && firstTimeout > 0 && errors.As(err, &ne) && ne.Timeout():
+			return fmt.Errorf("vpcd connection: %w within %v (is another card in this slot?)", ErrSilent, firstTimeout)
+		default:
 			return fmt.Errorf("vpcd connection: %w", err)
+		}
+		if first && firstTimeout > 0 {
+			_ = conn.SetReadDeadline(time.Time{})
 		}
 		buf = msg[:0]
 		reply, err := s.handle(ctx, msg)

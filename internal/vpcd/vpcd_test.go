@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/wsrc-go/wsrc/card"
@@ -448,4 +449,33 @@ func TestServeLinkPowerOff(t *testing.T) {
 	if l.offs != 2 {
 		t.Fatalf("%d power offs heard, want 2", l.offs)
 	}
+}
+
+// TestServeLinkSilent: a vpcd that accepts the connection but sends
+// nothing (another card has the slot) is reported with ErrSilent; once
+// vpcd has spoken, silence is normal. (synctest: the waits are on a fake
+// clock.)
+func TestServeLinkSilent(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := &failingLink{testCard: testCard{atr: []byte{0x3b, 0x00}}}
+		a, b := net.Pipe()
+		defer b.Close()
+		if err := ServeLink(context.Background(), a, l, LinkOptions{FirstMessageTimeout: 5 * time.Second}); !errors.Is(err, ErrSilent) {
+			t.Fatalf("ServeLink = %v, want ErrSilent", err)
+		}
+
+		a, b = net.Pipe()
+		defer b.Close()
+		ctx, cancel := context.WithCancel(context.Background())
+		res := make(chan error, 1)
+		go func() { res <- ServeLink(ctx, a, l, LinkOptions{FirstMessageTimeout: 5 * time.Second}) }()
+		v := &fakeVPCD{t: t, conn: b}
+		v.exchange([]byte{CtrlATR})
+		time.Sleep(time.Minute) // fake time: silent far beyond the bound
+		v.exchange([]byte{CtrlATR})
+		cancel()
+		if err := <-res; err != nil {
+			t.Fatalf("ServeLink = %v", err)
+		}
+	})
 }

@@ -94,6 +94,11 @@ const DefaultVPCD = "127.0.0.1:35963"
 // maxVPCDBackoff bounds the wait between attempts to reach vpcd.
 const maxVPCDBackoff = time.Second
 
+// vpcdSilence is how long vpcd may stay silent after accepting the
+// connection before the bridge concludes that another card holds the slot
+// (vpcd asks for the ATR about every 400 ms). A variable for tests.
+var vpcdSilence = 5 * time.Second
+
 // Defaults for the zero Config fields.
 const (
 	DefaultCheckInterval = 5 * time.Second
@@ -306,7 +311,7 @@ func (b *Bridge) hold(ctx context.Context, c *client.Client, ids protocol.Identi
 	// try often, so that the card is there soon after.
 	bo := b.newBackoff()
 	bo.max = min(bo.max, maxVPCDBackoff)
-	warned := false
+	warned, warnedSilent := false, false
 	for hctx.Err() == nil {
 		conn, err := vpcd.Dial(hctx, b.cfg.VPCD)
 		if err != nil {
@@ -322,11 +327,20 @@ func (b *Bridge) hold(ctx context.Context, c *client.Client, ids protocol.Identi
 			continue
 		}
 		warned = false
-		bo.reset()
 		b.log.Info("vpcd bridge: card inserted")
 		b.event(Event{Kind: Inserted})
-		err = vpcd.ServeLink(hctx, conn, l, vpcd.LinkOptions{ResetAtPowerOn: true})
+		err = vpcd.ServeLink(hctx, conn, l, vpcd.LinkOptions{ResetAtPowerOn: true, FirstMessageTimeout: vpcdSilence})
 		switch {
+		case errors.Is(err, vpcd.ErrSilent) && hctx.Err() == nil:
+			// Another card is in the slot (another wsrc vpcd on this
+			// port?): vpcd does not serve this connection.
+			if !warnedSilent {
+				b.log.Warn("vpcd bridge: vpcd does not serve this port; is another card (another wsrc vpcd) using it? retrying", "err", err)
+				warnedSilent = true
+			}
+			b.event(Event{Kind: Waiting, Err: err})
+			bo.wait(hctx)
+			continue
 		case err != nil && l.failed():
 			// The remote card failed: removal, then select again.
 			cancel(err)
@@ -335,6 +349,8 @@ func (b *Bridge) hold(ctx context.Context, c *client.Client, ids protocol.Identi
 			// the card is still held; insert it again.
 			b.log.Info("vpcd bridge: vpcd closed the connection; inserting the card again", "err", err)
 			b.event(Event{Kind: Removed, Err: fmt.Errorf("vpcd closed the connection: %v", err)})
+			bo.reset()
+			warnedSilent = false
 			continue
 		}
 		why := context.Cause(hctx)

@@ -478,3 +478,30 @@ func TestShared(t *testing.T) {
 	waitEvent(t, events, "released after the session", kind(Released))
 	e.waitSelect(t, third, iccid)
 }
+
+// TestSamePort: a second bridge on a port whose slot already holds a card
+// is not served by vpcd; it says so instead of claiming an inserted card,
+// and takes the slot when the first bridge stops.
+func TestSamePort(t *testing.T) {
+	vpcdSilence = time.Second
+	t.Cleanup(func() { vpcdSilence = 5 * time.Second })
+	e := newEnv(t, server.Config{})
+	e.agentCard(simCard(0, false), "sim reader 0")
+	e.agentCard(simCard(1, false), "sim reader 1")
+	w := e.watch()
+	first, stopFirst := e.startBridge(0, "iccid", simbackend.ICCID(0))
+	waitEvent(t, first, "first inserted", kind(Inserted))
+	w.present(e.d.Reader(0))
+	second := e.bridge(0, "iccid", simbackend.ICCID(1))
+	ev := waitEvent(t, second, "second not served", func(ev Event) bool { return ev.Kind == Waiting && errors.Is(ev.Err, vpcd.ErrSilent) })
+	if !errContains(ev.Err, "another card in this slot") {
+		t.Errorf("waiting because %v", ev.Err)
+	}
+	stopFirst()
+	w.absent(e.d.Reader(0))
+	w.present(e.d.Reader(0))
+	c := open(t, e.d.Reader(0))
+	if err := readICCIDOf(c, simbackend.ICCID(1)); err != nil {
+		t.Error(err)
+	}
+}

@@ -204,6 +204,14 @@ func (e *env) agentCard(c card.Card, reader string) (stop func()) {
 // arrive on the returned channel.
 func (e *env) bridge(i int, idType, idStr string, opts ...func(*Config)) <-chan Event {
 	e.t.Helper()
+	events, _ := e.startBridge(i, idType, idStr, opts...)
+	return events
+}
+
+// startBridge is bridge, and also returns a function that stops the
+// bridge and waits for it (the test's cleanup does too).
+func (e *env) startBridge(i int, idType, idStr string, opts ...func(*Config)) (<-chan Event, func()) {
+	e.t.Helper()
 	events := make(chan Event, 1024)
 	cfg := Config{
 		Server: e.userURL(), IDType: idType, IDStr: idStr, VPCD: e.d.SlotAddr(i),
@@ -231,8 +239,9 @@ func (e *env) bridge(i int, idType, idStr string, opts ...func(*Config)) <-chan 
 			e.t.Errorf("bridge: %v", err)
 		}
 	}()
-	e.t.Cleanup(func() { cancel(); <-done })
-	return events
+	stop := func() { cancel(); <-done }
+	e.t.Cleanup(stop)
+	return events, stop
 }
 
 // waitEvent skips bridge events until one matches.

@@ -171,7 +171,7 @@ func (b *Bridge) insertShared(conn net.Conn, ci protocol.CardInfo) *sharedSlot {
 	b.event(Event{Kind: Inserted, Identities: ci.Identities})
 	go func() { // owned by share, which waits for done
 		defer close(slot.done)
-		slot.err = vpcd.ServeLink(sctx, conn, l, vpcd.LinkOptions{ResetAtPowerOn: true})
+		slot.err = vpcd.ServeLink(sctx, conn, l, vpcd.LinkOptions{ResetAtPowerOn: true, FirstMessageTimeout: vpcdSilence})
 		l.release()
 	}()
 	return slot

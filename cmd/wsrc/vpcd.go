@@ -2,19 +2,11 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
-	"errors"
 	"flag"
-	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/url"
-	"os"
-	"path/filepath"
 	"strconv"
-	"strings"
 
 	"github.com/wsrc-go/wsrc/client"
 	"github.com/wsrc-go/wsrc/internal/vpcdbridge"
@@ -22,10 +14,8 @@ import (
 
 // vpcdOptions are the flags of `wsrc vpcd` besides the common ones.
 type vpcdOptions struct {
-	addr      string
-	tokenFile string
-	caFile    string
-	share     bool
+	addr  string
+	share bool
 }
 
 var vpcdCmd = &command{
@@ -35,8 +25,6 @@ var vpcdCmd = &command{
 	flags: func(fs *flag.FlagSet, o *options) {
 		o.vpcd = vpcdOptions{addr: vpcdbridge.DefaultVPCD}
 		fs.StringVar(&o.vpcd.addr, "vpcd", o.vpcd.addr, "vpcd's `HOST:PORT` for the reader (port 35963 is reader 0, 35964 reader 1, ...)")
-		fs.StringVar(&o.vpcd.tokenFile, "token-file", "", "send the token in `FILE` as a bearer token (default: $WSRC_TOKEN, else $CREDENTIALS_DIRECTORY/wsrc-token if present)")
-		fs.StringVar(&o.vpcd.caFile, "tls-ca-file", "", "trust the CA certificates in PEM `FILE` instead of the system roots for wss://")
 		fs.BoolVar(&o.vpcd.share, "share", false, "select the card only while an application has it powered, so that others may use it in between")
 	},
 	usage: `Usage:
@@ -63,8 +51,9 @@ selected (not connected, not allowed for this account, in use) leaves the
 reader empty, and the reason is logged on stderr. Stop with Ctrl-C or
 SIGTERM; one wsrc vpcd per card, each on its own port.
 
-Credentials: user:password@ in --server, or a token: --token-file, the
-environment variable WSRC_TOKEN, or the systemd credential wsrc-token.
+Credentials, as for every command: user:password@ in --server, or a token:
+--token-file, the environment variable WSRC_TOKEN, or the systemd
+credential wsrc-token; --tls-ca-file for a private CA.
 
 Examples:
   wsrc vpcd --server wss://relay.example.org:4220/ --iccid 8949440000001155314
@@ -89,20 +78,9 @@ func runVPCD(cl *cli, ctx context.Context, o *options, args []string) error {
 	} else if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
 		return usagef("vpcd", "--vpcd: bad port %q", port)
 	}
-	opts := []client.Option{client.WithRequestTimeout(o.timeout)}
-	token, err := vpcdToken(cl, vo.tokenFile)
+	opts, err := cl.connOptions(o)
 	if err != nil {
 		return err
-	}
-	if token != "" {
-		opts = append(opts, client.WithHeader(http.Header{"Authorization": {"Bearer " + token}}))
-	}
-	if vo.caFile != "" {
-		cfg, err := caConfig(vo.caFile)
-		if err != nil {
-			return usagef("vpcd", "--tls-ca-file: %v", err)
-		}
-		opts = append(opts, client.WithTLSConfig(cfg))
 	}
 	level := slog.LevelInfo
 	if o.verbose {
@@ -127,47 +105,6 @@ func runVPCD(cl *cli, ctx context.Context, o *options, args []string) error {
 	// this long-running command is success.
 	log.Info("wsrc vpcd: stopped")
 	return nil
-}
-
-// vpcdToken finds the user's token: --token-file, $WSRC_TOKEN, or the
-// systemd credential wsrc-token; "" when none is given.
-func vpcdToken(cl *cli, file string) (string, error) {
-	from := "--token-file"
-	if file == "" {
-		if t := strings.TrimSpace(cl.getenv("WSRC_TOKEN")); t != "" {
-			return t, nil
-		}
-		dir := cl.getenv("CREDENTIALS_DIRECTORY")
-		if dir == "" {
-			return "", nil
-		}
-		file, from = filepath.Join(dir, "wsrc-token"), "systemd credential wsrc-token"
-		if _, err := os.Stat(file); errors.Is(err, os.ErrNotExist) {
-			return "", nil
-		}
-	}
-	b, err := os.ReadFile(file)
-	if err != nil {
-		return "", usagef("vpcd", "%s: %v", from, err)
-	}
-	t := strings.TrimSpace(string(b))
-	if t == "" || strings.ContainsAny(t, " \t\r\n") {
-		return "", usagef("vpcd", "%s: %s holds no token (one line, no spaces)", from, file)
-	}
-	return t, nil
-}
-
-// caConfig trusts the PEM certificates in file.
-func caConfig(file string) (*tls.Config, error) {
-	pem, err := os.ReadFile(file)
-	if err != nil {
-		return nil, err
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("%s holds no PEM certificate", file)
-	}
-	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
 }
 
 // redacted hides a password in a server URL for logs.

@@ -41,7 +41,7 @@ func TestVPCDUsage(t *testing.T) {
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			r := runWith(t.Context(), nil, "", tc.args...)
-			if r.code != exitUsage || !strings.Contains(r.stderr, tc.want) || !strings.Contains(r.stderr, "wsrc vpcd --help") {
+			if r.code != exitUsage || !strings.Contains(r.stderr, tc.want) || !strings.Contains(r.stderr, " --help' for usage") {
 				t.Errorf("exit %d, stderr %q; want %d and %q", r.code, r.stderr, exitUsage, tc.want)
 			}
 		})
@@ -165,5 +165,39 @@ func waitPresent(t *testing.T, reader string) {
 	case <-found:
 	default:
 		t.Fatalf("no card in %s within 30s (watch: %v)", reader, err)
+	}
+}
+
+// TestTokenAndCA: every command takes the user's token (--token-file or
+// $WSRC_TOKEN, sent as a bearer token) and a private CA (--tls-ca-file).
+func TestTokenAndCA(t *testing.T) {
+	srv, env := fake(t, clienttest.Config{TLS: true, Authorize: func(r *http.Request) error {
+		if r.Header.Get("Authorization") != "Bearer tok-1" {
+			return errors.New("bad token")
+		}
+		return nil
+	}})
+	dir := t.TempDir()
+	ca, tok := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "token")
+	if err := os.WriteFile(ca, srv.CertificatePEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(tok, []byte("tok-1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r := runWith(t.Context(), env, "", "list", "--tls-ca-file", ca, "--token-file", tok); r.code != exitOK || !strings.Contains(r.stdout, clienttest.TranscriptICCID) {
+		t.Errorf("list with --token-file: %+v", r)
+	}
+	env["WSRC_TOKEN"] = "tok-1"
+	if r := runWith(t.Context(), env, "", "--tls-ca-file", ca, "apdu", "--iccid", clienttest.TranscriptICCID, "00a40004023f00"); r.code != exitOK {
+		t.Errorf("apdu with $WSRC_TOKEN: %+v", r)
+	}
+	env["WSRC_TOKEN"] = "wrong"
+	if r := runWith(t.Context(), env, "", "list", "--tls-ca-file", ca); r.code != exitFailure || !strings.Contains(r.stderr, "401") {
+		t.Errorf("list with a wrong token: %+v", r)
+	}
+	delete(env, "WSRC_TOKEN")
+	if r := runWith(t.Context(), env, "", "list", "--token-file", tok); r.code != exitFailure || !strings.Contains(r.stderr, "certificate") {
+		t.Errorf("list without the CA: %+v", r)
 	}
 }

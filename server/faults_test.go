@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"os"
 	"strings"
@@ -261,4 +262,26 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(p)
+}
+
+// A web page in a browser must not drive cards: an upgrade request whose
+// Origin is another host than the one it was sent to gets 403 before
+// any WebSocket exists (gorilla's default origin check, kept on
+// purpose); WSRC peers send no Origin. docs/protocol.md section 1.
+func TestCrossOriginUpgradeRefused(t *testing.T) {
+	srv := New(Config{}, nil)
+	t.Cleanup(func() { srv.Shutdown(context.Background()) })
+	for _, h := range []http.Handler{srv.UserHandler(), srv.CardHandler()} {
+		req := httptest.NewRequest("GET", "http://relay.example:4220/", nil)
+		req.Header.Set("Connection", "Upgrade")
+		req.Header.Set("Upgrade", "websocket")
+		req.Header.Set("Sec-WebSocket-Version", "13")
+		req.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+		req.Header.Set("Origin", "https://attacker.example")
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req)
+		if w.Code != http.StatusForbidden {
+			t.Errorf("cross-origin upgrade: %d %s, want 403", w.Code, w.Body)
+		}
+	}
 }

@@ -650,6 +650,28 @@ const (
 	statusIdleTimeout  = 60 * time.Second
 )
 
+// NewHTTPServer returns the HTTP server wsrc-server runs a port's
+// handler h with. Every state of a connection before it is a WebSocket
+// is bounded by headerTimeout: the TLS handshake and the request's header
+// (ReadHeaderTimeout), a body dribbled slowly (ReadTimeout), a client
+// that does not read the answer (WriteTimeout) and a connection kept
+// alive after an answer that was not an upgrade (IdleTimeout). The
+// upgrade (a hijack) clears these deadlines; the relay sets its own.
+// HTTP/2 is off (WebSockets need HTTP/1.1).
+func NewHTTPServer(h http.Handler, headerTimeout time.Duration, errorLog *log.Logger) *http.Server {
+	t := headerTimeout
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: t,
+		ReadTimeout:       t,
+		WriteTimeout:      t,
+		IdleTimeout:       t,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          errorLog,
+		TLSNextProto:      map[string]func(*http.Server, *tls.Conn, http.Handler){}, // no HTTP/2
+	}
+}
+
 // serve runs the HTTP servers on the listeners (which it owns) until ctx
 // ends, then shuts down: no new connections, every open one closed with
 // 1001 and a reason, the tracer flushed, and the status listener last,
@@ -658,25 +680,7 @@ const (
 func (a *app) serve(ctx context.Context, hup <-chan os.Signal) error {
 	logger := a.log
 	httpLog := log.New(&slogWriter{logger}, "", 0)
-	// Every state of a connection before it is a WebSocket is bounded by
-	// the header timeout: the TLS handshake and the request's header
-	// (ReadHeaderTimeout), a body dribbled slowly (ReadTimeout), a client
-	// that does not read the answer (WriteTimeout) and a connection kept
-	// alive after an answer that was not an upgrade (IdleTimeout). The
-	// upgrade (a hijack) clears these deadlines; the relay sets its own.
-	t := a.s.headerTimeout
-	newHTTP := func(h http.Handler) *http.Server {
-		return &http.Server{
-			Handler:           h,
-			ReadHeaderTimeout: t,
-			ReadTimeout:       t,
-			WriteTimeout:      t,
-			IdleTimeout:       t,
-			MaxHeaderBytes:    16 << 10,
-			ErrorLog:          httpLog,
-			TLSNextProto:      map[string]func(*http.Server, *tls.Conn, http.Handler){}, // no HTTP/2
-		}
-	}
+	newHTTP := func(h http.Handler) *http.Server { return NewHTTPServer(h, a.s.headerTimeout, httpLog) }
 	a.gates[portUser].next, a.gates[portCard].next = a.srv.UserHandler(), a.srv.CardHandler()
 	users, cards := newHTTP(a.gates[portUser]), newHTTP(a.gates[portCard])
 	// And their number, per port and per client.

@@ -2,7 +2,6 @@ package soak
 
 import (
 	"bufio"
-	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/wsrc-go/wsrc/internal/auth"
 	"github.com/wsrc-go/wsrc/server"
+	"github.com/wsrc-go/wsrc/server/daemon"
 )
 
 // The server under test runs in a child process (this test binary again,
@@ -84,8 +84,8 @@ func (o *openCounter) count() int {
 	return o.open
 }
 
-// runChild serves the relay as wsrc-server does (its default limits, the
-// HTTP timeouts and connection hooks of its listeners) on two loopback
+// runChild serves the relay as wsrc-server does (its default limits, its
+// HTTP servers: daemon.NewHTTPServer, and the connection hooks) on two loopback
 // ports, prints "ports USER CARD", then answers each command line on
 // stdin with one JSON line: "stats" (after a GC), "wait N" (until at most
 // N connections are open, then stats). It returns at EOF.
@@ -107,10 +107,9 @@ func runChild() error {
 		slog.New(slog.NewTextHandler(io.Discard, nil)))
 	errLog := log.New(io.Discard, "", 0) // "accept4: too many open files" would show here
 	newHTTP := func(h http.Handler, role string) *http.Server {
-		return &http.Server{Handler: h, ReadHeaderTimeout: headerTimeout, ReadTimeout: headerTimeout,
-			WriteTimeout: headerTimeout, IdleTimeout: headerTimeout, MaxHeaderBytes: 16 << 10, ErrorLog: errLog,
-			ConnState:    srv.ConnState(role),
-			TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){}}
+		hs := daemon.NewHTTPServer(h, headerTimeout, errLog)
+		hs.ConnState = srv.ConnState(role)
+		return hs
 	}
 	ul, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -7,8 +7,8 @@
 // attempts, and what happens to connections that never upgrade. Its
 // figures go to docs/reliability.md.
 //
-// It runs only with WSRC_SOAK=1 (about two minutes on two cores); a
-// plain `go test ./...` skips it.
+// It runs only with WSRC_SOAK=1 (`make soak`: about 40 s on two cores);
+// a plain `go test ./...` skips it.
 package soak
 
 import (
@@ -132,7 +132,7 @@ func (r *report) String() string {
 
 func TestSoak(t *testing.T) {
 	if os.Getenv("WSRC_SOAK") != "1" {
-		t.Skip("the soak runs with WSRC_SOAK=1 (make soak), about two minutes")
+		t.Skip("the soak runs with WSRC_SOAK=1 (make soak, about 40 s)")
 	}
 	srv := startChild(t)
 	rep := &report{}

@@ -89,7 +89,7 @@ units: ## Check systemd units, sysusers and udev rules (verify, security score)
 .PHONY: install
 install: ## Install bin/ programs and systemd/ files under $(DESTDIR) (run `make build` first)
 	install -D -m755 -t $(DESTDIR)/usr/bin $(BIN)/wsrc-server $(BIN)/wsrc-agent $(BIN)/wsrc
-	install -D -m644 -t $(DESTDIR)/usr/lib/systemd/system systemd/wsrc-server.service systemd/wsrc-server-user.socket systemd/wsrc-server-card.socket systemd/wsrc-agent.service
+	install -D -m644 -t $(DESTDIR)/usr/lib/systemd/system systemd/wsrc-server.service systemd/wsrc-server-user.socket systemd/wsrc-server-card.socket systemd/wsrc-agent.service systemd/wsrc-vpcd@.service
 	install -D -m644 systemd/wsrc.sysusers.conf $(DESTDIR)/usr/lib/sysusers.d/wsrc.conf
 	install -D -m644 systemd/60-wsrc-agent.rules $(DESTDIR)/usr/lib/udev/rules.d/60-wsrc-agent.rules
 	install -D -m644 systemd/wsrc-agent.polkit.rules $(DESTDIR)/usr/share/polkit-1/rules.d/60-wsrc-agent.rules

@@ -277,6 +277,17 @@ func (c *Client) Reset(ctx context.Context) (atr []byte, err error) {
 	return r.ATR, nil
 }
 
+// Done returns a channel that is closed when the connection has ended:
+// the server closed it, it broke, a request failed in a way that closes
+// it (see the package doc), or Close was called. A program that holds a
+// card while idle (wsrc vpcd) learns from it that the server went away
+// without sending a request. [Client.Err] then says why.
+func (c *Client) Done() <-chan struct{} { return c.done }
+
+// Err returns why the connection ended (an error wrapping [ErrClosed]
+// after Close), or nil while it is up.
+func (c *Client) Err() error { return c.reason() }
+
 // Close ends the connection with a normal close handshake, waiting a
 // moment (at most 2s) for the server's answer and for the server to close
 // the TCP connection, and stops the Client's goroutine. A call

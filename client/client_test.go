@@ -649,6 +649,46 @@ func TestAnswersPingsWhenIdle(t *testing.T) {
 	}
 }
 
+// TestDoneWhenServerGoes: an idle client learns from Done that the server
+// closed the connection, and Err says why.
+func TestDoneWhenServerGoes(t *testing.T) {
+	url := scripted(t, func(conn *websocket.Conn) {
+		greet(t, conn)
+		msg := websocket.FormatCloseMessage(websocket.CloseGoingAway, "server shutting down")
+		_ = conn.WriteMessage(websocket.CloseMessage, msg)
+		closeCode(conn)
+	})
+	c, err := client.Dial(t.Context(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	<-c.Done()
+	var ce *client.ConnectionError
+	if err := c.Err(); !errors.As(err, &ce) || ce.Code != websocket.CloseGoingAway {
+		t.Fatalf("Err() = %v, want a ConnectionError with code 1001", err)
+	}
+}
+
+// TestDoneAfterClose: Close ends the connection; Done is closed and Err
+// wraps ErrClosed.
+func TestDoneAfterClose(t *testing.T) {
+	_, c := startFake(t, clienttest.Config{})
+	if c.Err() != nil {
+		t.Fatalf("Err() = %v on a fresh connection", c.Err())
+	}
+	select {
+	case <-c.Done():
+		t.Fatal("Done closed on a fresh connection")
+	default:
+	}
+	c.Close()
+	<-c.Done()
+	if !errors.Is(c.Err(), client.ErrClosed) {
+		t.Fatalf("Err() = %v, want ErrClosed", c.Err())
+	}
+}
+
 // A list of thousands of cards (here about 1.5 MB) is accepted: the read
 // limit is far above one message's (protocol.MaxFrameSize), and
 // ListCardsWhere narrows it. Issue 10, point 5.

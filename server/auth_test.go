@@ -101,6 +101,7 @@ func uiccIdentify(t *testing.T, c *wstest.Peer, efICCID string) {
 	}
 	expectCAPDU(t, c, cmdReadICCID)
 	c.Send(`{"response": "` + efICCID + `", "sw": "9000", "msg_type": "r_apdu"}`)
+	identifyExtensions(t, c, efICCID, false)
 }
 
 // Upgrade requests without valid credentials get 401 with a challenge

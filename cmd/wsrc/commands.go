@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -34,6 +35,10 @@ thousands of cards the server sends just those (wsrc-server's extension
 of list_cards; a server without it, such as pySim's, sends every card and
 wsrc filters them). With --limit, at most N cards are shown and a last
 line (stderr with --json) says how many matched in all.
+
+An IMSI column appears when the server found an IMSI on any card
+(wsrc-server reads it where the card gives it without a PIN); select such a
+card with --id imsi=IMSI.
 
 Examples:
   wsrc list
@@ -99,6 +104,7 @@ func runList(cl *cli, ctx context.Context, o *options, args []string) error {
 type cardJSON struct {
 	ICCID      string              `json:"iccid,omitempty"`
 	EID        string              `json:"eid,omitempty"`
+	IMSI       string              `json:"imsi,omitempty"`
 	ATR        string              `json:"atr,omitempty"`
 	State      string              `json:"state"`
 	Agent      string              `json:"agent,omitempty"`
@@ -115,7 +121,7 @@ func listJSON(cards []protocol.CardInfo) []cardJSON {
 			ids = protocol.Identities{}
 		}
 		out = append(out, cardJSON{
-			ICCID: ids[protocol.IdentityICCID], EID: ids[protocol.IdentityEID], ATR: ids[protocol.IdentityATR],
+			ICCID: ids[protocol.IdentityICCID], EID: ids[protocol.IdentityEID], IMSI: ids[protocol.IdentityIMSI], ATR: ids[protocol.IdentityATR],
 			State: c.State, Agent: c.Agent, Reader: c.Reader, Address: address(c.RemoteAddr), Identities: ids,
 		})
 	}
@@ -137,8 +143,15 @@ func writeTable(w io.Writer, cards []protocol.CardInfo) error {
 		_, err := fmt.Fprintln(w, "no cards")
 		return err
 	}
+	// The IMSI column only when there is an IMSI to show (pySim's server
+	// never reads one).
+	imsi := slices.ContainsFunc(cards, func(c protocol.CardInfo) bool { return c.Identities[protocol.IdentityIMSI] != "" })
 	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "ICCID\tEID\tSTATE\tATR\tAGENT/READER\tADDRESS")
+	if imsi {
+		fmt.Fprintln(tw, "ICCID\tEID\tIMSI\tSTATE\tATR\tAGENT/READER\tADDRESS")
+	} else {
+		fmt.Fprintln(tw, "ICCID\tEID\tSTATE\tATR\tAGENT/READER\tADDRESS")
+	}
 	for _, c := range cards {
 		where := c.Agent
 		switch {
@@ -147,10 +160,11 @@ func writeTable(w io.Writer, cards []protocol.CardInfo) error {
 		case c.Reader != "":
 			where = c.Reader
 		}
-		cells := []string{
-			c.Identities[protocol.IdentityICCID], c.Identities[protocol.IdentityEID], c.State,
-			c.Identities[protocol.IdentityATR], where, address(c.RemoteAddr),
+		cells := []string{c.Identities[protocol.IdentityICCID], c.Identities[protocol.IdentityEID]}
+		if imsi {
+			cells = append(cells, c.Identities[protocol.IdentityIMSI])
 		}
+		cells = append(cells, c.State, c.Identities[protocol.IdentityATR], where, address(c.RemoteAddr))
 		for i, s := range cells {
 			sep := "\t"
 			if i == len(cells)-1 {

@@ -194,7 +194,7 @@ func NewMetrics() *Metrics {
 	for k := range numErrorKinds {
 		m.errors[k] = errs.WithLabelValues(k.String())
 	}
-	m.identifyFailed = counter(metricIdentifyFailed, "Card identifications (reading EID and ICCID) that failed.")
+	m.identifyFailed = counter(metricIdentifyFailed, "Card identifications (reading EID, ICCID and IMSI) that failed.")
 	m.reconnects = counter(metricReconnects, "Card agents that connected again after losing their connection.")
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: metricBuildInfo,

@@ -94,9 +94,10 @@ const usage = `Usage: wsrc-server [flags]
 
 wsrc-server is the WSRC (WebSocket Remote Card) relay. Card agents
 (wsrc-agent, pySim's wsrc_card_client.py) connect to the card port and are
-identified by their EID and ICCID; users (pySim-shell --wsrc-server-url,
-wsrc, the Go client library) connect to the user port, list the cards,
-select one and exchange APDUs with it. One user per card at a time.
+identified (EID and ICCID as pySim does, then the IMSI where no PIN guards
+it); users (pySim-shell --wsrc-server-url, wsrc, the Go client library)
+connect to the user port, list the cards, select one and exchange APDUs
+with it. One user per card at a time.
 
 It is a drop-in for pySim's contrib/wsrc_server.py: the same ports (user
 4220, card 4221) and flag names. Both ports listen on loopback by default;

@@ -443,7 +443,12 @@ func TestPcscdRestart(t *testing.T) {
 	serverError(t, err, "card disconnected")
 	for i := range cards {
 		v := c.selectCard(iccid(i))
-		transmit(t, v, readBinaryExt(0, 4000), 0x9000)
+		// Identification leaves its last file selected (EF.DIR since
+		// the IMSI step): select the big EF first.
+		transmit(t, v, selectBig, 0x9000)
+		if got := transmit(t, v, readBinaryExt(0, 4000), 0x9000); !bytes.Equal(got, bigEF(0, 4000)) {
+			t.Errorf("card %d: extended READ BINARY gave %d bytes", i, len(got))
+		}
 	}
 	c.checkAgentRunning()
 }

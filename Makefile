@@ -46,7 +46,7 @@ vet: ## gofmt check, go vet and staticcheck
 	$(GO) run $(STATICCHECK) ./...
 
 .PHONY: test
-test: deps-test vet ## Run vet and every test with -race (incl. pcscd+vpcd and the QEMU CCID VM); ends with the skipped tests and why
+test: deps-test vet deb ## Build the .debs, run vet and every test with -race (pcscd+vpcd, QEMU VMs, the packages); ends with the skipped tests and why
 	@scripts/fetch-kernel.sh
 	set -o pipefail; $(GO) test -json $(GOTESTFLAGS) $(TESTFLAGS) ./... | $(GO) run ./internal/testenv/testreport
 

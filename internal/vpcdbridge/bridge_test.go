@@ -415,7 +415,7 @@ func (e *env) waitSelect(t *testing.T, c *client.Client, iccid string) protocol.
 	timeout := time.NewTimer(waitTimeout)
 	defer timeout.Stop()
 	for {
-		changed := e.cards.next() // before trying: no change is missed
+		changed := e.cards.Next() // before trying: no change is missed
 		ids, err := c.Select(context.Background(), "iccid", iccid)
 		if err == nil {
 			return ids

@@ -17,6 +17,7 @@ import (
 	"github.com/wsrc-go/wsrc/agent"
 	"github.com/wsrc-go/wsrc/agent/agenttest"
 	"github.com/wsrc-go/wsrc/card"
+	"github.com/wsrc-go/wsrc/internal/testenv/cardevents"
 	"github.com/wsrc-go/wsrc/internal/testenv/pcscdtest"
 	"github.com/wsrc-go/wsrc/pcsc"
 	"github.com/wsrc-go/wsrc/server"
@@ -55,34 +56,7 @@ type env struct {
 	srv *running   // the running server; nil while stopped
 
 	// cards hears of every change of the server's cards (its Observer).
-	cards cardChanges
-}
-
-// cardChanges is a server.Observer that wakes waiters whenever a card
-// connects, changes state or leaves.
-type cardChanges struct {
-	server.NopObserver
-	mu      sync.Mutex
-	changed chan struct{} // closed and replaced at every change
-}
-
-// next returns a channel that is closed at the next change.
-func (c *cardChanges) next() <-chan struct{} {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.changed == nil {
-		c.changed = make(chan struct{})
-	}
-	return c.changed
-}
-
-func (c *cardChanges) CardChanged(server.CardEvent) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.changed != nil {
-		close(c.changed)
-		c.changed = nil
-	}
+	cards cardevents.Changes
 }
 
 // running is one run of the server on the env's addresses.

@@ -20,6 +20,7 @@ import (
 	"github.com/wsrc-go/wsrc/agent/pcscbackend"
 	"github.com/wsrc-go/wsrc/card/sim"
 	"github.com/wsrc-go/wsrc/client"
+	"github.com/wsrc-go/wsrc/internal/testenv/cardevents"
 	"github.com/wsrc-go/wsrc/internal/testenv/pcscdtest"
 	"github.com/wsrc-go/wsrc/internal/vpcd"
 	"github.com/wsrc-go/wsrc/pcsc"
@@ -48,34 +49,7 @@ type chain struct {
 	agentDone chan struct{}
 	agentErr  error // set before agentDone is closed
 	// cards hears of every change of the server's cards (its Observer).
-	cards cardChanges
-}
-
-// cardChanges is a server.Observer that wakes the waiters of waitCards
-// whenever a card connects, changes state or leaves.
-type cardChanges struct {
-	server.NopObserver
-	mu      sync.Mutex
-	changed chan struct{} // closed and replaced at every change
-}
-
-// next returns a channel that is closed at the next change.
-func (c *cardChanges) next() <-chan struct{} {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.changed == nil {
-		c.changed = make(chan struct{})
-	}
-	return c.changed
-}
-
-func (c *cardChanges) CardChanged(server.CardEvent) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.changed != nil {
-		close(c.changed)
-		c.changed = nil
-	}
+	cards cardevents.Changes
 }
 
 // chainOption changes the agent's PC/SC backend configuration.
@@ -179,7 +153,7 @@ func (c *chain) waitCards(what string, ok func([]protocol.CardInfo) bool) []prot
 	timeout := time.NewTimer(waitTimeout)
 	defer timeout.Stop()
 	for {
-		changed := c.cards.next() // before looking: no change is missed
+		changed := c.cards.Next() // before looking: no change is missed
 		cards := c.srv.Cards()
 		if ok(cards) {
 			return cards

@@ -9,7 +9,8 @@ import (
 )
 
 // Describe probes every backend (Backend.Probe) and opens each present
-// card once to fill in its ATR and identities (card.Identify: EID, ICCID),
+// card once to fill in its ATR and identities (card.Identify: EID, ICCID,
+// IMSI where no PIN guards it),
 // for `wsrc-agent readers`. A card that cannot be opened or read gets Err;
 // Describe itself never fails. Every card it opens is closed again.
 func Describe(ctx context.Context, backends ...Backend) []BackendReport {
@@ -49,6 +50,9 @@ func describeSlot(ctx context.Context, s *SlotReport) {
 	}
 	if id.ICCID != "" {
 		s.Identities[protocol.IdentityICCID] = id.ICCID
+	}
+	if id.IMSI != "" {
+		s.Identities[protocol.IdentityIMSI] = id.IMSI
 	}
 	if err != nil {
 		s.Err = err.Error()

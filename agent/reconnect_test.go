@@ -415,3 +415,20 @@ func TestCancelDuringWait(t *testing.T) {
 		checkDials(t, p.dialTimes(), 0)
 	})
 }
+
+// After an outage of any length, an agent with the default timing tries
+// again within 8 s (so it is back within 10 s of the server's return,
+// the connection itself included), and a fleet spreads its attempts over
+// 4 s rather than all at once. Issue 10, point 7.
+func TestDefaultBackoffAfterLongOutage(t *testing.T) {
+	timing := Timing{}.withDefaults()
+	lo, hi := timing.backoff(1000, func(time.Duration) time.Duration { return 0 }), timing.backoff(1000, func(d time.Duration) time.Duration { return d })
+	if hi > 8*time.Second || lo < 4*time.Second {
+		t.Fatalf("after a long outage the delay is %v to %v, want within 4 s to 8 s", lo, hi)
+	}
+	for range 1000 {
+		if d := timing.backoff(1000, randJitter); d < lo || d > hi {
+			t.Fatalf("delay %v outside [%v, %v]", d, lo, hi)
+		}
+	}
+}

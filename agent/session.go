@@ -485,11 +485,11 @@ func (s *Session) answer(ctx context.Context, f frame) (reply protocol.Message, 
 		if err != nil {
 			return s.cardFailed(ctx, "transmitting APDU", err)
 		}
-		if len(resp) < 2 { // TransmitFollow promises SW1 SW2; be sure
+		r, ok := protocol.RAPDUOf(resp)
+		if !ok { // TransmitFollow promises SW1 SW2; be sure
 			return protocol.Error{Message: fmt.Sprintf("card answered %d bytes, no status word", len(resp))}, nil
 		}
-		n := len(resp) - 2
-		return protocol.RAPDU{Response: resp[:n], SW: uint16(resp[n])<<8 | uint16(resp[n+1])}, nil
+		return r, nil
 	case protocol.ResetReq:
 		atr, err := s.card.Reset(ctx, card.WarmReset)
 		if err != nil {

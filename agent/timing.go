@@ -52,7 +52,7 @@ var DefaultTiming = Timing{
 	PongWait:          40 * time.Second,
 	CloseWait:         2 * time.Second,
 	MinBackoff:        500 * time.Millisecond,
-	MaxBackoff:        30 * time.Second,
+	MaxBackoff:        8 * time.Second, // back within 8 s of a server's return; jitter spreads a fleet over 4 s
 	StableAfter:       30 * time.Second,
 	DisconnectHoldoff: 30 * time.Second,
 }

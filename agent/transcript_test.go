@@ -7,7 +7,7 @@ import (
 
 	"github.com/wsrc-go/wsrc/agent/agenttest"
 	"github.com/wsrc-go/wsrc/card/sim"
-	"github.com/wsrc-go/wsrc/internal/transcript"
+	"github.com/wsrc-go/wsrc/internal/testenv/transcript"
 	"github.com/wsrc-go/wsrc/protocol"
 )
 

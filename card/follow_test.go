@@ -124,6 +124,10 @@ func (f transmitterFunc) Transmit(ctx context.Context, cmd []byte) ([]byte, erro
 const (
 	eidResp   = "bf3e125a1089049032123451234512345678901235"
 	iccidResp = "989444000000115513f4"
+	// usimRecord is an EF.DIR record naming ADF.USIM (card/sim's).
+	usimRecord = "611a4f10a0000000871002ffffffff890709000050045553494dffffffffffffffffffffff"
+	imsiResp   = "080910101032547698" // 001010123456789
+
 )
 
 // TestIdentifyServerRules checks pySim's server-side GET RESPONSE rules
@@ -139,17 +143,82 @@ func TestIdentifyServerRules(t *testing.T) {
 			"80e2910006bf3e035c015a>" + eidResp + "9000",
 			"00a40000023f00>629000", "00a40000022fe2>629000",
 			"00b0000000>" + iccidResp + "9000",
+			"00b201f400>6a83",
 		}, Identity{EID: "89049032123451234512345678901235", ICCID: "8949440000001155314"}},
 		{"plain UICC", []string{
 			"00a4040410a0000005591010ffffffff8900000100>6a82",
 			"00a40000023f00>629000", "00a40000022fe2>629000",
 			"00b0000000>" + iccidResp + "9000",
+			"00b201f400>6a83", "00a4040410a0000005591010ffffffff890005050000>6a82", "00a4040410a000000559101000000000890000030000>6a82", "00a4040410a0000005591010ffffffff890000017700>6a82",
 		}, Identity{ICCID: "8949440000001155314"}},
 		{"GET EID fails", []string{
 			"00a4040410a0000005591010ffffffff8900000100>9000",
 			"80e2910006bf3e035c015a>6a88",
 			"00a40000023f00>9000", "00a40000022fe2>9000",
 			"00b0000000>" + iccidResp + "9000",
+			"00b201f400>6a83", // the ISD-R is there: no alternatives
+		}, Identity{ICCID: "8949440000001155314"}},
+		{"IMSI: USIM in EF.DIR record 2, T=0 (6C and 61)", []string{
+			"00a4040410a0000005591010ffffffff8900000100>6f9000",
+			"80e2910006bf3e035c015a>" + eidResp + "9000",
+			"00a40000023f00>629000", "00a40000022fe2>629000",
+			"00b0000000>" + iccidResp + "9000",
+			"00b201f400>6c26", "00b201f426>" + strings.Repeat("ff", 38) + "9000",
+			"00b202f400>6c26", "00b202f426>" + usimRecord + "9000",
+			"00a4040c10a0000000871002ffffffff8907090000>9000",
+			"00b0870009>6109", "00c0000009>" + imsiResp + "9000",
+		}, Identity{EID: "89049032123451234512345678901235", ICCID: "8949440000001155314", IMSI: "001010123456789"}},
+		{"IMSI wants a PIN: no IMSI, not an error", []string{
+			"00a4040410a0000005591010ffffffff8900000100>6f9000",
+			"80e2910006bf3e035c015a>" + eidResp + "9000",
+			"00a40000023f00>629000", "00a40000022fe2>629000",
+			"00b0000000>" + iccidResp + "9000",
+			"00b201f400>" + usimRecord + "9000",
+			"00a4040c10a0000000871002ffffffff8907090000>9000",
+			"00b0870009>6982",
+		}, Identity{EID: "89049032123451234512345678901235", ICCID: "8949440000001155314"}},
+		{"no EF.DIR: USIM by the AID prefix", []string{
+			"00a4040410a0000005591010ffffffff8900000100>6f9000",
+			"80e2910006bf3e035c015a>" + eidResp + "9000",
+			"00a40000023f00>629000", "00a40000022fe2>629000",
+			"00b0000000>" + iccidResp + "9000",
+			"00b201f400>6a82",
+			"00a4040c07a0000000871002>9000",
+			"00b0870009>" + imsiResp + "9000",
+		}, Identity{EID: "89049032123451234512345678901235", ICCID: "8949440000001155314", IMSI: "001010123456789"}},
+		{"no USIM listed: no IMSI", []string{
+			"00a4040410a0000005591010ffffffff8900000100>6f9000",
+			"80e2910006bf3e035c015a>" + eidResp + "9000",
+			"00a40000023f00>629000", "00a40000022fe2>629000",
+			"00b0000000>" + iccidResp + "9000",
+			"00b201f400>" + strings.Repeat("ff", 38) + "9000", "00b202f400>" + strings.Repeat("ff", 38) + "9000",
+			"00b203f400>" + strings.Repeat("ff", 38) + "9000", "00b204f400>" + strings.Repeat("ff", 38) + "9000",
+		}, Identity{EID: "89049032123451234512345678901235", ICCID: "8949440000001155314"}},
+		{"garbled EF.IMSI: no IMSI", []string{
+			"00a4040410a0000005591010ffffffff8900000100>6f9000",
+			"80e2910006bf3e035c015a>" + eidResp + "9000",
+			"00a40000023f00>629000", "00a40000022fe2>629000",
+			"00b0000000>" + iccidResp + "9000",
+			"00b201f400>" + usimRecord + "9000",
+			"00a4040c10a0000000871002ffffffff8907090000>9000",
+			"00b0870009>ff9000",
+		}, Identity{EID: "89049032123451234512345678901235", ICCID: "8949440000001155314"}},
+		{"eSIM.me v2 ISD-R after the standard one is refused", []string{
+			"00a4040410a0000005591010ffffffff8900000100>6a82",
+			"00a40000023f00>9000", "00a40000022fe2>9000",
+			"00b0000000>" + iccidResp + "9000",
+			"00b201f400>6a83",
+			"00a4040410a0000005591010ffffffff890005050000>6a82",
+			"00a4040410a000000559101000000000890000030000>6f9000",
+			"80e2910006bf3e035c015a>" + eidResp + "9000",
+		}, Identity{EID: "89049032123451234512345678901235", ICCID: "8949440000001155314"}},
+		{"alternative ISD-R found but GET EID refused", []string{
+			"00a4040410a0000005591010ffffffff8900000100>6a82",
+			"00a40000023f00>9000", "00a40000022fe2>9000",
+			"00b0000000>" + iccidResp + "9000",
+			"00b201f400>6a83",
+			"00a4040410a0000005591010ffffffff890005050000>9000",
+			"80e2910006bf3e035c015a>6a80",
 		}, Identity{ICCID: "8949440000001155314"}},
 		{"nothing", []string{
 			"00a4040410a0000005591010ffffffff8900000100>6d00",
@@ -166,12 +235,14 @@ func TestIdentifyServerRules(t *testing.T) {
 			"00a40000023f00>6122", "00c0000022>9000",
 			"00a40000022fe2>9000",
 			"00b0000000>6c0a", "00b000000a>" + iccidResp + "9000",
+			"00b201f400>6a83",
 		}, Identity{EID: "89049032123451234512345678901235", ICCID: "8949440000001155314"}},
 		{"6C after GET RESPONSE re-issues the GET RESPONSE, replacing data", []string{
 			"00a4040410a0000005591010ffffffff8900000100>6a82",
 			"00a40000023f00>aa6110", "00c0000010>6c05", "00c0000005>bb9000",
 			"00a40000022fe2>9000",
 			"00b0000000>" + iccidResp + "6c0a", "00b000000a>" + iccidResp + "9000",
+			"00b201f400>6a83", "00a4040410a0000005591010ffffffff890005050000>6a82", "00a4040410a000000559101000000000890000030000>6a82", "00a4040410a0000005591010ffffffff890000017700>6a82",
 		}, Identity{ICCID: "8949440000001155314"}},
 		{"6C is not followed after its re-issue", []string{
 			"00a4040410a0000005591010ffffffff8900000100>6a82",

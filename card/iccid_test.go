@@ -53,6 +53,7 @@ func TestNormalizeICCID(t *testing.T) {
 		"8949440000001155314F": "8949440000001155314",
 		"8949440000001155314f": "8949440000001155314",
 		"ABCDEF":               "abcde",
+		"f89":                  "89",
 		"":                     "",
 	} {
 		if got := NormalizeICCID(in); got != want {
@@ -67,6 +68,11 @@ func FuzzDecodeICCID(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		s := DecodeICCID(b)
+		// One form: what DecodeICCID gives is already normalised, so an
+		// ICCID a user copies from the list matches.
+		if NormalizeICCID(s) != s {
+			t.Fatalf("DecodeICCID(% x) = %q, which NormalizeICCID changes to %q", b, s, NormalizeICCID(s))
+		}
 		if len(s) > 2*len(b) || strings.HasPrefix(s, "f") || strings.HasSuffix(s, "f") {
 			t.Fatalf("%x → %q", b, s)
 		}

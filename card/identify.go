@@ -25,14 +25,38 @@ var (
 	apduReadICCID  = mustHex("00b0000000")
 )
 
-// Identify runs exactly the identification sequence of pySim's WSRC
-// server (CardClient.identify) over t:
+// ISDRAlternatives are the ISD-R AIDs of removable eUICCs that do not use
+// the SGP.22 one, in the order Identify tries them: 5ber, eSIM.me v2 and
+// XeSIM (the AIDs that EasyLPAC offers for lpac's LPAC_CUSTOM_ISD_R_AID;
+// eSIM.me v2's is reported in EasyLPAC's issue 36).
+var ISDRAlternatives = [][]byte{
+	mustHex("a0000005591010ffffffff8900050500"), // 5ber
+	mustHex("a0000005591010000000008900000300"), // eSIM.me v2
+	mustHex("a0000005591010ffffffff8900000177"), // XeSIM
+}
+
+// Identify runs the identification sequence of pySim's WSRC server
+// (CardClient.identify) over t, exactly and first, and then two
+// extensions of ours:
 //
 //  1. SELECT ISD-R (00a4040410a0000005591010ffffffff8900000100); only if
 //     that ends 9000, GET EID (80e2910006bf3e035c015a). EID = the last 32
 //     hex digits of the GET EID response data.
 //  2. SELECT MF (00a40000023f00), SELECT EF.ICCID (00a40000022fe2), READ
 //     BINARY (00b0000000). ICCID = DecodeICCID of the data.
+//  3. Only when step 2 found an ICCID (the card has a UICC file system):
+//     the IMSI, where the card gives it without a PIN (see identifyIMSI:
+//     EF.DIR → ADF.USIM → EF.IMSI, 2 to 5 APDUs).
+//  4. Only when step 1's SELECT ISD-R was refused and step 2 found an
+//     ICCID: SELECT of each of ISDRAlternatives in turn (as step 1 does),
+//     and GET EID from the first one that answers 9000.
+//
+// Steps 1 and 2 send pySim's APDUs unchanged and in pySim's order, so a
+// card identified by pySim's server and by ours sees the same first
+// APDUs; the extensions come after them (step 4 after step 3: selecting
+// an application by AID may hide the UICC file system from the APDUs
+// that follow). A card with neither ISD-R nor MF sees pySim's sequence
+// only.
 //
 // Each APDU gets pySim's server-side response handling: while SW1 is
 // 61, 9F, 62 or 63, GET RESPONSE <CLA> C0 00 00 <SW2> and append its
@@ -42,16 +66,17 @@ var (
 //
 // A step that fails on its status word (or never ends its 61xx chain)
 // leaves its identity empty and identification goes on, as in pySim: a
-// plain UICC yields only an ICCID, and an EID failure does not stop the
-// ICCID steps. pySim stores an empty EID or ICCID when the card answers
-// 9000 with no data; here empty means absent.
+// plain UICC yields only an ICCID (and an IMSI), and an EID failure does
+// not stop the ICCID steps. A card that wants a PIN for EF.IMSI has no
+// IMSI; that is not a failure. pySim stores an empty EID or ICCID when the
+// card answers 9000 with no data; here empty means absent.
 //
 // The returned error is non-nil only when talking to the card failed
 // (t.Transmit returned an error, ctx ended, or a response had no status
 // word); the Identity then holds what was found before the failure.
 func Identify(ctx context.Context, t Transmitter) (Identity, error) {
 	var id Identity
-	eid, err := identifyEID(ctx, t)
+	eid, isdr, err := identifyEID(ctx, t, apduSelectISDR)
 	if err != nil {
 		return id, fmt.Errorf("reading EID: %w", err)
 	}
@@ -61,6 +86,26 @@ func Identify(ctx context.Context, t Transmitter) (Identity, error) {
 		return id, fmt.Errorf("reading ICCID: %w", err)
 	}
 	id.ICCID = iccid
+	if id.ICCID == "" {
+		return id, nil
+	}
+	if id.IMSI, err = identifyIMSI(ctx, t); err != nil {
+		return id, fmt.Errorf("reading IMSI: %w", err)
+	}
+	if isdr {
+		return id, nil
+	}
+	for _, aid := range ISDRAlternatives {
+		sel := Command{CLA: 0x00, INS: 0xa4, P1: 0x04, P2: 0x04, Data: aid, Ne: 256}.Bytes()
+		eid, found, err := identifyEID(ctx, t, sel)
+		if err != nil {
+			return id, fmt.Errorf("reading EID at ISD-R %x: %w", aid, err)
+		}
+		if found {
+			id.EID = eid
+			break
+		}
+	}
 	return id, nil
 }
 
@@ -68,19 +113,33 @@ func Identify(ctx context.Context, t Transmitter) (Identity, error) {
 // leaves this file.
 var errStep = errors.New("status word is not 9000")
 
-func identifyEID(ctx context.Context, t Transmitter) (string, error) {
-	if _, err := serverXceiveOK(ctx, t, apduSelectISDR); err != nil {
-		return "", stepErr(err)
+// stepSWError is errStep with the status word.
+type stepSWError struct{ sw uint16 }
+
+func (e *stepSWError) Error() string { return fmt.Sprintf("%v: %04x", errStep, e.sw) }
+func (e *stepSWError) Unwrap() error { return errStep }
+
+// refusedWith reports whether err is a step's failure on status word sw.
+func refusedWith(err error, sw uint16) bool {
+	var se *stepSWError
+	return errors.As(err, &se) && se.sw == sw
+}
+
+// identifyEID selects the ISD-R with selectISDR and reads the EID; found
+// reports whether the ISD-R answered the SELECT with 9000.
+func identifyEID(ctx context.Context, t Transmitter, selectISDR []byte) (eid string, found bool, err error) {
+	if _, err := serverXceiveOK(ctx, t, selectISDR); err != nil {
+		return "", false, stepErr(err)
 	}
 	data, err := serverXceiveOK(ctx, t, apduGetEID)
 	if err != nil {
-		return "", stepErr(err)
+		return "", true, stepErr(err)
 	}
 	h := hex.EncodeToString(data)
 	if len(h) > 32 {
 		h = h[len(h)-32:]
 	}
-	return h, nil
+	return h, true, nil
 }
 
 func identifyICCID(ctx context.Context, t Transmitter) (string, error) {
@@ -112,7 +171,7 @@ func serverXceiveOK(ctx context.Context, t Transmitter, cmd []byte) ([]byte, err
 		return nil, err
 	}
 	if sw != 0x9000 {
-		return nil, fmt.Errorf("%w: %04x", errStep, sw)
+		return nil, &stepSWError{sw}
 	}
 	return data, nil
 }
@@ -174,7 +233,7 @@ func DecodeICCID(b []byte) string {
 	for i := 0; i+1 < len(h); i += 2 {
 		h[i], h[i+1] = h[i+1], h[i]
 	}
-	return strings.Trim(string(h), "f")
+	return NormalizeICCID(string(h))
 }
 
 // ErrBadICCID is wrapped by EncodeICCID's errors.
@@ -199,11 +258,12 @@ func EncodeICCID(iccid string) ([]byte, error) {
 	return b, nil
 }
 
-// NormalizeICCID returns s in the form used to match ICCIDs: lower case,
-// trailing 'f' padding removed. pySim-shell's --wsrc-iccid takes only an
-// even number of digits, so a 19-digit ICCID arrives with its pad.
+// NormalizeICCID returns s in the form DecodeICCID gives and ICCIDs are
+// matched in: lower case, 'f' padding removed from both ends (as pySim's
+// dec_iccid strips it). pySim-shell's --wsrc-iccid takes only an even
+// number of digits, so a 19-digit ICCID arrives with its pad.
 func NormalizeICCID(s string) string {
-	return strings.TrimRight(strings.ToLower(s), "f")
+	return strings.Trim(strings.ToLower(s), "f")
 }
 
 func mustHex(s string) []byte {

@@ -14,8 +14,65 @@ var usimAIDPrefix = []byte{0xa0, 0x00, 0x00, 0x00, 0x87, 0x10, 0x02}
 // ErrBadIMSI is wrapped by errors about the contents of EF.IMSI.
 var ErrBadIMSI = errors.New("invalid EF.IMSI contents")
 
-// ReadIMSI reads the IMSI for the agent's own use (pySim's server does
-// not read it, so Identify does not either). It selects the MF, looks
+// maxDIRRecords bounds the EF.DIR records identifyIMSI reads looking for
+// a USIM: it is normally the first.
+const maxDIRRecords = 4
+
+// identifyIMSI is Identify's IMSI step, built to cost few APDUs (each
+// file is reached by its short file identifier, and nothing asks for
+// response data it does not use). The current DF must be the MF, as
+// pySim's ICCID steps leave it:
+//
+//  1. READ RECORD n of EF.DIR by its SFI 1E (00 B2 n F4 00), n = 1, 2, ...
+//     until a record names an application whose AID starts with the USIM
+//     prefix a0000000871002, the card answers an error (6A83 after the
+//     last record), or maxDIRRecords. A card without EF.DIR (6A82 to the
+//     first) is asked for the USIM by that prefix instead (partial AID).
+//  2. SELECT ADF.USIM by its AID without response data (00 A4 04 0C).
+//  3. READ BINARY of EF.IMSI by its SFI 07 (00 B0 87 00 09).
+//
+// A status word other than 9000 at any step (notably 6982, security
+// status not satisfied: the IMSI wants a PIN) means no IMSI, with a nil
+// error; so does EF.IMSI contents DecodeIMSI refuses. Only a failure to
+// talk to the card is an error. On T=0 each READ may take a second APDU
+// (61xx or 6Cxx, followed as pySim's server does).
+func identifyIMSI(ctx context.Context, t Transmitter) (string, error) {
+	var aid []byte
+	for n := 1; n <= maxDIRRecords && aid == nil; n++ {
+		rec, err := serverXceiveOK(ctx, t, []byte{0x00, 0xb2, byte(n), 0x1e<<3 | 0x04, 0x00})
+		if err != nil {
+			if stepErr(err) != nil {
+				return "", stepErr(err)
+			}
+			if n == 1 && refusedWith(err, 0x6a82) { // no EF.DIR
+				aid = usimAIDPrefix
+			}
+			break
+		}
+		if a := dirAID(rec); bytes.HasPrefix(a, usimAIDPrefix) {
+			aid = a
+		}
+	}
+	if aid == nil {
+		return "", nil
+	}
+	sel := Command{CLA: 0x00, INS: 0xa4, P1: 0x04, P2: 0x0c, Data: aid}.Bytes()
+	if _, err := serverXceiveOK(ctx, t, sel); err != nil {
+		return "", stepErr(err)
+	}
+	data, err := serverXceiveOK(ctx, t, []byte{0x00, 0xb0, 0x80 | 0x07, 0x00, 0x09})
+	if err != nil {
+		return "", stepErr(err)
+	}
+	imsi, err := DecodeIMSI(data)
+	if err != nil {
+		return "", nil // unreadable contents: no IMSI, as for a refusal
+	}
+	return imsi, nil
+}
+
+// ReadIMSI reads the IMSI with a fuller search than Identify's (for
+// cards that refuse the short forms identification uses). It selects the MF, looks
 // for a USIM AID (prefix a0000000871002) in EF.DIR and selects it, falls
 // back to selecting by that AID prefix, and then to DF.GSM 7F20; then
 // reads EF.IMSI 6F07. All APDUs go through TransmitFollow.

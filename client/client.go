@@ -50,6 +50,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/wsrc-go/wsrc/card"
 	"github.com/wsrc-go/wsrc/internal/version"
 	"github.com/wsrc-go/wsrc/protocol"
 )
@@ -186,6 +187,52 @@ func (c *Client) ListCards(ctx context.Context) ([]protocol.CardInfo, error) {
 	return ack.Cards, nil
 }
 
+// ListCardsWhere lists the cards that q selects (our extension of
+// list_cards: agent, reader, one identity, a limit; see
+// [protocol.ListCards]) and how many matched in all, which is more than
+// len(cards) when q.Limit cut the list. wsrc-server filters on its side;
+// a server that does not know the filter (pySim's) sends every card, and
+// the same filter is then applied here, so the result is the same.
+func (c *Client) ListCardsWhere(ctx context.Context, q protocol.ListCards) (cards []protocol.CardInfo, total int, err error) {
+	if (q.IDType == "") != (q.IDStr == "") {
+		return nil, 0, errors.New("listing cards: identity type and value go together")
+	}
+	ack, err := call[protocol.ListCardsAck](ctx, c, q)
+	if err != nil {
+		return nil, 0, fmt.Errorf("listing cards: %w", err)
+	}
+	cards = ack.Cards[:0:0]
+	for _, ci := range ack.Cards {
+		if matches(ci, q) {
+			cards = append(cards, ci)
+		}
+	}
+	total = max(ack.Total, len(cards))
+	if q.Limit > 0 && len(cards) > q.Limit {
+		cards = cards[:q.Limit]
+	}
+	return cards, total, nil
+}
+
+// matches reports whether a listed card is one q selects.
+func matches(ci protocol.CardInfo, q protocol.ListCards) bool {
+	switch {
+	case q.Agent != "" && ci.Agent != q.Agent, q.Reader != "" && ci.Reader != q.Reader:
+		return false
+	case q.IDType == "":
+		return true
+	}
+	for k, v := range ci.Identities {
+		if strings.EqualFold(k, q.IDType) {
+			if strings.EqualFold(k, protocol.IdentityICCID) {
+				return card.NormalizeICCID(v) == card.NormalizeICCID(q.IDStr)
+			}
+			return strings.EqualFold(v, q.IDStr)
+		}
+	}
+	return false
+}
+
 // Select associates this connection with one card, chosen by an identity:
 // idType is "iccid", "eid", "atr" or any other identity key the server
 // knows (case-insensitive), idStr its value. It returns the card's
@@ -203,8 +250,12 @@ func (c *Client) Select(ctx context.Context, idType, idStr string) (protocol.Ide
 
 // Transmit sends one command APDU (4 to [MaxCommandLen] bytes) to the
 // selected card and returns the response data and status word. The server
-// relays APDUs raw: on T=0 cards the agent's reader handles GET RESPONSE,
-// but an SW of 61xx or 6Cxx from the card itself is returned as it is.
+// relays APDUs as they are; the card agent completes the response before
+// it answers: on 61xx (or 9Fxx) it sends GET RESPONSE, on 6Cxx it sends
+// the command again with the Le the card asked for, and returns the whole
+// data with the final status word (wsrc-agent: card.TransmitFollow;
+// pySim's card client does the same). So a 61xx or 6Cxx reaches the
+// caller only from an agent that does not follow them.
 func (c *Client) Transmit(ctx context.Context, command []byte) (response []byte, sw uint16, err error) {
 	if len(command) < 4 || len(command) > MaxCommandLen {
 		return nil, 0, fmt.Errorf("transmitting APDU: a command APDU has 4 to %d bytes, got %d", MaxCommandLen, len(command))
@@ -225,6 +276,17 @@ func (c *Client) Reset(ctx context.Context) (atr []byte, err error) {
 	}
 	return r.ATR, nil
 }
+
+// Done returns a channel that is closed when the connection has ended:
+// the server closed it, it broke, a request failed in a way that closes
+// it (see the package doc), or Close was called. A program that holds a
+// card while idle (wsrc vpcd) learns from it that the server went away
+// without sending a request. [Client.Err] then says why.
+func (c *Client) Done() <-chan struct{} { return c.done }
+
+// Err returns why the connection ended (an error wrapping [ErrClosed]
+// after Close), or nil while it is up.
+func (c *Client) Err() error { return c.reason() }
 
 // Close ends the connection with a normal close handshake, waiting a
 // moment (at most 2s) for the server's answer and for the server to close

@@ -648,3 +648,66 @@ func TestAnswersPingsWhenIdle(t *testing.T) {
 		t.Errorf("pong %q", got)
 	}
 }
+
+// TestDoneWhenServerGoes: an idle client learns from Done that the server
+// closed the connection, and Err says why.
+func TestDoneWhenServerGoes(t *testing.T) {
+	url := scripted(t, func(conn *websocket.Conn) {
+		greet(t, conn)
+		msg := websocket.FormatCloseMessage(websocket.CloseGoingAway, "server shutting down")
+		_ = conn.WriteMessage(websocket.CloseMessage, msg)
+		closeCode(conn)
+	})
+	c, err := client.Dial(t.Context(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	<-c.Done()
+	var ce *client.ConnectionError
+	if err := c.Err(); !errors.As(err, &ce) || ce.Code != websocket.CloseGoingAway {
+		t.Fatalf("Err() = %v, want a ConnectionError with code 1001", err)
+	}
+}
+
+// TestDoneAfterClose: Close ends the connection; Done is closed and Err
+// wraps ErrClosed.
+func TestDoneAfterClose(t *testing.T) {
+	_, c := startFake(t, clienttest.Config{})
+	if c.Err() != nil {
+		t.Fatalf("Err() = %v on a fresh connection", c.Err())
+	}
+	select {
+	case <-c.Done():
+		t.Fatal("Done closed on a fresh connection")
+	default:
+	}
+	c.Close()
+	<-c.Done()
+	if !errors.Is(c.Err(), client.ErrClosed) {
+		t.Fatalf("Err() = %v, want ErrClosed", c.Err())
+	}
+}
+
+// A list of thousands of cards (here about 1.5 MB) is accepted: the read
+// limit is far above one message's (protocol.MaxFrameSize), and
+// ListCardsWhere narrows it. Issue 10, point 5.
+func TestLongList(t *testing.T) {
+	cards := make([]*clienttest.Card, 5000)
+	for i := range cards {
+		cards[i] = &clienttest.Card{
+			Identities: protocol.Identities{protocol.IdentityATR: "3b9f96801fc78031e073fe211b575352435653494da3",
+				protocol.IdentityICCID: fmt.Sprintf("89494400000%08d", i), protocol.IdentityEID: "89049032123451234512345678901235"},
+			Addr: protocol.RemoteAddr{IP: "192.0.2.1", Port: 40000 + i%1000}, Agent: fmt.Sprintf("lab-pi-%d", i/8), Reader: fmt.Sprintf("sysmocom sysmoOCTSIM [CCID] (%d) 00 %02d", i/8, i%8),
+		}
+	}
+	_, c := startFake(t, clienttest.Config{Cards: cards})
+	got, err := c.ListCards(t.Context())
+	if err != nil || len(got) != 5000 {
+		t.Fatalf("ListCards: %d cards, %v", len(got), err)
+	}
+	sub, total, err := c.ListCardsWhere(t.Context(), protocol.ListCards{Agent: "lab-pi-7", Limit: 3})
+	if err != nil || len(sub) != 3 || total != 8 || sub[0].Reader != "sysmocom sysmoOCTSIM [CCID] (7) 00 00" {
+		t.Fatalf("ListCardsWhere: %d cards of %d, %v", len(sub), total, err)
+	}
+}

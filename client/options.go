@@ -7,8 +7,6 @@ import (
 	"net"
 	"net/http"
 	"time"
-
-	"github.com/wsrc-go/wsrc/protocol"
 )
 
 // DefaultRequestTimeout is how long a request waits for its reply unless
@@ -41,7 +39,7 @@ func newConfig(opts []Option) *config {
 	c := &config{
 		header:    make(http.Header),
 		timeout:   DefaultRequestTimeout,
-		readLimit: protocol.MaxFrameSize,
+		readLimit: DefaultReadLimit,
 	}
 	for _, o := range opts {
 		o(c)
@@ -91,9 +89,18 @@ func WithRequestTimeout(d time.Duration) Option {
 	}
 }
 
+// DefaultReadLimit is the largest frame a Client accepts unless
+// WithReadLimit says otherwise. It is far above what any other message
+// needs (protocol.MaxFrameSize) so that list_cards_ack fits with every
+// card a server can hold: wsrc-server bounds each card's entry (ATR,
+// identities, agent and reader names; about 2 KiB at worst, 300 bytes
+// typically) and the cards (10 000 by default). Narrow long lists with
+// ListCardsWhere instead of raising it.
+const DefaultReadLimit = 64 << 20
+
 // WithReadLimit sets the largest frame accepted from the server, in bytes;
-// n <= 0 means [protocol.MaxFrameSize]. A larger frame closes the
-// connection with a [ProtocolError].
+// n <= 0 means [DefaultReadLimit]. A larger frame closes the connection
+// with a [ProtocolError].
 func WithReadLimit(n int64) Option {
 	return func(c *config) {
 		if n > 0 {

@@ -14,7 +14,7 @@
 // filtering, the watcher's state machine, reset and removal handling) is
 // tested with an in-process fake. The adapter over ebfe/scard (adapter.go)
 // is the only part that needs a real pcscd; the real-stack tests run one
-// privately (internal/pcscdtest) with vpcd readers and virtual cards
+// privately (internal/testenv/pcscdtest) with vpcd readers and virtual cards
 // (internal/vpcd).
 //
 // Errors: every PC/SC failure is an *Error carrying the call, the reader

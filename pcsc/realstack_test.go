@@ -1,6 +1,6 @@
 package pcsc
 
-// Tests against the real stack: a private pcscd (internal/pcscdtest) with
+// Tests against the real stack: a private pcscd (internal/testenv/pcscdtest) with
 // two vpcd slots, and simulated cards (card/sim) put into them by
 // internal/vpcd. They exercise the ebfe/scard adapter that the fake-based
 // tests cannot reach. Skipped when pcscd or vpcd are not installed, failed
@@ -19,7 +19,7 @@ import (
 
 	"github.com/wsrc-go/wsrc/card"
 	"github.com/wsrc-go/wsrc/card/sim"
-	"github.com/wsrc-go/wsrc/internal/pcscdtest"
+	"github.com/wsrc-go/wsrc/internal/testenv/pcscdtest"
 	"github.com/wsrc-go/wsrc/internal/vpcd"
 )
 

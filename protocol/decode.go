@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 )
 
 // wire holds the fields of any message, undecoded, so that each message
@@ -27,6 +28,8 @@ type wire struct {
 	SW         json.RawMessage `json:"sw"`
 	NewState   json.RawMessage `json:"new_state"`
 	Message    json.RawMessage `json:"message"`
+	Limit      json.RawMessage `json:"limit"`
+	Total      json.RawMessage `json:"total"`
 }
 
 // Decode parses one frame into a typed message. Errors are *DecodeError;
@@ -147,9 +150,14 @@ func (d *decoder) message() Message {
 	case TypeHelloAck:
 		return HelloAck{}
 	case TypeListCards:
-		return ListCards{}
+		m := ListCards{Agent: d.str("agent", w.Agent, false), Reader: d.str("reader", w.Reader, false),
+			IDType: d.str("id_type", w.IDType, false), IDStr: d.str("id_str", w.IDStr, false), Limit: d.count("limit", w.Limit)}
+		if d.err == nil && (m.IDType == "") != (m.IDStr == "") {
+			d.fail(`fields "id_type" and "id_str" go together`)
+		}
+		return m
 	case TypeListCardsAck:
-		return ListCardsAck{Cards: d.cards(w.Cards)}
+		return ListCardsAck{Cards: d.cards(w.Cards), Total: d.count("total", w.Total)}
 	case TypeSelectCard:
 		return SelectCard{IDType: d.str("id_type", w.IDType, true), IDStr: d.str("id_str", w.IDStr, true)}
 	case TypeSelectCardAck:
@@ -210,6 +218,19 @@ func (d *decoder) str(name string, raw json.RawMessage, required bool) string {
 		return ""
 	}
 	return s
+}
+
+// count decodes an optional non-negative integer field (0 when absent).
+func (d *decoder) count(name string, raw json.RawMessage) int {
+	if raw == nil || isNull(raw) {
+		return 0
+	}
+	var n int64
+	if err := json.Unmarshal(raw, &n); err != nil || n < 0 || n > math.MaxInt32 {
+		d.fail("field %q must be a whole number from 0 to %d", name, math.MaxInt32)
+		return 0
+	}
+	return int(n)
 }
 
 // hex decodes a hex string field. A present-but-empty string gives a

@@ -27,6 +27,15 @@ func AppendEncode(dst []byte, m Message) []byte {
 		e.optStr("version", m.Version)
 	case *Hello:
 		return AppendEncode(dst, *m)
+	case ListCards:
+		e.optStr("agent", m.Agent)
+		e.optStr("reader", m.Reader)
+		e.optStr("id_type", m.IDType)
+		e.optStr("id_str", m.IDStr)
+		if m.Limit > 0 {
+			e.key("limit")
+			e.b = strconv.AppendInt(e.b, int64(m.Limit), 10)
+		}
 	case ListCardsAck:
 		e.key("cards")
 		e.b = append(e.b, '[')
@@ -37,6 +46,10 @@ func AppendEncode(dst []byte, m Message) []byte {
 			e.card(c)
 		}
 		e.b = append(e.b, ']')
+		if m.Total > 0 {
+			e.key("total")
+			e.b = strconv.AppendInt(e.b, int64(m.Total), 10)
+		}
 	case SelectCard:
 		e.str("id_type", m.IDType)
 		e.str("id_str", m.IDStr)

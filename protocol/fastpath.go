@@ -112,6 +112,10 @@ func (w *wire) field(key []byte) *json.RawMessage {
 		return &w.NewState
 	case "message":
 		return &w.Message
+	case "limit":
+		return &w.Limit
+	case "total":
+		return &w.Total
 	}
 	return nil
 }

@@ -110,12 +110,30 @@ type Hello struct {
 // HelloAck acknowledges hello.
 type HelloAck struct{}
 
-// ListCards asks for the cards a user may select.
-type ListCards struct{}
+// ListCards asks for the cards a user may select. pySim sends no
+// fields; the fields are our extension, for deployments with many cards
+// (a pySim server ignores them and lists every card). Each one set
+// narrows the list: Agent and Reader match exactly, IDType and IDStr as
+// select_card matches, and Limit (when > 0) caps the number of cards
+// returned.
+type ListCards struct {
+	Agent  string
+	Reader string
+	IDType string
+	IDStr  string
+	Limit  int
+}
+
+// Filtered reports whether m asks for less than the whole list.
+func (m ListCards) Filtered() bool { return m != ListCards{} }
 
 // ListCardsAck answers ListCards.
 type ListCardsAck struct {
 	Cards []CardInfo
+	// Total is our extension, sent only in answer to a Filtered request:
+	// how many cards matched before the limit (len(Cards) when none was
+	// cut). 0 when not sent.
+	Total int
 }
 
 // CardInfo describes one card in list_cards_ack.
@@ -160,6 +178,23 @@ type CAPDU struct {
 type RAPDU struct {
 	Response []byte
 	SW       uint16
+}
+
+// RAPDUOf splits a response APDU as a card sends it (the data, then SW1
+// and SW2) into an RAPDU whose Response shares resp's memory. ok is false
+// when resp is too short to hold a status word.
+func RAPDUOf(resp []byte) (r RAPDU, ok bool) {
+	n := len(resp) - 2
+	if n < 0 {
+		return RAPDU{}, false
+	}
+	return RAPDU{Response: resp[:n:n], SW: uint16(resp[n])<<8 | uint16(resp[n+1])}, true
+}
+
+// Bytes returns the response APDU as a card sends it: the data followed
+// by SW1 SW2, in a new slice.
+func (r RAPDU) Bytes() []byte {
+	return append(append(make([]byte, 0, len(r.Response)+2), r.Response...), byte(r.SW>>8), byte(r.SW))
 }
 
 // ResetReq asks for a card reset.

@@ -177,3 +177,61 @@ func BenchmarkEncodeRAPDU(b *testing.B) {
 		buf = AppendEncode(buf[:0], m)
 	}
 }
+
+// The list_cards filter and list_cards_ack's total are extensions: absent
+// from pySim's frames (which decode as before), present only when set.
+func TestListCardsFilter(t *testing.T) {
+	q := ListCards{Agent: "pi-3", Reader: "OMNIKEY 00 00", IDType: "iccid", IDStr: "8949", Limit: 100}
+	got := string(Encode(q))
+	want := `{"agent": "pi-3", "reader": "OMNIKEY 00 00", "id_type": "iccid", "id_str": "8949", "limit": 100, "msg_type": "list_cards"}`
+	if got != want {
+		t.Fatalf("encoded %s\nwant    %s", got, want)
+	}
+	m, err := Decode([]byte(got))
+	if err != nil || m != q {
+		t.Fatalf("decoded %+v, %v", m, err)
+	}
+	if got := string(Encode(ListCards{})); got != `{"msg_type": "list_cards"}` {
+		t.Fatalf("plain list_cards: %s", got)
+	}
+	ack := ListCardsAck{Cards: []CardInfo{}, Total: 5001}
+	if got := string(Encode(ack)); got != `{"cards": [], "total": 5001, "msg_type": "list_cards_ack"}` {
+		t.Fatalf("ack: %s", got)
+	}
+	if m, err := Decode(Encode(ack)); err != nil || m.(ListCardsAck).Total != 5001 {
+		t.Fatalf("ack decoded %+v, %v", m, err)
+	}
+	for frame, want := range map[string]string{
+		`{"msg_type": "list_cards", "limit": -1}`:      `"limit" must be a whole number`,
+		`{"msg_type": "list_cards", "limit": "10"}`:    `"limit" must be a whole number`,
+		`{"msg_type": "list_cards", "id_type": "eid"}`: `"id_type" and "id_str" go together`,
+	} {
+		if _, err := Decode([]byte(frame)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want %q", frame, err, want)
+		}
+	}
+}
+
+// RAPDUOf and Bytes are each other's inverse.
+func TestRAPDUBytes(t *testing.T) {
+	r, ok := RAPDUOf([]byte{0x62, 0x20, 0x90, 0x00})
+	if !ok || r.SW != 0x9000 || string(r.Response) != "\x62\x20" {
+		t.Fatalf("RAPDUOf = %+v, %v", r, ok)
+	}
+	if got := r.Bytes(); string(got) != "\x62\x20\x90\x00" {
+		t.Fatalf("Bytes = % x", got)
+	}
+	if r, ok := RAPDUOf([]byte{0x6a, 0x82}); !ok || len(r.Response) != 0 || r.SW != 0x6a82 {
+		t.Fatalf("status word only: %+v %v", r, ok)
+	}
+	if _, ok := RAPDUOf([]byte{0x90}); ok {
+		t.Fatal("one byte accepted")
+	}
+	// Bytes does not write into the RAPDU's memory.
+	resp := []byte{1, 2, 0x90, 0x00}
+	r, _ = RAPDUOf(resp)
+	_ = append(r.Response, 0xff)
+	if resp[2] != 0x90 {
+		t.Fatal("appending to Response overwrote the status word")
+	}
+}

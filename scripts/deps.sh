@@ -5,7 +5,8 @@
 # Profiles:
 #   build  what compiling the three programs needs (cgo: libusb, pcsclite)
 #   test   build + the real third-party stacks the tests drive:
-#          pcscd with vsmartcard's vpcd, QEMU for the usb-ccid VM test,
+#          pcscd with vsmartcard's vpcd and PC/SC tools as its users
+#          (scriptor from pcsc-tools, opensc-tool from opensc), QEMU for the usb-ccid VM test,
 #          systemd's analyzers for the units, Chromium for the status page,
 #          tshark to decode APDU traces, Python websockets (a pySim-like
 #          client that sends URL credentials as HTTP Basic), PyYAML for
@@ -15,7 +16,7 @@ set -euo pipefail
 
 declare -A profile
 profile[build]="gcc libc6-dev pkg-config libusb-1.0-0-dev libpcsclite-dev"
-profile[test]="${profile[build]} pcscd vsmartcard-vpcd libccid qemu-system-x86 xz-utils systemd chromium tshark python3-websockets python3-yaml lintian shellcheck dpkg-dev file binutils"
+profile[test]="${profile[build]} pcscd vsmartcard-vpcd pcsc-tools opensc libccid qemu-system-x86 xz-utils systemd chromium tshark python3-websockets python3-yaml lintian shellcheck dpkg-dev file binutils"
 profile[deb]="lintian shellcheck dpkg-dev file binutils python3-yaml systemd"
 
 want=()

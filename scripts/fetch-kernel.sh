@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # fetch-kernel.sh [DIR] — put Debian's stock amd64 kernel where the QEMU
-# end-to-end tests (test/qemu, internal/qemuvm) look for it, without
+# end-to-end tests (test/qemu, internal/testenv/qemuvm) look for it, without
 # installing it: `apt-get download` + `dpkg-deb -x`, no update-initramfs.
 #
 # Result (DIR defaults to build/qemu under the repository root):

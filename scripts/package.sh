@@ -136,7 +136,8 @@ build() {
 
 # nfpm: the pinned nfpm, built once into $DEB_OUT/tools.
 nfpm() {
-    local tools=$PWD/$DEB_OUT/tools
+    local tools=$DEB_OUT/tools
+    [[ $tools == /* ]] || tools=$PWD/$tools # GOBIN must be absolute
     if [[ ! -x $tools/nfpm-$NFPM_VERSION ]]; then
         log "building nfpm $NFPM_VERSION into $DEB_OUT/tools"
         mkdir -p "$tools"

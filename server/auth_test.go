@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -13,7 +14,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/wsrc-go/wsrc/internal/auth"
-	"github.com/wsrc-go/wsrc/internal/wstest"
+	"github.com/wsrc-go/wsrc/internal/testenv/wstest"
 )
 
 // Tokens of the test accounts (fixed, so failures are reproducible).
@@ -100,6 +101,7 @@ func uiccIdentify(t *testing.T, c *wstest.Peer, efICCID string) {
 	}
 	expectCAPDU(t, c, cmdReadICCID)
 	c.Send(`{"response": "` + efICCID + `", "sw": "9000", "msg_type": "r_apdu"}`)
+	identifyExtensions(t, c, efICCID, false)
 }
 
 // Upgrade requests without valid credentials get 401 with a challenge
@@ -338,4 +340,96 @@ func TestReplaceOpenPort(t *testing.T) {
 		}
 		_, _ = anon1, anon2
 	})
+}
+
+// 100 wrong passwords sent at once from one address: only as many are
+// checked as the address has failures left, the rest get 429 at once.
+// Issue 10, point 3.
+func TestAuthThrottleConcurrent(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		store := &slowAuth{Store: testAuth(t), gate: make(chan struct{})}
+		e := newEnv(t, Config{Auth: store, AuthFailureBurst: 10})
+		codes := make(chan int, 100)
+		for range 100 {
+			go func() {
+				req := httptest.NewRequest("GET", "/", nil)
+				req.RemoteAddr = "198.51.100.7:1000"
+				req.Header.Set("Authorization", basicAuth("alice", "guess"))
+				w := httptest.NewRecorder()
+				e.srv.UserHandler().ServeHTTP(w, req)
+				codes <- w.Code
+			}()
+		}
+		synctest.Wait() // every attempt is checked or refused
+		close(store.gate)
+		n := map[int]int{}
+		for range 100 {
+			n[<-codes]++
+		}
+		if n[http.StatusUnauthorized] != 10 || n[http.StatusTooManyRequests] != 90 {
+			t.Fatalf("statuses %v, want 10 × 401 and 90 × 429", n)
+		}
+		if got := store.checked.Load(); got != 10 {
+			t.Fatalf("%d passwords checked, want 10", got)
+		}
+	})
+}
+
+// slowAuth holds every check until gate closes, as bcrypt takes its
+// time, and counts the checks.
+type slowAuth struct {
+	*auth.Store
+	gate    chan struct{}
+	checked atomic.Int32
+}
+
+func (a *slowAuth) UserRequest(r *http.Request) (*auth.Principal, error) {
+	a.checked.Add(1)
+	<-a.gate
+	return a.Store.UserRequest(r)
+}
+
+// Behind a trusted reverse proxy each client is throttled (and limited)
+// on its own, by the address the proxy names; agents are not locked out
+// by users' failures. Without the proxy trusted, its clients share its
+// address. Issue 10, point 4.
+func TestAuthThrottleBehindProxy(t *testing.T) {
+	for _, trusted := range []bool{true, false} {
+		t.Run(map[bool]string{true: "trusted", false: "untrusted"}[trusted], func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				cfg := Config{Auth: testAuth(t), AuthFailureBurst: 3}
+				if trusted {
+					cfg.TrustedProxies, _ = auth.ParseProxies([]string{"127.0.0.1"})
+				}
+				e := newEnv(t, cfg)
+				try := func(h http.Handler, client, authz string) int {
+					req := httptest.NewRequest("GET", "/", nil)
+					req.RemoteAddr = "127.0.0.1:40000" // the proxy
+					req.Header.Set(auth.ForwardedHeader, client)
+					req.Header.Set("Authorization", authz)
+					w := httptest.NewRecorder()
+					h.ServeHTTP(w, req)
+					return w.Code
+				}
+				for range 3 {
+					try(e.srv.UserHandler(), "203.0.113.66", basicAuth("alice", "guess"))
+				}
+				if got := try(e.srv.UserHandler(), "203.0.113.66", basicAuth("alice", "alice-pw")); got != http.StatusTooManyRequests {
+					t.Fatalf("the failing client: %d, want 429", got)
+				}
+				other := try(e.srv.UserHandler(), "203.0.113.7", basicAuth("alice", "alice-pw"))
+				want := http.StatusBadRequest // authenticated (not an upgrade)
+				if !trusted {
+					want = http.StatusTooManyRequests // everyone is the proxy
+				}
+				if other != want {
+					t.Fatalf("another client behind the proxy: %d, want %d", other, want)
+				}
+				// The card port has a throttle of its own.
+				if got := try(e.srv.CardHandler(), "203.0.113.66", bearer(tokPi1)); got != http.StatusBadRequest {
+					t.Fatalf("an agent's valid token from the same address: %d, want 400 (authenticated)", got)
+				}
+			})
+		})
+	}
 }

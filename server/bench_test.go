@@ -105,7 +105,7 @@ func benchUser(tb testing.TB, url, atr string) *websocket.Conn {
 // BenchmarkRelay relays APDUs user → server → agent → back over loopback,
 // with 1 and 100 concurrent sessions. Client and server share the CPU, so
 // the figures are an upper bound of the server's cost; wsrc-bench
-// (internal/relaybench) measures the server alone.
+// (server/relaybench) measures the server alone.
 func BenchmarkRelay(b *testing.B) {
 	for _, sessions := range []int{1, 100} {
 		b.Run(fmt.Sprintf("sessions=%d", sessions), func(b *testing.B) {

@@ -106,7 +106,7 @@ func (s *Server) cardHandshake(c *conn) func() {
 	if cc.agent != "" && hello.Reader != "" {
 		cc.slot = cc.agent + "\x00" + hello.Reader
 	}
-	c.atr = atr
+	c.card = cc
 	if c.write(protocol.HelloAck{}) != nil {
 		return nil
 	}
@@ -165,6 +165,7 @@ func (cc *cardConn) identify() bool {
 	defer cancel()
 	tr := &identTransmitter{cc: cc}
 	found, err := identify(ctx, tr)
+	found = plausible(found, c.log())
 	id := identity{atr: cc.id.atr, eid: found.EID, iccid: found.ICCID, imsi: found.IMSI}
 	if err != nil {
 		var refused *cardRefused
@@ -215,11 +216,30 @@ func (cc *cardConn) identify() bool {
 	card.ICCID, card.EID = id.iccid, id.eid
 	who := c.who()
 	allowed := who.Principal == nil || who.MayUse(card)
+	var holder *cardConn
+	var dupKey string
 	if allowed {
+		holder, dupKey = h.conflictWith(cc, id)
+	}
+	if allowed && holder == nil {
 		cc.state = protocol.StateReady
 		cc.id = id
 	}
+	var conflict Conflict
+	if holder != nil {
+		conflict = Conflict{Time: time.Now(), Identity: dupKey, Value: id.get(dupKey), Agent: cc.agent, Reader: cc.hello.Reader,
+			Remote: c.addr, Holder: holder.agent, HolderRemote: holder.c.addr}
+	}
 	h.mu.Unlock()
+	if holder != nil {
+		cc.mu.Unlock()
+		c.srv.conflicts.add(conflict)
+		c.srv.obs.Refused(Refusal{Port: roleCard, Remote: c.addr, Name: c.name, Reason: RefusedDuplicate})
+		c.log().Warn("card refused: its identity is already listed from another agent",
+			"identity", dupKey, "value", conflict.Value, "agent", logSafe(cc.agent), "listed_agent", logSafe(conflict.Holder), "listed_remote", conflict.HolderRemote)
+		c.fail(websocket.ClosePolicyViolation, "duplicate card identity", duplicateText(dupKey, conflict.Value))
+		return false
+	}
 	if !allowed {
 		cc.mu.Unlock()
 		if !c.revoked.Load() { // else it is closing already
@@ -237,6 +257,14 @@ func (cc *cardConn) identify() bool {
 }
 
 func (cc *cardConn) srv() *Server { return cc.c.srv }
+
+// atr returns the card's current ATR (from hello, or its last reset).
+func (cc *cardConn) atr() string {
+	h := &cc.srv().hub
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return cc.id.atr
+}
 
 // errCardNotAllowed is the close reason for a card its agent's rules
 // exclude.
@@ -272,7 +300,13 @@ func (t *identTransmitter) Transmit(ctx context.Context, cmd []byte) (resp []byt
 	t.cmd = cmd
 	if tr := c.srv.cfg.Tracer; tr != nil {
 		start := time.Now()
-		defer func() { t.cc.trace(tr, "", start, cmd, resp, err) }()
+		defer func() {
+			var reply protocol.Message
+			if r, ok := protocol.RAPDUOf(resp); ok && err == nil {
+				reply = r
+			}
+			t.cc.trace(tr, "", start, cmd, reply, err)
+		}()
 	}
 	if dl, ok := ctx.Deadline(); ok {
 		c.setReadDeadline(dl)
@@ -293,7 +327,7 @@ func (t *identTransmitter) Transmit(ctx context.Context, cmd []byte) (resp []byt
 		}
 		switch m := m.(type) {
 		case protocol.RAPDU:
-			return append(m.Response, byte(m.SW>>8), byte(m.SW)), nil
+			return m.Bytes(), nil
 		case protocol.Error:
 			return nil, &cardRefused{m.Message}
 		default:
@@ -315,7 +349,7 @@ func (cc *cardConn) serve() string {
 		}
 		if !c.spend() && !cc.answers(m, err) {
 			if c.rateRefused() {
-				return c.ended
+				return c.endReason()
 			}
 			continue
 		}
@@ -330,19 +364,26 @@ func (cc *cardConn) serve() string {
 		}
 		switch mm := m.(type) {
 		case protocol.RAPDU:
-			if why := cc.complete(protocol.TypeRAPDU, m, ""); why != "" { // m: no new interface value
+			if err := cc.complete(protocol.TypeRAPDU, m, ""); err != nil { // m: no new interface value
 				c.problem(ProblemUnexpected)
-				c.sendError("unexpected r_apdu: %s", why)
+				c.sendError("unexpected r_apdu: %s", err)
 			}
 		case protocol.ResetResp:
-			if why := cc.complete(protocol.TypeResetResp, m, ""); why != "" {
+			if len(mm.ATR) > MaxATRLen {
+				c.problem(ProblemBadMessage)
+				msg := fmt.Sprintf("invalid reset_resp: atr is %d bytes; an ATR has at most %d", len(mm.ATR), MaxATRLen)
+				cc.complete("", nil, "card agent sent an invalid reply: "+msg)
+				c.sendError("%s", msg)
+				continue
+			}
+			if err := cc.complete(protocol.TypeResetResp, m, ""); err != nil {
 				c.problem(ProblemUnexpected)
-				c.sendError("unexpected reset_resp: %s", why)
+				c.sendError("unexpected reset_resp: %s", err)
 			}
 		case protocol.Error:
 			// Never answered: a peer that answers errors with errors
 			// (pySim's card client does) would loop forever.
-			if cc.complete("", nil, "card agent error: "+mm.Message) != "" {
+			if cc.complete("", nil, "card agent error: "+mm.Message) != nil {
 				c.log().Warn("card agent sent an error", "message", mm.Message)
 			}
 		case protocol.DisconnectAck:
@@ -405,18 +446,18 @@ func replyLike(err error) bool {
 // complete answers the pending request with m (an r_apdu or reset_resp
 // of type msgType), or with an error text when m is nil (msgType "" then
 // matches any request). It runs on the card's goroutine and writes to the
-// user directly. It returns "" when done, else why there was nothing to
-// answer.
-func (cc *cardConn) complete(msgType string, m protocol.Message, errText string) string {
+// user directly. It returns nil when done, else why there was nothing to
+// answer (errNoRequest, *waitingForError).
+func (cc *cardConn) complete(msgType string, m protocol.Message, errText string) error {
 	cc.mu.Lock()
 	p := cc.pending
 	switch {
 	case p.from == nil:
 		cc.mu.Unlock()
-		return "no request is outstanding"
+		return errNoRequest
 	case msgType != "" && msgType != p.want:
 		cc.mu.Unlock()
-		return "the server is waiting for " + p.want
+		return &waitingForError{p.want}
 	}
 	cc.pending = request{}
 	if rr, ok := m.(protocol.ResetResp); ok && len(rr.ATR) > 0 {
@@ -439,14 +480,14 @@ func (cc *cardConn) complete(msgType string, m protocol.Message, errText string)
 	cc.finished(p, outcome, m, errText)
 	switch {
 	case withdrawn:
-		p.from.c.sendError(errWithdrawn)
+		p.from.c.sendError("%s", errWithdrawnCard)
 	case m != nil:
 		_ = p.from.c.write(m)
 	default:
 		p.from.c.sendError("%s", errText)
 	}
 	p.from.done(withdrawn)
-	return ""
+	return nil
 }
 
 // finished reports the end of request p to the Observer and the Tracer.
@@ -459,39 +500,31 @@ func (cc *cardConn) finished(p request, outcome Outcome, reply protocol.Message,
 	start := p.deadline.Add(-d)
 	s.obs.Relayed(RequestEvent{CardID: cc.c.id, User: p.from.c.peerName(), Type: p.sent, Duration: time.Since(start), Outcome: outcome})
 	if tr := s.cfg.Tracer; tr != nil {
-		var resp []byte
-		switch r := reply.(type) {
-		case protocol.RAPDU:
-			resp = append(r.Response, byte(r.SW>>8), byte(r.SW))
-		case protocol.ResetResp:
-			resp = r.ATR
-		}
 		var err error
 		if reply == nil {
 			err = errors.New(why)
 		}
-		cc.trace(tr, p.from.c.peerName(), start, p.cmd, resp, err)
+		cc.trace(tr, p.from.c.peerName(), start, p.cmd, reply, err)
 	}
 }
 
-// trace gives one exchange to tr: cmd nil for a reset (resp is then the
-// ATR), else resp is the response APDU with its status word.
-func (cc *cardConn) trace(tr Tracer, user string, start time.Time, cmd, resp []byte, err error) {
+// trace gives one exchange to tr: cmd nil for a reset; reply the
+// card's r_apdu or reset_resp, nil when there was none (err says why).
+func (cc *cardConn) trace(tr Tracer, user string, start time.Time, cmd []byte, reply protocol.Message, err error) {
 	h := &cc.srv().hub
 	h.mu.Lock()
-	ids := cc.id.identities()
+	iccid, eid := cc.id.iccid, cc.id.eid
 	h.mu.Unlock()
-	t := APDUTrace{CardID: cc.c.id, Identities: ids, User: user, Start: start, Duration: time.Since(start), Command: cmd}
-	switch {
-	case err != nil:
-		t.Err = err.Error()
-	case cmd == nil:
-		t.Reset, t.Response = true, resp
-	case len(resp) >= 2:
-		t.Response, t.SW = resp[:len(resp)-2], uint16(resp[len(resp)-2])<<8|uint16(resp[len(resp)-1])
+	t := APDUTrace{CardID: cc.c.id, ICCID: iccid, EID: eid, User: user, Start: start, Duration: time.Since(start),
+		Command: cmd, Reset: cmd == nil}
+	switch r := reply.(type) {
+	case protocol.RAPDU:
+		t.Response, t.SW = r.Response, r.SW
+	case protocol.ResetResp:
+		t.Response = r.ATR
 	}
-	if cmd == nil {
-		t.Reset = true
+	if err != nil {
+		t.Err = err.Error()
 	}
 	tr.TraceAPDU(t)
 }
@@ -523,19 +556,20 @@ func (cc *cardConn) end(reason string) {
 }
 
 // send starts u's request m, which the card answers with a message of
-// type want. It returns "" or, when the card is gone, the error for the
-// user. On success the reply (or its failure) reaches the user later,
-// from the card's goroutine or the timeout, followed by u.done.
-func (cc *cardConn) send(u *userConn, m protocol.Message, want string) string {
+// type want. It returns nil or, when the card is gone or withdrawn, the
+// error for the user (*cardGoneError, errWithdrawnCard). On success the
+// reply (or its failure) reaches the user later, from the card's
+// goroutine or the timeout, followed by u.done.
+func (cc *cardConn) send(u *userConn, m protocol.Message, want string) error {
 	d := cc.srv().cfg.RequestTimeout
 	cc.mu.Lock()
 	switch {
 	case cc.gone != "":
 		cc.mu.Unlock()
-		return "card disconnected: " + cc.gone
+		return &cardGoneError{cc.gone}
 	case cc.user != u: // taken away by Server.Recheck
 		cc.mu.Unlock()
-		return errWithdrawn
+		return errWithdrawnCard
 	}
 	cc.pending = request{from: u, want: want, sent: m.MsgType(), deadline: time.Now().Add(d)}
 	if ca, ok := m.(protocol.CAPDU); ok {
@@ -558,7 +592,7 @@ func (cc *cardConn) send(u *userConn, m protocol.Message, want string) string {
 	cc.mu.Unlock()
 	// A failed write closes the card connection; end then answers.
 	_ = cc.c.write(m)
-	return ""
+	return nil
 }
 
 // checkTimeout runs on the request timer. A card agent that has not
@@ -590,24 +624,24 @@ func (cc *cardConn) checkTimeout() {
 	p.from.done(true)
 }
 
-// associate makes u the card's user. It returns "" on success, else the
-// error for the user.
-func (cc *cardConn) associate(u *userConn, key, value string) string {
+// associate makes u the card's user. It returns nil on success, else a
+// *selectError for the user.
+func (cc *cardConn) associate(u *userConn, key, value string) error {
 	cc.mu.Lock()
+	fail := func(kind selectFailure) error {
+		cc.mu.Unlock()
+		return &selectError{kind: kind, key: key, value: value}
+	}
 	switch {
 	case cc.gone != "":
-		cc.mu.Unlock()
-		return fmt.Sprintf("card %s %s disconnected", key, value)
+		return fail(selectDisconnected)
 	case cc.state == protocol.StateAssociated:
-		cc.mu.Unlock()
-		return fmt.Sprintf("card %s %s is in use by another user", key, value)
+		return fail(selectInUse)
 	case cc.state != protocol.StateReady:
-		cc.mu.Unlock()
-		return fmt.Sprintf("card %s %s is still being identified; try again in a moment", key, value)
+		return fail(selectIdentifying)
 	case !cc.allows(u):
 		// The user's rules changed since hub.find (Server.Recheck).
-		cc.mu.Unlock()
-		return fmt.Sprintf("no card with %s %s is connected", key, value)
+		return fail(selectNotConnected)
 	}
 	cc.setState(protocol.StateAssociated, u.c)
 	cc.user, cc.withdrawn = u, false
@@ -615,12 +649,11 @@ func (cc *cardConn) associate(u *userConn, key, value string) string {
 		// The card connection is closing; its goroutine cleans up.
 		cc.user = nil
 		cc.setState(protocol.StateReady, nil)
-		cc.mu.Unlock()
-		return fmt.Sprintf("card %s %s disconnected", key, value)
+		return fail(selectDisconnected)
 	}
 	cc.emit()
 	cc.mu.Unlock()
-	return ""
+	return nil
 }
 
 // setState changes the listed state and user (nil: none); cc.mu must be

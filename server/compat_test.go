@@ -1,6 +1,9 @@
 package server
 
 import (
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -8,22 +11,32 @@ import (
 
 	"github.com/gorilla/websocket"
 
-	"github.com/wsrc-go/wsrc/internal/transcript"
-	"github.com/wsrc-go/wsrc/internal/wstest"
+	"github.com/wsrc-go/wsrc/card"
+	"github.com/wsrc-go/wsrc/card/sim"
+	"github.com/wsrc-go/wsrc/internal/testenv/transcript"
+	"github.com/wsrc-go/wsrc/internal/testenv/wstest"
 )
 
 // TestTranscriptReplay replays the client side of transcript.md sections
 // 1-4 (card identification, a user session, a pySim-shell session, an
 // agent dying) against our server and checks every server frame field
 // for field against pySim's. Allowed differences: the atr extension in
-// reset_resp to users, remote_addr ports, and the end of section 4, where
+// reset_resp to users, remote_addr ports, the end of section 4, where
 // pySim closes the user's connection with 1011 and we answer with an
-// error ("card disconnected") and keep the session open.
+// error ("card disconnected") and keep the session open, and our
+// identification's extensions after pySim's sequence (card.Identify: the
+// IMSI step; this card has the standard ISD-R, so no alternative is
+// tried). The recording has no answers to those; they come from
+// card/sim's default card, the model of the recorded card whose every
+// recorded answer card/sim's own replay checks. The model is fed every
+// recorded c_apdu too, so that its state is the recorded card's.
 func TestTranscriptReplay(t *testing.T) {
 	rows := transcript.Load(t)
 	synctest.Test(t, func(t *testing.T) {
 		e := newEnv(t, Config{ShowRemoteAddr: true})
 		peers := map[string]*wstest.Peer{}
+		models := map[string]*sim.Card{} // per card socket
+		var extensions []string          // the extension APDUs, in order
 		cardATR := ""
 		for _, r := range rows {
 			t.Logf("section %d line %d: %s %s %s", r.Section, r.Line, r.Socket, r.Dir, r.Message)
@@ -33,6 +46,7 @@ func TestTranscriptReplay(t *testing.T) {
 				remote := strings.TrimPrefix(r.Message, "WebSocket opened by ")
 				if strings.HasPrefix(r.Socket, "card") {
 					peers[r.Socket] = e.card(remote)
+					models[r.Socket] = sim.New(sim.Config{})
 				} else {
 					peers[r.Socket] = e.pipe(e.srv.UserHandler(), remote)
 				}
@@ -41,7 +55,26 @@ func TestTranscriptReplay(t *testing.T) {
 					cardATR = m["atr"].(string)
 				}
 				p.Send(r.Message)
-			case transcript.ServerToCard, transcript.ServerToUser:
+			case transcript.ServerToCard:
+				got := p.Recv()
+				m := models[r.Socket]
+				for isCAPDU(got) && !isCAPDU(r.Message) { // an extension APDU
+					cmd := decodeObj(t, got)["command"].(string)
+					extensions = append(extensions, cmd)
+					resp := m.Process(unhex(t, cmd))
+					p.Send(fmt.Sprintf(`{"response": "%x", "sw": "%x", "msg_type": "r_apdu"}`, resp[:len(resp)-2], resp[len(resp)-2:]))
+					got = p.Recv()
+				}
+				compareFrame(t, got, r.Message, cardATR)
+				switch w := decodeObj(t, r.Message); w["msg_type"] {
+				case "c_apdu":
+					m.Process(unhex(t, w["command"].(string)))
+				case "reset_req":
+					if _, err := m.Reset(t.Context(), card.WarmReset); err != nil {
+						t.Fatal(err)
+					}
+				}
+			case transcript.ServerToUser:
 				compareFrame(t, p.Recv(), r.Message, cardATR)
 			case transcript.Close:
 				switch {
@@ -65,7 +98,29 @@ func TestTranscriptReplay(t *testing.T) {
 				t.Fatalf("transcript line %d: unknown direction %q", r.Line, r.Dir)
 			}
 		}
+		// The IMSI step on this card: EF.DIR's one record is empty, the
+		// second does not exist. Nothing else was added.
+		if got, want := strings.Join(extensions, " "), "00b201f400 00b202f400"; got != want {
+			t.Errorf("identification extensions %q, want %q", got, want)
+		}
 	})
+}
+
+// isCAPDU reports whether frame is a c_apdu message.
+func isCAPDU(frame string) bool {
+	var m struct {
+		MsgType string `json:"msg_type"`
+	}
+	return json.Unmarshal([]byte(frame), &m) == nil && m.MsgType == "c_apdu"
+}
+
+func unhex(t *testing.T, s string) []byte {
+	t.Helper()
+	b, err := hex.DecodeString(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 // compareFrame checks our frame against pySim's, field for field, and

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -31,16 +32,20 @@ type conn struct {
 	since   time.Time // when it was accepted
 	name    string    // the authenticated user or agent; "" for an anonymous peer of an open port
 	addrKey string    // the per-address count this connection holds; "" for none
-	atr     string    // card connections: the hello ATR, for logs; set before the goroutine starts relaying
+	// card is the card connection this is (nil for users); set by the
+	// handshake before the card is listed, read-only after.
+	card *cardConn
 
 	// Owned by the connection's goroutine, the only reader:
 	rbuf   []byte     // read buffer, reused across messages
 	bucket rateBucket // the message rate limit
-	ended  string     // why the connection ended, when known (for the Observer)
 
 	// lost is set when the connection was lost rather than closed (see
 	// CardEvent.Lost); by whoever finds out, before the card's end.
 	lost atomic.Bool
+	// writeFailed is set by the first failed write: later writes to the
+	// dying connection fail too, and are neither logged nor counted.
+	writeFailed atomic.Bool
 
 	// rights are what the peer may do, as admitted (nil: an anonymous
 	// peer of an open port); Server.Recheck replaces them when the
@@ -59,7 +64,10 @@ type conn struct {
 	awaitPong bool        // a ping is out and its pong not yet read
 	busy      bool        // the goroutine is waiting on the card, not reading
 	closing   bool        // a close frame has been sent (or the conn is gone)
-	why       string      // the reason closeGently gave
+	// reason is why the connection ends, as first found out: by the
+	// goroutine (a failed read, a refused peer) or by anyone who closes
+	// it (shutdown, a recheck, a replacement); "" while it is up.
+	reason string
 }
 
 func newConn(s *Server, ws *websocket.Conn, role, remote string, who principal) *conn {
@@ -72,16 +80,17 @@ func newConn(s *Server, ws *websocket.Conn, role, remote string, who principal) 
 // who returns the peer's current rights.
 func (c *conn) who() principal { return principal{c.rights.Load()} }
 
-// log returns the server's logger with the connection's attributes. It
-// is built per call (logging is rare) so that idle connections do not
-// each keep a logger.
+// log returns the server's logger with the connection's attributes (for
+// a card, its current ATR). It is built per call (logging is rare) so
+// that idle connections do not each keep a logger. Not to be called with
+// hub.mu held.
 func (c *conn) log() *slog.Logger {
 	l := c.srv.log.With("port", c.role, "remote", c.addr)
 	if c.name != "" {
 		l = l.With("name", c.name)
 	}
-	if c.atr != "" {
-		l = l.With("atr", c.atr)
+	if c.card != nil {
+		l = l.With("atr", c.card.atr())
 	}
 	return l
 }
@@ -106,15 +115,22 @@ func (c *conn) peerName() string {
 // endReason is why the connection ended, as well as is known. Called
 // once its goroutine is done.
 func (c *conn) endReason() string {
-	if c.ended != "" {
-		return c.ended
-	}
 	c.kmu.Lock()
 	defer c.kmu.Unlock()
-	if c.why != "" {
-		return c.why
+	if c.reason != "" {
+		return c.reason
 	}
 	return "ended"
+}
+
+// noteEnd records why the connection ends, unless a reason is known
+// already (the first cause stands).
+func (c *conn) noteEnd(reason string) {
+	c.kmu.Lock()
+	if c.reason == "" {
+		c.reason = reason
+	}
+	c.kmu.Unlock()
 }
 
 // errTooBig ends a connection that sent a message over MaxFrameSize.
@@ -126,6 +142,10 @@ func (e errTooBig) Error() string {
 
 // errBinary reports a binary frame; WSRC messages are text.
 var errBinary = errors.New("binary frames are not supported: send each message as a JSON text frame")
+
+// errBadUTF8 reports a text frame that is not valid UTF-8, which RFC 6455
+// (section 8.1) says must fail the connection (close 1007).
+var errBadUTF8 = errors.New("invalid UTF-8 in a text frame")
 
 // recoverable reports whether err (from next) concerns one message only,
 // leaving the connection usable.
@@ -178,6 +198,9 @@ func (c *conn) next() (protocol.Message, error) {
 	if typ != websocket.TextMessage {
 		return nil, errBinary
 	}
+	if !utf8.Valid(buf) {
+		return nil, errBadUTF8
+	}
 	return protocol.Decode(buf)
 }
 
@@ -198,8 +221,10 @@ func (c *conn) write(m protocol.Message) error {
 	c.wmu.Unlock()
 	if err != nil && !errors.Is(err, websocket.ErrCloseSent) {
 		c.lost.Store(true)
-		c.problem(ProblemWrite)
-		c.log().Info("write failed; closing", "msg_type", m.MsgType(), "err", err)
+		if c.writeFailed.CompareAndSwap(false, true) {
+			c.problem(ProblemWrite)
+			c.log().Info("write failed; closing", "msg_type", m.MsgType(), "err", err)
+		}
 		c.ws.Close()
 	}
 	return err
@@ -221,11 +246,8 @@ func (c *conn) sendError(format string, args ...any) {
 // goroutine, which must return afterwards.
 func (c *conn) fail(code int, reason string, message string) {
 	c.log().Info("closing connection", "code", code, "reason", message)
-	if c.ended == "" {
-		c.ended = message
-		if message == "" {
-			c.ended = reason
-		}
+	if message != "" {
+		c.noteEnd(message)
 	}
 	if message != "" {
 		_ = c.write(protocol.Error{Message: message})
@@ -262,8 +284,8 @@ func (c *conn) closeGently(code int, reason string) {
 	c.kmu.Lock()
 	already := c.closing
 	c.closing = true
-	if !already {
-		c.why = reason
+	if c.reason == "" {
+		c.reason = reason
 	}
 	if c.ping != nil {
 		c.ping.Stop()
@@ -275,6 +297,20 @@ func (c *conn) closeGently(code int, reason string) {
 	deadline := time.Now().Add(closeGrace)
 	_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, closeReason(reason)), deadline)
 	_ = c.ws.SetReadDeadline(deadline)
+}
+
+// over marks the connection gone once its goroutine is done, however it
+// ended (the peer's close frame, a dropped TCP connection, our close):
+// the keepalive timer is stopped for good, so that nothing keeps the
+// connection reachable or pings a dead peer.
+func (c *conn) over() {
+	c.kmu.Lock()
+	c.closing = true
+	if c.ping != nil {
+		c.ping.Stop()
+		c.ping = nil
+	}
+	c.kmu.Unlock()
 }
 
 // closeNow sends a close frame and closes the TCP connection at once.
@@ -383,19 +419,27 @@ func (c *conn) setReadDeadline(t time.Time) {
 	c.kmu.Unlock()
 }
 
-// isTimeout reports whether err is a read deadline expiring.
+// isTimeout reports whether err is one of our read deadlines expiring
+// (hello, identification, pong). The kernel giving up on a TCP
+// connection (ETIMEDOUT) is not one: that connection was lost.
+//
+// gorilla/websocket replaces every timeout error by one of its own that
+// keeps only the text, and ETIMEDOUT also "is" os.ErrDeadlineExceeded,
+// so the text tells them apart: a deadline's ends in "i/o timeout", the
+// kernel's in "connection timed out".
 func isTimeout(err error) bool {
 	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
+	return errors.As(err, &ne) && ne.Timeout() && strings.HasSuffix(err.Error(), os.ErrDeadlineExceeded.Error())
 }
 
-// endedByPeer reports whether err is the peer closing or dropping the
-// connection (as opposed to our deadline or a protocol failure).
+// endedByPeer reports whether err is the peer closing or the connection
+// dropping: reset, broken pipe, the kernel's TCP timeout... (as opposed
+// to our deadline or a protocol failure).
 func endedByPeer(err error) bool {
 	var ce *websocket.CloseError
-	var oe *net.OpError // connection reset, broken pipe, ...
+	var ne net.Error
 	return errors.As(err, &ce) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		errors.Is(err, net.ErrClosed) || (errors.As(err, &oe) && !oe.Timeout())
+		errors.Is(err, net.ErrClosed) || (errors.As(err, &ne) && !isTimeout(err))
 }
 
 // readFailed ends the connection after a fatal error from next, with the
@@ -403,9 +447,7 @@ func endedByPeer(err error) bool {
 // party (a user whose card this was).
 func (c *conn) readFailed(err error) string {
 	why := c.readFailedClose(err)
-	if c.ended == "" {
-		c.ended = why
-	}
+	c.noteEnd(why)
 	return why
 }
 
@@ -413,7 +455,7 @@ func (c *conn) readFailed(err error) string {
 func (c *conn) readFailedClose(err error) string {
 	c.log().Debug("read failed", "err", err)
 	c.kmu.Lock()
-	keepalive, closing, why := c.awaitPong, c.closing, c.why
+	keepalive, closing, why := c.awaitPong, c.closing, c.reason
 	c.kmu.Unlock()
 	peer := "user"
 	if c.role == roleCard {
@@ -428,6 +470,10 @@ func (c *conn) readFailedClose(err error) string {
 		c.problem(ProblemTooBig)
 		c.fail(websocket.CloseMessageTooBig, big.Error(), big.Error())
 		return big.Error()
+	case errors.Is(err, errBadUTF8):
+		c.problem(ProblemBadMessage)
+		c.fail(websocket.CloseInvalidFramePayloadData, errBadUTF8.Error(), errBadUTF8.Error()+": WSRC messages are JSON text")
+		return errBadUTF8.Error()
 	case errors.As(err, &ce) && ce.Code != websocket.CloseAbnormalClosure:
 		// A close frame, whatever its code: the peer meant to go.
 		return "the " + peer + " closed the connection"
@@ -440,7 +486,9 @@ func (c *conn) readFailedClose(err error) string {
 		c.closeNow(websocket.CloseInternalServerErr, "keepalive ping timeout")
 		return "the " + peer + " stopped answering keepalive pings"
 	default:
+		// A WebSocket framing error (gorilla's texts name no address);
+		// whatever it is, it is logged above and not passed on.
 		c.closeNow(websocket.CloseProtocolError, closeReason(err.Error()))
-		return "protocol error: " + err.Error()
+		return "the " + peer + " broke the WebSocket protocol"
 	}
 }

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"log/slog"
 	"net/http"
@@ -13,7 +14,8 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/wsrc-go/wsrc/internal/wstest"
+	"github.com/wsrc-go/wsrc/card"
+	"github.com/wsrc-go/wsrc/internal/testenv/wstest"
 )
 
 func TestMain(m *testing.M) {
@@ -128,8 +130,44 @@ func (e *env) uiccCard(atr, efICCID string) *wstest.Peer {
 	}
 	expectCAPDU(e.t, c, cmdReadICCID)
 	c.Send(`{"response": "` + efICCID + `", "sw": "9000", "msg_type": "r_apdu"}`)
+	identifyExtensions(e.t, c, efICCID, false)
 	expectJSON(e.t, c.Recv(), `{"new_state": "ready", "msg_type": "state_notification"}`)
 	return c
+}
+
+// Our identification's extensions after pySim's sequence (card.Identify):
+// the IMSI step's first READ RECORD of EF.DIR, and the SELECTs of the
+// alternative ISD-R AIDs.
+const cmdReadDIR1 = "00b201f400"
+
+var cmdSelectAltISDR = []string{
+	"00a4040410a0000005591010ffffffff890005050000",
+	"00a4040410a000000559101000000000890000030000",
+	"00a4040410a0000005591010ffffffff890000017700",
+}
+
+// identifyExtensions answers the extensions as a card without EF.DIR
+// record (so no IMSI) and, unless isdr (the standard ISD-R was found),
+// without any alternative ISD-R. A card whose EF.ICCID holds no ICCID
+// gets no extensions.
+func identifyExtensions(t *testing.T, c *wstest.Peer, efICCID string, isdr bool) {
+	t.Helper()
+	b, err := hex.DecodeString(efICCID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if card.DecodeICCID(b) == "" {
+		return
+	}
+	expectCAPDU(t, c, cmdReadDIR1)
+	c.Send(`{"response": "", "sw": "6a83", "msg_type": "r_apdu"}`)
+	if isdr {
+		return
+	}
+	for _, cmd := range cmdSelectAltISDR {
+		expectCAPDU(t, c, cmd)
+		c.Send(`{"response": "", "sw": "6a82", "msg_type": "r_apdu"}`)
+	}
 }
 
 // selectCard selects by id_type/id_str and expects the ack.

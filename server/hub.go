@@ -1,7 +1,6 @@
 package server
 
 import (
-	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -55,13 +54,30 @@ func (h *hub) remove(cc *cardConn) {
 var hiddenAddr = protocol.RemoteAddr{IP: "0.0.0.0", Port: 0}
 
 // list returns the cards who may use as list_cards_ack shows them, with
-// the agents' addresses when showAddr.
-func (h *hub) list(who principal, showAddr bool) []protocol.CardInfo {
+// the agents' addresses when showAddr, narrowed by q (its IDType a
+// canonical key or ""); and how many matched before q.Limit.
+func (h *hub) list(who principal, showAddr bool, q protocol.ListCards) (cards []protocol.CardInfo, total int) {
+	var want string
+	if q.IDType != "" {
+		want = normalizeID(q.IDType, q.IDStr)
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	out := make([]protocol.CardInfo, 0, len(h.cards))
+	n := len(h.cards)
+	if q.Filtered() {
+		n = min(n, 16) // usually a few
+	}
+	out := make([]protocol.CardInfo, 0, n)
 	for _, cc := range h.cards {
-		if !who.mayUse(cc) {
+		switch {
+		case !who.mayUse(cc),
+			q.Agent != "" && cc.agent != q.Agent,
+			q.Reader != "" && cc.hello.Reader != q.Reader,
+			q.IDType != "" && (cc.id.get(q.IDType) == "" || normalizeID(q.IDType, cc.id.get(q.IDType)) != want):
+			continue
+		}
+		total++
+		if q.Limit > 0 && len(out) >= q.Limit {
 			continue
 		}
 		ci := protocol.CardInfo{
@@ -76,7 +92,7 @@ func (h *hub) list(who principal, showAddr bool) []protocol.CardInfo {
 		}
 		out = append(out, ci)
 	}
-	return out
+	return out, total
 }
 
 // mayUse reports whether the principal may list and select cc (an
@@ -114,9 +130,9 @@ func normalizeID(key, v string) string {
 }
 
 // find looks for a card who may use whose identity key equals value. It
-// returns the first ready match; failing that, nil and the reason to give
-// the user. Cards who may not use are not there as far as who can tell.
-func (h *hub) find(key, value string, who principal) (*cardConn, string) {
+// returns the first ready match; failing that, a *selectError. Cards who
+// may not use are not there as far as who can tell.
+func (h *hub) find(key, value string, who principal) (*cardConn, error) {
 	want := normalizeID(key, value)
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -134,20 +150,19 @@ func (h *hub) find(key, value string, who principal) (*cardConn, string) {
 		}
 		switch cc.state {
 		case protocol.StateReady:
-			return cc, ""
+			return cc, nil
 		case protocol.StateAssociated:
 			inUse = true
 		default:
 			identifying = true
 		}
 	}
+	e := &selectError{kind: selectNotConnected, key: key, value: value, unidentified: unidentified}
 	switch {
 	case inUse:
-		return nil, fmt.Sprintf("card %s %s is in use by another user", key, value)
+		e.kind = selectInUse
 	case identifying:
-		return nil, fmt.Sprintf("card %s %s is still being identified; try again in a moment", key, value)
-	case unidentified > 0:
-		return nil, fmt.Sprintf("no card with %s %s is connected (%d card(s) still being identified; try again in a moment)", key, value, unidentified)
+		e.kind = selectIdentifying
 	}
-	return nil, fmt.Sprintf("no card with %s %s is connected", key, value)
+	return nil, e
 }

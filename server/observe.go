@@ -124,10 +124,12 @@ const (
 	RefusedThrottled     RefusalReason = "throttled"        // 429, too many failures from the address
 	RefusedPortFull      RefusalReason = "port_full"        // 503, MaxUsers/MaxCards
 	RefusedAddrFull      RefusalReason = "addr_full"        // 503, MaxConnsPerAddr
+	RefusedPending       RefusalReason = "pending_full"     // TCP connection closed before its request: MaxPending or MaxConnsPerAddr (ConnState)
 	RefusedShuttingDown  RefusalReason = "shutting_down"    // 503
 	RefusedRateLimited   RefusalReason = "rate_limited"     // a message over the rate limit (error sent)
 	RefusedRateClosed    RefusalReason = "rate_closed"      // closed for persistent abuse of the rate limit
 	RefusedCard          RefusalReason = "card_not_allowed" // an agent registered a card its rules exclude (also after Server.Recheck)
+	RefusedDuplicate     RefusalReason = "duplicate_card"   // a card whose ICCID or EID another agent's listed card has (Server.Conflicts)
 	RefusedRevoked       RefusalReason = "revoked"          // an open connection closed by Server.Recheck: credentials no longer accepted
 	RefusedWithdrawn     RefusalReason = "card_withdrawn"   // a user's card taken by Server.Recheck: its rules no longer allow it
 )
@@ -221,11 +223,11 @@ type Tracer interface {
 
 // APDUTrace is one exchange with a card.
 type APDUTrace struct {
-	CardID     uint64              // the card connection's ConnEvent.ID
-	Identities protocol.Identities // the card's identities at the time (a fresh map)
-	User       string              // who asked: the user's name or address; "" for identification
-	Start      time.Time           // when the command went to the agent
-	Duration   time.Duration       // until the answer (or the failure)
+	CardID     uint64        // the card connection's ConnEvent.ID
+	ICCID, EID string        // the card's, when known at the time
+	User       string        // who asked: the user's name or address; "" for identification
+	Start      time.Time     // when the command went to the agent
+	Duration   time.Duration // until the answer (or the failure)
 	// Command is the command APDU; nil for a reset.
 	Command []byte
 	// Response is the response data without the status word; for a

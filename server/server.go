@@ -48,7 +48,7 @@
 // refusals and problems, Config.Tracer of every APDU exchange, and
 // Snapshot and Stats give the current state (observe.go).
 //
-// The server never listens: cmd/wsrc-server (or a test) creates the
+// The server never listens: server/daemon (wsrc-server), or a test, creates the
 // listeners and serves UserHandler and CardHandler on them, which leaves
 // TLS and socket activation to the caller. Because
 // http.Server.Shutdown does not track hijacked connections, the server
@@ -109,9 +109,22 @@ type Config struct {
 	MaxCards, MaxUsers int
 	// MaxConnsPerAddr bounds the connections on each port from one client
 	// (auth.ClientKey: an IPv4 address or an IPv6 /64); further upgrades
-	// get 503. Loopback clients are exempt (a local reverse proxy, tests).
-	// Default 64; negative: no limit.
+	// get 503. Loopback clients are exempt (tests, local tools; a local
+	// reverse proxy, unless it is in TrustedProxies and names its
+	// clients). Default 64; negative: no limit.
 	MaxConnsPerAddr int
+	// MaxPending bounds the connections on each port that are not (yet)
+	// WebSockets: TLS handshakes, upgrade requests, connections kept
+	// alive after a refused request. Further ones are closed at once;
+	// MaxConnsPerAddr applies to them too. Only with the hook of
+	// ConnState installed. Default 1024.
+	MaxPending int
+	// TrustedProxies are reverse proxies whose X-Forwarded-For header is
+	// believed: a request from one of them counts as coming from the
+	// client the proxy names, for every per-client limit, the throttle
+	// of failed logins, logs and the addresses admins see. Without it a
+	// proxy's clients all share the proxy's address. Empty: none.
+	TrustedProxies auth.Proxies
 	// MessageRate and MessageBurst are a token bucket on the messages a
 	// connection sends after hello (identification answers do not
 	// count): MessageRate per second on average, MessageBurst at once. A
@@ -138,9 +151,10 @@ type Config struct {
 	// accounts to the connections already open.
 	Auth Authenticator
 	// AuthFailureBurst and AuthFailurePer configure the throttle of
-	// failed authentications per client (see auth.Throttle): that many
-	// failures, then one more per AuthFailurePer; meanwhile the client's
-	// upgrade requests get 429. Defaults 10 and 30 s.
+	// failed authentications per port and client (see auth.Throttle):
+	// that many failures, then one more per AuthFailurePer; meanwhile the
+	// client's upgrade requests on that port get 429. Attempts being
+	// checked count as failures until they succeed. Defaults 10 and 30 s.
 	AuthFailureBurst int
 	AuthFailurePer   time.Duration
 
@@ -170,6 +184,7 @@ const (
 	DefaultPongTimeout     = 20 * time.Second
 	DefaultMaxConns        = 10000
 	DefaultMaxConnsPerAddr = 64
+	DefaultMaxPending      = 1024
 	DefaultMessageRate     = 1000 // wsrc-server's; Config's zero value is no limit
 	DefaultMessageBurst    = 2000
 	DefaultRateStrikes     = 100
@@ -201,6 +216,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.MaxUsers <= 0 {
 		c.MaxUsers = DefaultMaxConns
+	}
+	if c.MaxPending <= 0 {
+		c.MaxPending = DefaultMaxPending
 	}
 	if c.MaxConnsPerAddr == 0 {
 		c.MaxConnsPerAddr = DefaultMaxConnsPerAddr
@@ -245,15 +263,19 @@ type Server struct {
 	hub      hub            // the cards users can see and select
 	throttle *auth.Throttle // failed authentications per client
 	obs      Observer       // cfg.Observer, never nil
-	lastID   atomic.Uint64  // the last ConnEvent.ID given out
+	// conflicts are the recent cards refused as duplicates (duplicates.go)
+	conflicts conflicts
+	lastID    atomic.Uint64 // the last ConnEvent.ID given out
 
 	mu      sync.Mutex         // guards the fields below
 	conns   map[*conn]struct{} // every upgraded connection
 	nCards  int                // card connections admitted (upgrading or in conns)
 	nUsers  int                // user connections admitted
 	perAddr map[string]int     // admitted connections per port and client (addrKey)
-	closing bool               // set by Shutdown; no new connections
-	wg      sync.WaitGroup     // one count per connection, until its goroutine ends
+	// Connections not upgraded yet, per port (see ConnState):
+	pendingUser, pendingCard pending
+	closing                  bool           // set by Shutdown; no new connections
+	wg                       sync.WaitGroup // one count per connection, until its goroutine ends
 	// authGen counts Recheck calls; changed only with mu held (and
 	// recheckMu), so that register can tell a connection that
 	// authenticated before a Recheck and registered after it looked.
@@ -316,13 +338,8 @@ func (s *Server) upgradeError(w http.ResponseWriter, _ *http.Request, status int
 // accept authenticates and upgrades one request and starts the
 // connection's goroutine.
 func (s *Server) accept(w http.ResponseWriter, r *http.Request, role string) {
+	r.RemoteAddr = s.cfg.TrustedProxies.ClientAddr(r)
 	client := auth.ClientKey(r.RemoteAddr)
-	if wait, ok := s.throttle.Check(client); !ok {
-		s.obs.Refused(Refusal{Port: role, Remote: r.RemoteAddr, Reason: RefusedThrottled})
-		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
-		http.Error(w, "too many failed authentication attempts from this address; try again later", http.StatusTooManyRequests)
-		return
-	}
 	gen := s.authGen.Load() // before authenticating: see register
 	who, ok := s.authenticate(w, r, role, client)
 	if !ok {
@@ -391,10 +408,22 @@ func (p principal) name() string {
 type principal struct{ *auth.Principal }
 
 // authenticate asks Config.Auth who sent r. When it answers with a 401
-// (or nothing, for a client that has gone), ok is false.
+// or 429 (or nothing, for a client that has gone), ok is false.
+//
+// Failures are throttled per port and client (auth.Throttle): a client
+// that failed too often on one port is refused there before its
+// credentials are checked, and each attempt in flight holds one of its
+// failures left, so that attempts sent at once cannot outrun the count.
 func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, role, client string) (who principal, ok bool) {
 	if s.cfg.Auth == nil {
 		return principal{}, true
+	}
+	attempt, wait, ok := s.throttle.Begin(role + " " + client)
+	if !ok {
+		s.obs.Refused(Refusal{Port: role, Remote: r.RemoteAddr, Reason: RefusedThrottled})
+		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
+		http.Error(w, "too many failed authentication attempts from this address; try again later", http.StatusTooManyRequests)
+		return principal{}, false
 	}
 	var p *auth.Principal
 	var err error
@@ -405,6 +434,8 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, role, clie
 	} else {
 		p, err = s.cfg.Auth.UserRequest(r)
 	}
+	failed := err != nil && !errors.Is(err, auth.ErrNoCredentials) && r.Context().Err() == nil
+	logIt, suppressed := attempt.End(failed)
 	if err == nil {
 		return principal{p}, true
 	}
@@ -419,7 +450,7 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, role, clie
 	if errors.Is(err, auth.ErrNoCredentials) {
 		ref.Reason = RefusedNoCredentials
 		s.log.Debug("upgrade without credentials", "port", role, "remote", r.RemoteAddr)
-	} else if logIt, suppressed := s.throttle.Fail(client); logIt {
+	} else if logIt {
 		s.log.Warn("authentication failed", "port", role, "remote", r.RemoteAddr, "name", logSafe(ref.Name),
 			"err", err, "failures_not_logged", suppressed)
 	}
@@ -447,6 +478,7 @@ func logSafe(s string) string {
 
 // finish releases a connection whose goroutine is done.
 func (s *Server) finish(c *conn) {
+	c.over()
 	c.ws.Close()
 	s.unregister(c)
 	s.obs.Disconnected(c.event(), c.endReason())
@@ -562,7 +594,10 @@ func (s *Server) Ready() error {
 }
 
 // Cards returns what list_cards_ack would show an admin right now.
-func (s *Server) Cards() []protocol.CardInfo { return s.hub.list(principal{}, true) }
+func (s *Server) Cards() []protocol.CardInfo {
+	cards, _ := s.hub.list(principal{}, true, protocol.ListCards{})
+	return cards
+}
 
 // Stats are counts for a status line.
 type Stats struct {

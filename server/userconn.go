@@ -77,7 +77,7 @@ func (s *Server) userHandshake(c *conn) func() {
 
 // serve reads the user's requests until the connection ends.
 func (u *userConn) serve() {
-	c, s := u.c, u.c.srv
+	c := u.c
 	for {
 		m, err := c.next()
 		if err != nil && !recoverable(err) {
@@ -102,7 +102,7 @@ func (u *userConn) serve() {
 		inFlight := false
 		switch mm := m.(type) {
 		case protocol.ListCards:
-			_ = c.write(protocol.ListCardsAck{Cards: s.hub.list(c.who(), u.seesAddr())})
+			u.listCards(mm)
 		case protocol.SelectCard:
 			u.selectCard(mm)
 		case protocol.CAPDU:
@@ -123,6 +123,24 @@ func (u *userConn) serve() {
 			u.done(false)
 		}
 	}
+}
+
+// listCards answers list_cards, narrowed by its filter (our extension).
+func (u *userConn) listCards(q protocol.ListCards) {
+	c := u.c
+	if q.IDType != "" {
+		if q.IDType = identityKey(q.IDType); q.IDType == "" {
+			c.problem(ProblemBadMessage)
+			c.sendError("list_cards: unknown id_type (use one of ATR, EID, ICCID, IMSI)")
+			return
+		}
+	}
+	cards, total := c.srv.hub.list(c.who(), u.seesAddr(), q)
+	ack := protocol.ListCardsAck{Cards: cards}
+	if q.Filtered() {
+		ack.Total = total
+	}
+	_ = c.write(ack)
 }
 
 // seesAddr reports whether the user may see the agents' addresses: an
@@ -170,13 +188,13 @@ func (u *userConn) selectCard(m protocol.SelectCard) {
 		}
 		u.card = nil
 	}
-	cc, why := c.srv.hub.find(key, m.IDStr, c.who())
-	if cc != nil {
-		why = cc.associate(u, key, m.IDStr)
+	cc, err := c.srv.hub.find(key, m.IDStr, c.who())
+	if err == nil {
+		err = cc.associate(u, key, m.IDStr)
 	}
-	if why != "" {
+	if err != nil {
 		c.problem(ProblemSelect)
-		c.sendError("%s", why)
+		c.sendError("%s", err)
 		return
 	}
 	u.card = cc
@@ -197,9 +215,9 @@ func (u *userConn) relay(m protocol.Message, want string) bool {
 		u.c.sendError(errNoCard)
 		return false
 	}
-	if why := cc.send(u, m, want); why != "" {
+	if err := cc.send(u, m, want); err != nil {
 		u.card = nil
-		u.c.sendError("%s", why)
+		u.c.sendError("%s", err)
 		return false
 	}
 	return true
@@ -249,8 +267,8 @@ func (c *conn) readHello(want string) (h protocol.Hello, ok bool) {
 		msg := fmt.Sprintf("wrong client_type %q: this is the %s port", h.ClientType, want)
 		c.fail(websocket.ClosePolicyViolation, msg, msg+" ("+other+")")
 		return h, false
-	case want == protocol.ClientCard && len(h.ATR) == 0:
-		msg := "invalid hello: empty atr"
+	case want == protocol.ClientCard && checkCardHello(h) != "":
+		msg := "invalid hello: " + checkCardHello(h)
 		c.fail(websocket.CloseProtocolError, msg, msg+"; "+expect)
 		return h, false
 	}

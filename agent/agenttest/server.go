@@ -285,7 +285,7 @@ type connTransmitter struct{ c *Conn }
 func (t connTransmitter) Transmit(ctx context.Context, cmd []byte) ([]byte, error) {
 	t.c.t.Helper()
 	r := t.c.Transmit(cmd)
-	return append(append([]byte(nil), r.Response...), byte(r.SW>>8), byte(r.SW)), nil
+	return r.Bytes(), nil
 }
 
 // ExpectClose reads until the agent closes the connection and returns the

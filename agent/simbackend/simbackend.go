@@ -7,7 +7,10 @@
 // identities shifted by i: ICCID 894944000000115531+i with a Luhn check
 // digit (card 0: 8949440000001155314, the recorded one), EID
 // 890490321234512345123456789012+i with ISO 7064 MOD 97-10 check digits
-// (card 0: 89049032123451234512345678901235), IMSI 001010123456789+i.
+// (card 0: 89049032123451234512345678901235), IMSI 001010123456789+i. Card 0
+// is exactly the recorded card, which has no USIM; cards 1 and up have a
+// USIM whose EF.IMSI needs no PIN, so that identification finds their IMSI
+// (`wsrc list` shows it in `make demo`).
 //
 // Data flow: Backend.Run reports every inserted card to the agent's
 // Manager; SlotEvent.Open powers up a fresh sim.Card (a power cycle: file
@@ -89,6 +92,7 @@ func (b *Backend) CardConfig(i int) sim.Config {
 		ICCID:         ICCID(i),
 		EID:           EID(i),
 		IMSI:          IMSI(i),
+		USIM:          i > 0,
 		Protocol:      b.cfg.Protocol,
 		T0GetResponse: b.cfg.T0GetResponse,
 	}

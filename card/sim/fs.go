@@ -28,6 +28,7 @@ type file struct {
 	data     []byte // transparent EF contents
 	records  [][]byte
 	writable bool
+	needsPIN bool // READ BINARY answers 6982 (no PIN is ever verified)
 	parent   *file
 	children []*file
 }
@@ -79,11 +80,21 @@ var (
 	// AIDUSIM is the AID of the simulated ADF.USIM (Config.USIM).
 	AIDUSIM = mustHex("a0000000871002ffffffff8907090000")
 
-	// isdrFCI is the ISD-R's answer to SELECT, as the recorded card gave it.
+	// isdrFCI is the ISD-R's answer to SELECT, as the recorded card gave
+	// it; isdrFCIFor puts another AID in it.
 	isdrFCI = mustHex("6f2e8410a0000005591010ffffffff8900000100a51a730906072a864886fc6b019f6e0800000000000000009f6501ff")
 	// pinStatus is the PIN status template DO of the MF and ADF.USIM.
 	pinStatus = mustHex("900140830101 83010a")
 )
+
+// isdrFCIFor returns the ISD-R's FCI with aid as its AID (tag 84).
+func isdrFCIFor(aid []byte) []byte {
+	if bytes.Equal(aid, AIDISDR) {
+		return isdrFCI
+	}
+	rest := isdrFCI[4+len(AIDISDR):] // after 6F L 84 10 <AID>
+	return tlv(0x6f, append(tlv(0x84, aid...), rest...)...)
+}
 
 // buildTree returns the MF of a fresh card for cfg (already defaulted and
 // valid) and the ADF.USIM (nil unless cfg.USIM).
@@ -128,8 +139,10 @@ func buildTree(cfg Config) (mf, adf *file) {
 		adf.fcp = fcp(tlv(0x82, 0x78, 0x21), fid(fidADF), tlv(0x84, AIDUSIM...),
 			tlv(0xa5, tlv(0x80, 0x71)...), tlv(0x8a, 0x05), tlv(0x8b, 0x2f, 0x06, 0x01),
 			tlv(0xc6, pinStatus...))
+		ef := transparentEF(fidIMSI, 0x07, imsi, 2)
+		ef.needsPIN = cfg.IMSINeedsPIN
 		adf.add(
-			transparentEF(fidIMSI, 0x07, imsi, 2),
+			ef,
 			transparentEF(fidAD, 0x03, []byte{0x00, 0x00, 0x00, 0x02}, 1),
 		)
 	}

@@ -287,12 +287,12 @@ func (c *Card) selectPath(fromMF bool, path []byte, resp bool) ([]byte, uint16) 
 }
 
 func (c *Card) selectAID(aid []byte, resp bool) ([]byte, uint16) {
-	if c.isdr && bytes.HasPrefix(AIDISDR, aid) {
+	if c.isdr && bytes.HasPrefix(c.isdrAID, aid) {
 		c.curDF, c.curEF, c.app, c.recPtr = c.mf, nil, true, 0
 		if !resp {
 			return nil, swOK
 		}
-		return append([]byte(nil), isdrFCI...), swOK
+		return append([]byte(nil), c.isdrFCI...), swOK
 	}
 	if c.adf != nil && bytes.HasPrefix(c.adf.aid, aid) {
 		c.lastADF = c.adf
@@ -367,6 +367,9 @@ func (c *Card) readBinary(cmd card.Command) ([]byte, uint16) {
 	f, off, sw := c.binaryTarget(cmd)
 	if f == nil {
 		return nil, sw
+	}
+	if f.needsPIN {
+		return nil, swSecurity
 	}
 	n := min(cmd.Ne, len(f.data)-off)
 	return append([]byte(nil), f.data[off:off+n]...), swOK
@@ -443,13 +446,13 @@ func (c *Card) status(cmd card.Command) ([]byte, uint16) {
 	switch cmd.P2 {
 	case 0x00:
 		if c.app {
-			return append([]byte(nil), isdrFCI...), swOK
+			return append([]byte(nil), c.isdrFCI...), swOK
 		}
 		return append([]byte(nil), c.curDF.fcp...), swOK
 	case 0x01:
 		switch {
 		case c.app:
-			return tlv(0x84, AIDISDR...), swOK
+			return tlv(0x84, c.isdrAID...), swOK
 		case c.curDF.aid != nil:
 			return tlv(0x84, c.curDF.aid...), swOK
 		}

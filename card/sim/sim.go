@@ -122,6 +122,14 @@ type Config struct {
 	// USIM adds ADF.USIM (with EF.IMSI) and its EF.DIR record. The
 	// recorded card has none, so it is off by default.
 	USIM bool
+	// IMSINeedsPIN makes EF.IMSI unreadable (READ BINARY answers 6982,
+	// security status not satisfied), as on cards that protect it with
+	// PIN1; the simulated card never verifies a PIN.
+	IMSINeedsPIN bool
+	// ISDRAID is the AID the ISD-R answers to (unless EID is NoEID);
+	// default AIDISDR, the SGP.22 one. Some removable eUICCs use another
+	// (card.ISDRAlternatives).
+	ISDRAID []byte
 	// ATR defaults by Protocol: ATRT0 or ATRT1.
 	ATR []byte
 	// Protocol selects the default ATR.
@@ -149,6 +157,10 @@ func (c Config) withDefaults() Config {
 		}
 	}
 	c.ATR = append([]byte(nil), c.ATR...)
+	if c.ISDRAID == nil {
+		c.ISDRAID = AIDISDR
+	}
+	c.ISDRAID = append([]byte(nil), c.ISDRAID...)
 	c.ICCID = strings.ToLower(c.ICCID)
 	if c.EID != NoEID {
 		c.EID = strings.ToLower(c.EID)
@@ -169,6 +181,9 @@ func (c Config) Validate() error {
 	}
 	if _, err := card.EncodeIMSI(c.IMSI); err != nil {
 		return fmt.Errorf("sim config: %w", err)
+	}
+	if len(c.ISDRAID) < 5 || len(c.ISDRAID) > 16 {
+		return fmt.Errorf("sim config: ISD-R AID of %d bytes, want 5 to 16", len(c.ISDRAID))
 	}
 	if len(c.ATR) < 2 || len(c.ATR) > 33 {
 		return fmt.Errorf("sim config: ATR of %d bytes, want 2 to 33", len(c.ATR))
@@ -191,6 +206,9 @@ type Card struct {
 	mf   *file  // tree shape immutable; writable EF data guarded by mu
 	adf  *file  // ADF.USIM or nil; immutable
 	isdr bool   // has an ISD-R; immutable
+	// isdrAID and isdrFCI are the ISD-R's AID and answer to SELECT;
+	// immutable.
+	isdrAID, isdrFCI []byte
 
 	mu sync.Mutex
 	// guarded by mu
@@ -212,7 +230,7 @@ func New(cfg Config) *Card {
 		panic(err)
 	}
 	cfg = cfg.withDefaults()
-	c := &Card{cfg: cfg, atr: cfg.ATR, isdr: cfg.EID != NoEID}
+	c := &Card{cfg: cfg, atr: cfg.ATR, isdr: cfg.EID != NoEID, isdrAID: cfg.ISDRAID, isdrFCI: isdrFCIFor(cfg.ISDRAID)}
 	c.mf, c.adf = buildTree(cfg)
 	c.resetState()
 	return c
@@ -220,13 +238,13 @@ func New(cfg Config) *Card {
 
 // Identity returns what identification should find on this card: EID
 // (empty for a plain UICC), ICCID as NormalizeICCID gives it, and the
-// IMSI when the card has a USIM.
+// IMSI when the card has a USIM whose EF.IMSI is readable without a PIN.
 func (c *Card) Identity() card.Identity {
 	id := card.Identity{ICCID: card.NormalizeICCID(c.cfg.ICCID)}
 	if c.isdr {
 		id.EID = c.cfg.EID
 	}
-	if c.cfg.USIM {
+	if c.cfg.USIM && !c.cfg.IMSINeedsPIN {
 		id.IMSI = c.cfg.IMSI
 	}
 	return id

@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/wsrc-go/wsrc/card"
-	"github.com/wsrc-go/wsrc/internal/transcript"
+	"github.com/wsrc-go/wsrc/internal/testenv/transcript"
 )
 
 // step is one card-side exchange of the recording: a c_apdu and the

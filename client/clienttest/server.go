@@ -12,6 +12,7 @@ package clienttest
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"net/http"
@@ -105,6 +106,16 @@ func (s *Server) ClientTLSConfig() *tls.Config {
 		pool.AddCert(cert)
 	}
 	return &tls.Config{RootCAs: pool}
+}
+
+// CertificatePEM returns the server's certificate in PEM form (Config.TLS),
+// for programs that take a CA file; nil without TLS.
+func (s *Server) CertificatePEM() []byte {
+	cert := s.srv.Certificate()
+	if cert == nil {
+		return nil
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})
 }
 
 // Close closes every connection and waits for their handlers to end.

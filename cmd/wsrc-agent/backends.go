@@ -7,12 +7,12 @@ import (
 	"strings"
 
 	"github.com/wsrc-go/wsrc/agent"
+	"github.com/wsrc-go/wsrc/agent/ccidbackend"
+	"github.com/wsrc-go/wsrc/agent/pcscbackend"
 	"github.com/wsrc-go/wsrc/agent/simbackend"
 	"github.com/wsrc-go/wsrc/card/sim"
 	"github.com/wsrc-go/wsrc/ccid"
-	ccidagent "github.com/wsrc-go/wsrc/ccid/agentbackend"
 	"github.com/wsrc-go/wsrc/pcsc"
-	pcscagent "github.com/wsrc-go/wsrc/pcsc/agentbackend"
 )
 
 // backendFactory builds one backend from the command line.
@@ -160,7 +160,7 @@ func (o *options) readerFilter() pcsc.Filter {
 }
 
 func newPCSCBackend(o *options) (agent.Backend, error) {
-	return pcscagent.New(pcscagent.Config{
+	return pcscbackend.New(pcscbackend.Config{
 		Filter: o.readerFilter(), // validated by backends
 		Open:   pcsc.OpenOptions{Shared: o.pcscShared},
 		Logger: o.logger(),
@@ -179,5 +179,5 @@ func newCCIDBackend(o *options) (agent.Backend, error) {
 	if ccidTestOptions != nil {
 		ccidTestOptions(&opts)
 	}
-	return ccidagent.New(ccidagent.Config{Options: opts}), nil
+	return ccidbackend.New(ccidbackend.Config{Options: opts}), nil
 }

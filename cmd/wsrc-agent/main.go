@@ -54,7 +54,7 @@ const usageText = `wsrc-agent puts the smart cards in this machine's readers on 
 WebSocket per present card to the server's card port. The server
 identifies each card (EID, ICCID) and relays users' APDUs to it. The agent
 reconnects whenever the server is unreachable or drops the connection
-(backoff up to 30 s), opens a session when a card is inserted and closes
+(backoff up to 8 s), opens a session when a card is inserted and closes
 it when the card is removed or its reader disappears. SIGINT or SIGTERM
 closes every session cleanly and exits 0.
 

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"errors"
 	"log/slog"
 	"strings"
 	"testing"
@@ -14,7 +13,7 @@ import (
 	"github.com/wsrc-go/wsrc/agent/agenttest"
 	"github.com/wsrc-go/wsrc/card"
 	"github.com/wsrc-go/wsrc/card/sim"
-	"github.com/wsrc-go/wsrc/internal/pcscdtest"
+	"github.com/wsrc-go/wsrc/internal/testenv/pcscdtest"
 	"github.com/wsrc-go/wsrc/internal/vpcd"
 	"github.com/wsrc-go/wsrc/pcsc"
 )
@@ -30,9 +29,6 @@ func TestReadersPCSCNotRunning(t *testing.T) {
 		t.Errorf("exit %d, output:\n%s%s", code, out, errs)
 	}
 }
-
-// errNotYet makes waitCard's watch go on.
-var errNotYet = errors.New("not yet")
 
 // waitCard waits (on pcsc.Watch events, not by polling) until pcscd
 // reports reader with a card (present) or without one.

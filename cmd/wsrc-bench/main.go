@@ -15,7 +15,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/wsrc-go/wsrc/internal/relaybench"
+	"github.com/wsrc-go/wsrc/server/relaybench"
 )
 
 const childArg = "__serve-child"

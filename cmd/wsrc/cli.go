@@ -43,14 +43,21 @@ type cli struct {
 
 // options are the flags every command knows, and the card selection.
 type options struct {
-	server  string
-	timeout time.Duration
-	verbose bool
-	json    bool
-	iccid   string
-	eid     string
-	atr     string
-	id      string
+	server    string
+	timeout   time.Duration
+	verbose   bool
+	tokenFile string // --token-file
+	caFile    string // --tls-ca-file
+	json      bool
+	iccid     string
+	eid       string
+	atr       string
+	id        string
+	// list's filter
+	agent  string
+	reader string
+	limit  int
+	vpcd   vpcdOptions // wsrc vpcd only
 }
 
 // usageError is a mistake on the command line; the message is shown with
@@ -73,13 +80,15 @@ type command struct {
 	usage   string // the synopsis and description, then examples
 	// flags it takes besides the common ones
 	json, selects bool
-	run           func(cl *cli, ctx context.Context, o *options, args []string) error
+	// flags registers the command's own flags, if any
+	flags func(fs *flag.FlagSet, o *options)
+	run   func(cl *cli, ctx context.Context, o *options, args []string) error
 }
 
 var commands []*command
 
 func init() {
-	commands = []*command{listCmd, apduCmd, resetCmd, shellCmd, versionCmd}
+	commands = []*command{listCmd, apduCmd, resetCmd, shellCmd, vpcdCmd, versionCmd}
 }
 
 const mainUsage = `wsrc - use smart cards in remote readers through a WSRC server
@@ -93,9 +102,12 @@ Common flags (before or after the command):
   --server URL       the server's user port (default $WSRC_SERVER, else ` + defaultServer + `)
                      ws://host:port/ or wss://; user:password@ in it is sent as basic auth
   --timeout D        how long each request may wait for the server (default %v)
+  --token-file FILE  send the user token in FILE as a bearer token (default $WSRC_TOKEN, or
+                     the systemd credential wsrc-token)
+  --tls-ca-file FILE trust the CA certificates in this PEM file (not the system's) for wss://
   -v, --verbose      trace every WebSocket frame on stderr
 
-Card selection (apdu, reset, shell), exactly one of:
+Card selection (apdu, reset, shell, vpcd), exactly one of:
   --iccid ICCID  --eid EID  --atr ATR  --id TYPE=VALUE
 
 Exit status:
@@ -167,6 +179,9 @@ func (cl *cli) run(ctx context.Context, args []string) int {
 		fs.StringVar(&o.atr, "atr", "", "select the card by `ATR` (hex)")
 		fs.StringVar(&o.id, "id", "", "select the card by any identity the server knows, as `TYPE=VALUE`")
 	}
+	if cmd.flags != nil {
+		cmd.flags(fs, o)
+	}
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -183,6 +198,8 @@ func registerCommon(fs *flag.FlagSet, o *options) {
 	fs.DurationVar(&o.timeout, "timeout", o.timeout, "how long each request may wait for the server")
 	fs.BoolVar(&o.verbose, "verbose", o.verbose, "trace every WebSocket frame on stderr")
 	fs.BoolVar(&o.verbose, "v", o.verbose, "short for --verbose")
+	fs.StringVar(&o.tokenFile, "token-file", o.tokenFile, "send the token in `FILE` as a bearer token (default: $WSRC_TOKEN, else the systemd credential wsrc-token)")
+	fs.StringVar(&o.caFile, "tls-ca-file", o.caFile, "trust the CA certificates in PEM `FILE` instead of the system roots for wss://")
 }
 
 // parseInterspersed parses flags wherever they stand among the
@@ -276,7 +293,11 @@ func serverURL(s string) string {
 
 // dial connects to the server named by o.
 func (cl *cli) dial(ctx context.Context, o *options, extra ...client.Option) (*client.Client, error) {
-	opts := append([]client.Option{client.WithRequestTimeout(o.timeout)}, extra...)
+	opts, err := cl.connOptions(o)
+	if err != nil {
+		return nil, err
+	}
+	opts = append(opts, extra...)
 	if o.verbose {
 		h := slog.NewTextHandler(cl.stderr, &slog.HandlerOptions{
 			Level: slog.LevelDebug,
@@ -296,16 +317,29 @@ func (cl *cli) dial(ctx context.Context, o *options, extra ...client.Option) (*c
 
 // selection returns the identity type and value the flags ask for.
 func (o *options) selection(cmd string) (idType, idStr string, err error) {
+	if o.identityFlags() != 1 {
+		return "", "", usagef(cmd, "choose the card with exactly one of --iccid, --eid, --atr, --id")
+	}
+	return o.identity(cmd)
+}
+
+// identityFlags counts the identity flags given.
+func (o *options) identityFlags() int {
 	n := 0
 	for _, s := range []string{o.iccid, o.eid, o.atr, o.id} {
 		if s != "" {
 			n++
 		}
 	}
-	if n != 1 {
-		return "", "", usagef(cmd, "choose the card with exactly one of --iccid, --eid, --atr, --id")
-	}
+	return n
+}
+
+// identity returns the identity type and value of the one identity flag
+// given ("" when none).
+func (o *options) identity(cmd string) (idType, idStr string, err error) {
 	switch {
+	case o.identityFlags() == 0:
+		return "", "", nil
 	case o.iccid != "":
 		return "iccid", strings.TrimSpace(o.iccid), nil
 	case o.eid != "":

@@ -9,6 +9,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/wsrc-go/wsrc/card/sim"
 	"github.com/wsrc-go/wsrc/client/clienttest"
 	"github.com/wsrc-go/wsrc/protocol"
 )
@@ -111,6 +112,63 @@ func TestListJSON(t *testing.T) {
   }
 ]
 `, ""})
+}
+
+// TestListIMSI: with a card whose IMSI the server found, the table has an
+// IMSI column and JSON an imsi field; --id imsi=... selects the card.
+func TestListIMSI(t *testing.T) {
+	usim := clienttest.SimCard(sim.Config{USIM: true, ICCID: "8949440000001155322", EID: "89049032123451234512345678901332", IMSI: "001010123456790"})
+	usim.Addr = protocol.RemoteAddr{IP: "127.0.0.1", Port: 37587}
+	_, env := fake(t, clienttest.Config{Cards: []*clienttest.Card{clienttest.TranscriptCard(), usim}})
+	check(t, runWith(t.Context(), env, "", "list"), result{0, `ICCID                EID                               IMSI             STATE  ATR                                           AGENT/READER  ADDRESS
+8949440000001155314  89049032123451234512345678901235  -                ready  3b9f96801fc78031e073fe211b575352435653494da3  -             127.0.0.1:37586
+8949440000001155322  89049032123451234512345678901332  001010123456790  ready  3b9f96801fc78031e073fe211b575352435653494da3  -             127.0.0.1:37587
+`, ""})
+	r := runWith(t.Context(), env, "", "list", "--json")
+	if r.code != 0 || !strings.Contains(r.stdout, `"imsi": "001010123456790"`) || strings.Count(r.stdout, `"imsi"`) != 1 {
+		t.Errorf("list --json: %d\n%s", r.code, r.stdout)
+	}
+	check(t, runWith(t.Context(), env, "", "apdu", "--id", "imsi=001010123456790", "00a40004022fe2", "00b000000a"),
+		result{0, "> 00a40004022fe2\n< 62178202412183022fe28a01058b032f06038002000a880110 9000 (normal processing)\n> 00b000000a\n< 989444000000115523f2 9000 (normal processing)\n", ""})
+}
+
+// The filter flags: a server that does not filter (the fake, as
+// pySim's) sends every card and wsrc filters them.
+func TestListFiltered(t *testing.T) {
+	_, env := fake(t, clienttest.Config{Cards: twoCards()})
+	check(t, runWith(t.Context(), env, "", "list", "--agent", "pi-lab", "--json"), result{0, `[
+  {
+    "atr": "3bfeed04",
+    "state": "init",
+    "agent": "pi-lab",
+    "reader": "Gemalto PC Twin\tReader 00 00",
+    "address": "[2001:db8::7]:50114",
+    "identities": {
+      "ATR": "3bfeed04"
+    }
+  }
+]
+`, ""})
+	check(t, runWith(t.Context(), env, "", "list", "--iccid", clienttest.TranscriptICCID+"f", "--json"), result{0, `[
+  {
+    "iccid": "8949440000001155314",
+    "eid": "89049032123451234512345678901235",
+    "atr": "3b9f96801fc78031e073fe211b575352435653494da3",
+    "state": "ready",
+    "address": "127.0.0.1:37586",
+    "identities": {
+      "ATR": "3b9f96801fc78031e073fe211b575352435653494da3",
+      "EID": "89049032123451234512345678901235",
+      "ICCID": "8949440000001155314"
+    }
+  }
+]
+`, ""})
+	r := runWith(t.Context(), env, "", "list", "--limit", "1")
+	if r.code != 0 || !strings.HasSuffix(r.stdout, "1 of 2 matching cards shown (--limit)\n") || strings.Count(r.stdout, "\n") != 3 {
+		t.Errorf("--limit 1: %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	check(t, runWith(t.Context(), env, "", "list", "--reader", "none"), result{0, "no cards\n", ""})
 }
 
 func TestListEmpty(t *testing.T) {
@@ -269,7 +327,8 @@ func TestUsageErrors(t *testing.T) {
 	}{
 		{[]string{"bogus"}, "wsrc: unknown command \"bogus\"\nRun 'wsrc --help' for usage.\n"},
 		{[]string{"--bogus"}, "wsrc: flag provided but not defined: -bogus\nRun 'wsrc --help' for usage.\n"},
-		{[]string{"list", "--iccid", "1"}, "wsrc list: flag provided but not defined: -iccid\nRun 'wsrc list --help' for usage.\n"},
+		{[]string{"list", "--iccid", "1", "--eid", "2"}, "wsrc list: filter by at most one of --iccid, --eid, --atr, --id\nRun 'wsrc list --help' for usage.\n"},
+		{[]string{"list", "--limit", "-1"}, "wsrc list: --limit wants a number of cards, 0 for all\nRun 'wsrc list --help' for usage.\n"},
 		{[]string{"list", "extra"}, "wsrc list: no arguments expected, got \"extra\"\nRun 'wsrc list --help' for usage.\n"},
 		{[]string{"apdu", "--iccid", "1"}, "wsrc apdu: no APDU given\nRun 'wsrc apdu --help' for usage.\n"},
 		{[]string{"apdu", "00a40000"}, "wsrc apdu: choose the card with exactly one of --iccid, --eid, --atr, --id\nRun 'wsrc apdu --help' for usage.\n"},

@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -20,17 +22,40 @@ var listCmd = &command{
 	summary: "list the cards on the server",
 	json:    true,
 	usage: `Usage:
-  wsrc list [--server URL] [--json]
+  wsrc list [--server URL] [--json] [--agent NAME] [--reader NAME]
+            [--iccid ICCID | --eid EID | --atr ATR | --id TYPE=VALUE] [--limit N]
 
-Lists every card the server knows, with its identities, its state (init:
-being identified; ready: free; associated: selected by a user), the agent
-and reader it sits in (when the server tells), and the agent's address.
+Lists the cards the server knows (those you may use), with their
+identities, their state (init: being identified; ready: free; associated:
+selected by a user), the agent and reader they sit in (when the server
+tells), and the agent's address (when the server shows it).
+
+The filter flags list only the matching cards: on a server with
+thousands of cards the server sends just those (wsrc-server's extension
+of list_cards; a server without it, such as pySim's, sends every card and
+wsrc filters them). With --limit, at most N cards are shown and a last
+line (stderr with --json) says how many matched in all.
+
+An IMSI column appears when the server found an IMSI on any card
+(wsrc-server reads it where the card gives it without a PIN); select such a
+card with --id imsi=IMSI.
 
 Examples:
   wsrc list
   wsrc list --server ws://relay.example.org:4220/
+  wsrc list --agent lab-pi-3
+  wsrc list --iccid 8949440000001155314
   WSRC_SERVER=ws://pi.local:4220/ wsrc list --json | jq -r '.[].iccid'
 `,
+	flags: func(fs *flag.FlagSet, o *options) {
+		fs.StringVar(&o.agent, "agent", "", "list only the cards of the agent `NAME`")
+		fs.StringVar(&o.reader, "reader", "", "list only the cards in the reader `NAME` (as listed)")
+		fs.StringVar(&o.iccid, "iccid", "", "list only the card with this `ICCID`")
+		fs.StringVar(&o.eid, "eid", "", "list only the card with this `EID`")
+		fs.StringVar(&o.atr, "atr", "", "list only the cards with this `ATR` (hex)")
+		fs.StringVar(&o.id, "id", "", "list only the cards with this identity, as `TYPE=VALUE`")
+		fs.IntVar(&o.limit, "limit", 0, "show at most `N` cards (0: all)")
+	},
 	run: runList,
 }
 
@@ -38,25 +63,48 @@ func runList(cl *cli, ctx context.Context, o *options, args []string) error {
 	if len(args) > 0 {
 		return usagef("list", "no arguments expected, got %q", args[0])
 	}
+	if o.identityFlags() > 1 {
+		return usagef("list", "filter by at most one of --iccid, --eid, --atr, --id")
+	}
+	if o.limit < 0 {
+		return usagef("list", "--limit wants a number of cards, 0 for all")
+	}
+	idType, idStr, err := o.identity("list")
+	if err != nil {
+		return err
+	}
 	c, err := cl.dial(ctx, o)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	cards, err := c.ListCards(ctx)
+	q := protocol.ListCards{Agent: o.agent, Reader: o.reader, IDType: idType, IDStr: idStr, Limit: o.limit}
+	cards, total, err := c.ListCardsWhere(ctx, q)
 	if err != nil {
 		return err
 	}
+	more := ""
+	if total > len(cards) {
+		more = fmt.Sprintf("%d of %d matching cards shown (--limit)", len(cards), total)
+	}
 	if o.json {
+		if more != "" {
+			fmt.Fprintln(cl.stderr, more)
+		}
 		return writeJSON(cl.stdout, listJSON(cards))
 	}
-	return writeTable(cl.stdout, cards)
+	if err := writeTable(cl.stdout, cards); err != nil || more == "" {
+		return err
+	}
+	_, err = fmt.Fprintln(cl.stdout, more)
+	return err
 }
 
 // cardJSON is one card in `wsrc list --json`.
 type cardJSON struct {
 	ICCID      string              `json:"iccid,omitempty"`
 	EID        string              `json:"eid,omitempty"`
+	IMSI       string              `json:"imsi,omitempty"`
 	ATR        string              `json:"atr,omitempty"`
 	State      string              `json:"state"`
 	Agent      string              `json:"agent,omitempty"`
@@ -73,7 +121,7 @@ func listJSON(cards []protocol.CardInfo) []cardJSON {
 			ids = protocol.Identities{}
 		}
 		out = append(out, cardJSON{
-			ICCID: ids[protocol.IdentityICCID], EID: ids[protocol.IdentityEID], ATR: ids[protocol.IdentityATR],
+			ICCID: ids[protocol.IdentityICCID], EID: ids[protocol.IdentityEID], IMSI: ids[protocol.IdentityIMSI], ATR: ids[protocol.IdentityATR],
 			State: c.State, Agent: c.Agent, Reader: c.Reader, Address: address(c.RemoteAddr), Identities: ids,
 		})
 	}
@@ -95,8 +143,15 @@ func writeTable(w io.Writer, cards []protocol.CardInfo) error {
 		_, err := fmt.Fprintln(w, "no cards")
 		return err
 	}
+	// The IMSI column only when there is an IMSI to show (pySim's server
+	// never reads one).
+	imsi := slices.ContainsFunc(cards, func(c protocol.CardInfo) bool { return c.Identities[protocol.IdentityIMSI] != "" })
 	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "ICCID\tEID\tSTATE\tATR\tAGENT/READER\tADDRESS")
+	if imsi {
+		fmt.Fprintln(tw, "ICCID\tEID\tIMSI\tSTATE\tATR\tAGENT/READER\tADDRESS")
+	} else {
+		fmt.Fprintln(tw, "ICCID\tEID\tSTATE\tATR\tAGENT/READER\tADDRESS")
+	}
 	for _, c := range cards {
 		where := c.Agent
 		switch {
@@ -105,10 +160,11 @@ func writeTable(w io.Writer, cards []protocol.CardInfo) error {
 		case c.Reader != "":
 			where = c.Reader
 		}
-		cells := []string{
-			c.Identities[protocol.IdentityICCID], c.Identities[protocol.IdentityEID], c.State,
-			c.Identities[protocol.IdentityATR], where, address(c.RemoteAddr),
+		cells := []string{c.Identities[protocol.IdentityICCID], c.Identities[protocol.IdentityEID]}
+		if imsi {
+			cells = append(cells, c.Identities[protocol.IdentityIMSI])
 		}
+		cells = append(cells, c.State, c.Identities[protocol.IdentityATR], where, address(c.RemoteAddr))
 		for i, s := range cells {
 			sep := "\t"
 			if i == len(cells)-1 {
@@ -159,8 +215,11 @@ the status word with its meaning:
   < 62208202782183023f00...010a 9000 (normal processing)
 
 Each APDU is one argument in hex; spaces and colons may separate bytes
-(quote the argument then). The APDUs go to the card as they are: a 61xx or
-6Cxx status is printed, not followed up. All APDUs are checked before the
+(quote the argument then). The APDUs go to the card as they are, and the
+card agent completes each response before it answers: a 61xx (more data)
+is followed by GET RESPONSE and a 6Cxx (wrong Le) by the command with the
+right Le, so what is printed is the whole response and its final status
+(wsrc-agent and pySim's card client both do this). All APDUs are checked before the
 first is sent. A status word other than 9000 is not an error: the exit
 status only tells whether the APDUs were exchanged.
 

@@ -1,7 +1,7 @@
 // Package auth decides who is at the other end of a WebSocket upgrade
 // request to wsrc-server, and which cards they may use.
 //
-// Place in the data flow: cmd/wsrc-server reads users and agents from its
+// Place in the data flow: server/daemon (wsrc-server) reads users and agents from its
 // configuration file into a Store; package server asks the Store about
 // every upgrade request, before the WebSocket exists, and refuses
 // unauthenticated requests with 401 (so they never reach hello). The
@@ -88,63 +88,91 @@ type Store struct {
 	bcryptSlots chan struct{}
 }
 
-// NewStore checks users and agents (names unique and non-empty, every
-// account with a secret, every hash and rule valid, no token shared) and
-// returns a Store.
+// AccountError is a mistake in one account that NewStore found, with
+// where it is, so that a configuration loader can point at the line:
+// Kind is "user" or "agent", Index the account's place in the slice
+// NewStore got, Field the setting ("name", "password_hash",
+// "token_hashes", "all_cards", "cards[2]"; "" for the account as a whole).
+type AccountError struct {
+	Kind  string
+	Index int
+	Field string
+	Err   error
+}
+
+func (e *AccountError) Error() string {
+	where := fmt.Sprintf("%s[%d]", e.Kind, e.Index)
+	if e.Field != "" {
+		where += "." + e.Field
+	}
+	return where + ": " + e.Err.Error()
+}
+
+func (e *AccountError) Unwrap() error { return e.Err }
+
+// NewStore checks users and agents (names unique, non-empty and
+// printable, every account with a secret, every hash and rule valid,
+// all_cards and cards not both, no token shared) and returns a Store.
+// Its error joins an *AccountError for each mistake.
 func NewStore(users []User, agents []Agent) (*Store, error) {
 	var errs []error
+	add := func(kind string, i int, field string, format string, args ...any) {
+		errs = append(errs, &AccountError{Kind: kind, Index: i, Field: field, Err: fmt.Errorf(format, args...)})
+	}
 	seenTok := map[TokenHash]string{}
-	checkToks := func(who string, hs []TokenHash) {
+	checkToks := func(kind string, i int, who string, hs []TokenHash) {
 		for _, h := range hs {
 			if prev, dup := seenTok[h]; dup {
-				errs = append(errs, fmt.Errorf("%s: token also belongs to %s", who, prev))
+				add(kind, i, "token_hashes", "token also belongs to %s", prev)
 			}
 			seenTok[h] = who
 		}
 	}
-	checkRules := func(who string, rs Rules) {
-		for i, r := range rs {
+	checkRules := func(kind string, i int, rs Rules) {
+		for j, r := range rs {
 			if err := r.Validate(); err != nil {
-				errs = append(errs, fmt.Errorf("%s: cards[%d]: %w", who, i, err))
+				add(kind, i, fmt.Sprintf("cards[%d]", j), "%w", err)
 			}
 		}
 	}
-	names := map[string]bool{}
-	for _, u := range users {
-		who := fmt.Sprintf("user %q", u.Name)
+	checkName := func(kind string, i int, name string, names map[string]bool) {
 		switch {
-		case u.Name == "" || !printable(u.Name) || len(u.Name) > maxCredentialLen:
-			errs = append(errs, fmt.Errorf("user name %q: must be non-empty printable text", u.Name))
-		case names[u.Name]:
-			errs = append(errs, fmt.Errorf("%s: defined twice", who))
+		case name == "":
+			add(kind, i, "name", "every %s needs a name", kind)
+		case !printable(name) || len(name) > maxCredentialLen:
+			add(kind, i, "name", "%s name %q: must be printable text of at most %d bytes", kind, name, maxCredentialLen)
+		case names[name]:
+			add(kind, i, "name", "%s %q is defined twice", kind, name)
 		}
-		names[u.Name] = true
+		names[name] = true
+	}
+	names := map[string]bool{}
+	for i, u := range users {
+		who := fmt.Sprintf("user %q", u.Name)
+		checkName("user", i, u.Name, names)
 		if u.PasswordHash == "" && len(u.TokenHashes) == 0 {
-			errs = append(errs, fmt.Errorf("%s: has neither a password hash nor a token", who))
+			add("user", i, "", "%s has neither password_hash nor token_hashes", who)
 		}
 		if u.PasswordHash != "" {
 			if err := CheckPasswordHash(u.PasswordHash); err != nil {
-				errs = append(errs, fmt.Errorf("%s: %w", who, err))
+				add("user", i, "password_hash", "%w", err)
 			}
 		}
-		checkToks(who, u.TokenHashes)
-		checkRules(who, u.Cards)
+		if u.AllCards && len(u.Cards) > 0 {
+			add("user", i, "all_cards", "all_cards and cards exclude each other")
+		}
+		checkToks("user", i, who, u.TokenHashes)
+		checkRules("user", i, u.Cards)
 	}
 	names = map[string]bool{}
-	for _, a := range agents {
+	for i, a := range agents {
 		who := fmt.Sprintf("agent %q", a.Name)
-		switch {
-		case a.Name == "" || !printable(a.Name) || len(a.Name) > maxCredentialLen:
-			errs = append(errs, fmt.Errorf("agent name %q: must be non-empty printable text", a.Name))
-		case names[a.Name]:
-			errs = append(errs, fmt.Errorf("%s: defined twice", who))
-		}
-		names[a.Name] = true
+		checkName("agent", i, a.Name, names)
 		if len(a.TokenHashes) == 0 {
-			errs = append(errs, fmt.Errorf("%s: has no token", who))
+			add("agent", i, "token_hashes", "%s has no token (make one with `wsrc-server gen-token`)", who)
 		}
-		checkToks(who, a.TokenHashes)
-		checkRules(who, a.Cards)
+		checkToks("agent", i, who, a.TokenHashes)
+		checkRules("agent", i, a.Cards)
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)

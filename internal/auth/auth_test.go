@@ -250,14 +250,15 @@ func TestNewStoreErrors(t *testing.T) {
 		agents []Agent
 		want   string
 	}{
-		{[]User{{Name: "", PasswordHash: pw}}, nil, "must be non-empty"},
+		{[]User{{Name: "", PasswordHash: pw}}, nil, "user[0].name: every user needs a name"},
 		{[]User{{Name: "a", PasswordHash: pw}, {Name: "a", PasswordHash: pw}}, nil, "defined twice"},
-		{[]User{{Name: "a"}}, nil, "neither a password hash nor a token"},
+		{[]User{{Name: "a"}}, nil, "user[0]: user \"a\" has neither password_hash nor token_hashes"},
+		{[]User{{Name: "a", PasswordHash: pw, AllCards: true, Cards: Rules{{Agent: "x"}}}}, nil, "user[0].all_cards: all_cards and cards exclude each other"},
 		{[]User{{Name: "a", PasswordHash: "secret"}}, nil, "not a bcrypt hash"},
-		{[]User{{Name: "a", TokenHashes: []TokenHash{h}}}, []Agent{{Name: "b", TokenHashes: []TokenHash{h}}}, "token also belongs to user \"a\""},
+		{[]User{{Name: "a", TokenHashes: []TokenHash{h}}}, []Agent{{Name: "b", TokenHashes: []TokenHash{h}}}, "agent[0].token_hashes: token also belongs to user \"a\""},
 		{[]User{{Name: "a", PasswordHash: pw, Cards: Rules{{}}}}, nil, "cards[0]: rule has no pattern"},
 		{nil, []Agent{{Name: "b"}}, "has no token"},
-		{nil, []Agent{{Name: "b", TokenHashes: []TokenHash{h}, Cards: Rules{{Reader: `x\`}}}}, "lone"},
+		{nil, []Agent{{Name: "b", TokenHashes: []TokenHash{h}, Cards: Rules{{Reader: `x\`}}}}, "agent[0].cards[0]: reader: pattern ends in a lone"},
 		{nil, []Agent{{Name: "b\x00", TokenHashes: []TokenHash{h}}}, "printable"},
 	}
 	for _, tc := range cases {

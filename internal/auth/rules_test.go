@@ -108,42 +108,92 @@ func TestClientKey(t *testing.T) {
 	}
 }
 
+// failOnce begins an attempt by key and ends it as a failure.
+func failOnce(t *testing.T, th *Throttle, key string) (logIt bool, suppressed int) {
+	t.Helper()
+	a, _, ok := th.Begin(key)
+	if !ok {
+		t.Fatalf("key %q blocked", key)
+	}
+	return a.End(true)
+}
+
+// admitted reports whether key may begin an attempt now (and ends it
+// without a failure).
+func admitted(th *Throttle, key string) (time.Duration, bool) {
+	a, wait, ok := th.Begin(key)
+	if ok {
+		a.End(false)
+	}
+	return wait, ok
+}
+
 func TestThrottle(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		th := NewThrottle(3, 10*time.Second)
-		if _, ok := th.Check("a"); !ok {
-			t.Fatal("fresh key blocked")
-		}
 		logs := 0
-		for i := range 3 {
-			if _, ok := th.Check("a"); !ok {
-				t.Fatalf("blocked after %d failures", i)
-			}
-			if l, _ := th.Fail("a"); l {
+		for range 3 {
+			if l, _ := failOnce(t, th, "a"); l {
 				logs++
 			}
 		}
 		if logs != 1 {
 			t.Errorf("%d log lines for 3 failures in a row, want 1", logs)
 		}
-		wait, ok := th.Check("a")
+		wait, ok := admitted(th, "a")
 		if ok || wait != 10*time.Second {
 			t.Fatalf("after 3 failures: wait %v ok %v, want 10s blocked", wait, ok)
 		}
-		if _, ok := th.Check("b"); !ok {
+		if _, ok := admitted(th, "b"); !ok {
 			t.Fatal("another key blocked")
 		}
 		time.Sleep(wait)
-		if _, ok := th.Check("a"); !ok {
-			t.Fatal("still blocked after the wait")
-		}
-		th.Fail("a")
-		if _, ok := th.Check("a"); ok {
+		failOnce(t, th, "a")
+		if _, ok := admitted(th, "a"); ok {
 			t.Fatal("one failure after the wait did not block again")
 		}
 		time.Sleep(DefaultLogEvery)
-		if l, n := th.Fail("a"); !l || n != 3 {
+		if l, n := failOnce(t, th, "a"); !l || n != 3 {
 			t.Fatalf("after a minute: log %v with %d suppressed, want true 3", l, n)
+		}
+	})
+}
+
+// Attempts in flight hold their share of the allowance: a client sending
+// many wrong passwords at once gets as many checked as it has failures
+// left, the others are refused before any hashing. Issue 10, point 3.
+func TestThrottleConcurrentAttempts(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		th := NewThrottle(3, 10*time.Second)
+		var inFlight []Attempt
+		for range 100 {
+			if a, _, ok := th.Begin("a"); ok {
+				inFlight = append(inFlight, a)
+			}
+		}
+		if len(inFlight) != 3 {
+			t.Fatalf("%d of 100 simultaneous attempts admitted, want 3", len(inFlight))
+		}
+		if _, ok := admitted(th, "b"); !ok {
+			t.Fatal("another key blocked")
+		}
+		// One succeeds: its reservation is given back.
+		inFlight[0].End(false)
+		a, _, ok := th.Begin("a")
+		if !ok {
+			t.Fatal("a successful attempt did not give its reservation back")
+		}
+		for _, a := range append(inFlight[1:], a) {
+			a.End(true)
+		}
+		if _, ok := admitted(th, "a"); ok {
+			t.Fatal("not blocked after 3 failures")
+		}
+		// Keys without failures are not remembered.
+		time.Sleep(time.Hour)
+		admitted(th, "c")
+		if n := th.Len(); n != 1 { // "a", recovered but with a log time
+			t.Errorf("%d keys remembered, want 1", n)
 		}
 	})
 }
@@ -154,13 +204,13 @@ func TestThrottleBounded(t *testing.T) {
 		th := NewThrottle(2, time.Second)
 		th.maxKeys = 50
 		for i := range 500 {
-			th.Fail(strings.Repeat("k", i%7) + string(rune('A'+i%26)) + time.Duration(i).String())
+			failOnce(t, th, strings.Repeat("k", i%7)+string(rune('A'+i%26))+time.Duration(i).String())
 		}
 		if n := th.Len(); n > 50 {
 			t.Fatalf("%d keys remembered, want at most 50", n)
 		}
 		time.Sleep(time.Hour) // everybody recovered
-		th.Fail("new")
+		failOnce(t, th, "new")
 		if n := th.Len(); n > 50 {
 			t.Fatalf("%d keys", n)
 		}
@@ -177,6 +227,7 @@ func FuzzGlob(f *testing.F) {
 			t.Fatalf("* does not match %q", s)
 		}
 		if utf8.ValidString(pattern) && utf8.ValidString(s) && !strings.ContainsAny(pattern, `*?\`) {
+			//lint:ignore SA6005 Glob folds case with strings.ToLower, so the oracle must too (EqualFold folds some runes otherwise)
 			if want := strings.ToLower(pattern) == strings.ToLower(s); got != want {
 				t.Fatalf("literal pattern %q vs %q: %v", pattern, s, got)
 			}
@@ -223,4 +274,48 @@ func FuzzParseTokenHash(f *testing.F) {
 			t.Fatalf("%q round-trips to %q", s, h.String())
 		}
 	})
+}
+
+// Only a trusted proxy's X-Forwarded-For is believed, and only the part
+// no client could have written: the rightmost address that is not itself
+// a trusted proxy. Issue 10, point 4.
+func TestProxiesClientAddr(t *testing.T) {
+	ps, err := ParseProxies([]string{"127.0.0.1", "::1", "10.0.0.0/8"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		remote string
+		xff    []string
+		want   string
+	}{
+		{"127.0.0.1:5000", nil, "127.0.0.1:5000"},                                              // a proxy that says nothing
+		{"127.0.0.1:5000", []string{"203.0.113.7"}, "203.0.113.7:0"},                           // nginx's $proxy_add_x_forwarded_for
+		{"[::1]:5000", []string{"2001:db8::5"}, "[2001:db8::5]:0"},                             // IPv6
+		{"127.0.0.1:5000", []string{"198.51.100.1, 203.0.113.7"}, "203.0.113.7:0"},             // the client wrote the first one
+		{"127.0.0.1:5000", []string{"198.51.100.1", "203.0.113.7, 10.1.1.1"}, "203.0.113.7:0"}, // two proxies
+		{"127.0.0.1:5000", []string{"203.0.113.7:4444"}, "203.0.113.7:0"},                      // with a port
+		{"127.0.0.1:5000", []string{"::ffff:203.0.113.7"}, "203.0.113.7:0"},                    // v4-mapped
+		{"127.0.0.1:5000", []string{"garbage"}, "127.0.0.1:5000"},                              // not believed
+		{"127.0.0.1:5000", []string{"10.1.1.1"}, "127.0.0.1:5000"},                             // only proxies
+		{"192.0.2.9:5000", []string{"203.0.113.7"}, "192.0.2.9:5000"},                          // not a trusted proxy: ignored
+	} {
+		r, _ := http.NewRequest("GET", "/", nil)
+		r.RemoteAddr = tc.remote
+		for _, v := range tc.xff {
+			r.Header.Add(ForwardedHeader, v)
+		}
+		if got := ps.ClientAddr(r); got != tc.want {
+			t.Errorf("%s with %q: %s, want %s", tc.remote, tc.xff, got, tc.want)
+		}
+	}
+	r, _ := http.NewRequest("GET", "/", nil)
+	r.RemoteAddr = "127.0.0.1:1"
+	r.Header.Set(ForwardedHeader, "203.0.113.7")
+	if got := Proxies(nil).ClientAddr(r); got != r.RemoteAddr {
+		t.Errorf("no trusted proxies: %s", got)
+	}
+	if _, err := ParseProxies([]string{"not-an-address"}); err == nil {
+		t.Error("ParseProxies accepted garbage")
+	}
 }

@@ -42,12 +42,21 @@ func IsLoopback(remote string) bool {
 // client key (see ClientKey) has an allowance of Burst failures that
 // refills by one every Per; a client with no allowance left is refused
 // before its credentials are even checked, until the allowance is back.
+//
+// An attempt reserves one failure of its key's allowance while its
+// credentials are being checked (Begin, then Attempt.End), so that many
+// attempts sent at once cannot all be checked before the first failure
+// is counted: a key has at most as many attempts in flight as it has
+// failures left. This also bounds the password hashing one client can
+// cause at a time.
+//
 // It also thins out the log: the first failure of a key is logged, then
 // at most one line per LogEvery with the count of those not logged.
 //
-// Only failing keys are remembered, at most MaxKeys of them (the oldest
-// recovered ones are forgotten first), so a scan from many addresses
-// cannot grow memory without bound. Safe for concurrent use.
+// Only keys with failures or attempts in flight are remembered, at most
+// MaxKeys of them (the oldest recovered ones are forgotten first), so a
+// scan from many addresses cannot grow memory without bound. Safe for
+// concurrent use.
 type Throttle struct {
 	burst    float64
 	per      time.Duration
@@ -61,6 +70,7 @@ type Throttle struct {
 type throttleEntry struct {
 	allowance  float64   // failures left
 	at         time.Time // when allowance was computed
+	pending    int       // attempts begun and not yet ended
 	logged     time.Time // last log line; zero before the first
 	suppressed int       // failures not logged since then
 }
@@ -95,25 +105,18 @@ func (t *Throttle) refill(e *throttleEntry, now time.Time) {
 	e.at = now
 }
 
-// Check reports whether key may try to authenticate now; when it may
-// not, wait says how long until it may.
-func (t *Throttle) Check(key string) (wait time.Duration, ok bool) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	e := t.keys[key]
-	if e == nil {
-		return 0, true
-	}
-	t.refill(e, time.Now())
-	if e.allowance >= 1 {
-		return 0, true
-	}
-	return time.Duration((1 - e.allowance) * float64(t.per)), false
+// Attempt is an authentication attempt that Begin admitted. End it
+// exactly once, when its credentials have been checked.
+type Attempt struct {
+	t   *Throttle
+	key string
 }
 
-// Fail records a failure of key. It reports whether to log this one and,
-// if so, how many earlier failures of key went unlogged.
-func (t *Throttle) Fail(key string) (logIt bool, suppressed int) {
+// Begin admits an authentication attempt by key, reserving one of its
+// failures left for it. When the key has none left (counting the
+// attempts already in flight), ok is false and wait says when to try
+// again.
+func (t *Throttle) Begin(key string) (a Attempt, wait time.Duration, ok bool) {
 	now := time.Now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -122,8 +125,40 @@ func (t *Throttle) Fail(key string) (logIt bool, suppressed int) {
 		t.makeRoom(now)
 		e = &throttleEntry{allowance: t.burst, at: now}
 		t.keys[key] = e
+	} else {
+		t.refill(e, now)
 	}
+	if short := float64(e.pending) + 1 - e.allowance; short > 0 {
+		return Attempt{}, max(time.Duration(short*float64(t.per)), time.Second), false
+	}
+	e.pending++
+	return Attempt{t: t, key: key}, 0, true
+}
+
+// End ends the attempt; failed says that its credentials were wrong (an
+// attempt without credentials, or with good ones, is not a failure). It
+// reports whether to log this failure and, if so, how many earlier
+// failures of the key went unlogged.
+func (a Attempt) End(failed bool) (logIt bool, suppressed int) {
+	t := a.t
+	if t == nil {
+		return false, 0
+	}
+	now := time.Now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e := t.keys[a.key]
+	if e == nil { // forgotten by makeRoom; cannot happen while pending
+		return failed, 0
+	}
+	e.pending--
 	t.refill(e, now)
+	if !failed {
+		if e.pending == 0 && e.allowance >= t.burst && e.logged.IsZero() {
+			delete(t.keys, a.key) // nothing to remember
+		}
+		return false, 0
+	}
 	if e.allowance -= 1; e.allowance < 0 {
 		e.allowance = 0
 	}
@@ -136,22 +171,25 @@ func (t *Throttle) Fail(key string) (logIt bool, suppressed int) {
 }
 
 // makeRoom forgets keys when the table is full: first those that have
-// their whole allowance back, then, if still full, any one.
+// their whole allowance back, then, if still full, any one; never one
+// with attempts in flight.
 func (t *Throttle) makeRoom(now time.Time) {
 	if len(t.keys) < t.maxKeys {
 		return
 	}
 	for k, e := range t.keys {
 		t.refill(e, now)
-		if e.allowance >= t.burst && now.Sub(e.logged) >= t.logEvery {
+		if e.pending == 0 && e.allowance >= t.burst && now.Sub(e.logged) >= t.logEvery {
 			delete(t.keys, k)
 		}
 	}
-	for k := range t.keys {
+	for k, e := range t.keys {
 		if len(t.keys) < t.maxKeys {
 			break
 		}
-		delete(t.keys, k)
+		if e.pending == 0 {
+			delete(t.keys, k)
+		}
 	}
 }
 

@@ -2,7 +2,7 @@
 // and status notifications, the watchdog keep-alive, and the listening
 // sockets of socket activation.
 //
-// It sits in cmd/wsrc-server and cmd/wsrc-agent, between flag parsing and
+// It sits in server/daemon and cmd/wsrc-agent, between flag parsing and
 // the one call into package server or agent: the binary asks Listeners for
 // sockets systemd bound (else it binds its own), calls Ready once it
 // serves, runs Watchdog (or WatchdogWhile, with a health check; or calls

@@ -1,6 +1,6 @@
 // Package status is wsrc-server's operator view: a JSON API, a live web
 // page, Prometheus metrics and health checks, served by one http.Handler
-// on a listener of its own (loopback by default; cmd/wsrc-server creates
+// on a listener of its own (loopback by default; server/daemon creates
 // it).
 //
 // Place in the data flow: the relay (package server) never depends on
@@ -32,7 +32,7 @@
 // The status listener reveals card identities and peer addresses
 // whatever server.Config.ShowRemoteAddr says: it is meant for operators
 // and should stay on loopback or behind access control. The handler
-// itself checks neither; cmd/wsrc-server puts a guard in front of it
+// itself checks neither; server/daemon puts a guard in front of it
 // that, on loopback, refuses Host headers other than localhost and
 // loopback addresses (DNS rebinding) and, elsewhere, asks for an admin
 // user's credentials (docs/security.md).

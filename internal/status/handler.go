@@ -137,6 +137,12 @@ func (h *handler) snapshot() Snapshot {
 	if s.Users == nil {
 		s.Users = []User{}
 	}
+	if s.Conflicts == nil {
+		s.Conflicts = []Conflict{}
+	}
+	for i := range s.Conflicts {
+		s.Conflicts[i].Time = s.Conflicts[i].Time.UTC()
+	}
 	for i := range s.Cards {
 		c := &s.Cards[i]
 		if c.Identities == nil {

@@ -57,6 +57,10 @@ func fixture() Snapshot {
 			{ID: 7, Name: "alice", RemoteAddr: "127.0.0.1:50123", ConnectedSince: t0.Add(-10 * time.Minute), Card: ptr(1)},
 			{ID: 8, RemoteAddr: "[::1]:50124", ConnectedSince: t0.Add(-time.Second)},
 		},
+		Conflicts: []Conflict{
+			{Time: t0.Add(-time.Minute), Identity: "ICCID", Value: "8949440000001155314", Agent: "rogue", Reader: "r0",
+				RemoteAddr: "198.51.100.9:5000", ListedAgent: "lab-pi", ListedRemoteAddr: "192.0.2.10:41000"},
+		},
 	}
 }
 

@@ -74,6 +74,10 @@ const (
 	// ErrorCardNotAllowed: a card agent registered a card its rules
 	// exclude, and was closed ("card_not_allowed").
 	ErrorCardNotAllowed
+	// ErrorDuplicateCard: a card agent presented a card whose ICCID or
+	// EID another agent's listed card has, and was closed
+	// ("duplicate_card").
+	ErrorDuplicateCard
 
 	numErrorKinds // must stay last
 )
@@ -95,6 +99,7 @@ var errorKindNames = [numErrorKinds]string{
 	ErrorThrottled:         "throttled",
 	ErrorRateLimit:         "rate_limit",
 	ErrorCardNotAllowed:    "card_not_allowed",
+	ErrorDuplicateCard:     "duplicate_card",
 }
 
 // String returns the kind's label value.
@@ -189,7 +194,7 @@ func NewMetrics() *Metrics {
 	for k := range numErrorKinds {
 		m.errors[k] = errs.WithLabelValues(k.String())
 	}
-	m.identifyFailed = counter(metricIdentifyFailed, "Card identifications (reading EID and ICCID) that failed.")
+	m.identifyFailed = counter(metricIdentifyFailed, "Card identifications (reading EID, ICCID and IMSI) that failed.")
 	m.reconnects = counter(metricReconnects, "Card agents that connected again after losing their connection.")
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: metricBuildInfo,

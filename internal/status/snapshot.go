@@ -47,6 +47,26 @@ type Snapshot struct {
 	Cards []Card `json:"cards"`
 	// Users are the user connections, in the Source's order.
 	Users []User `json:"users"`
+	// Conflicts are the most recent cards refused because another
+	// agent's listed card had the same ICCID or EID, newest first (an
+	// impostor, a cloned card, or two agents sharing a token). Never
+	// null.
+	Conflicts []Conflict `json:"conflicts"`
+}
+
+// Conflict is a card refused as a duplicate of a listed card.
+type Conflict struct {
+	Time     time.Time `json:"time"`
+	Identity string    `json:"identity"` // "ICCID" or "EID"
+	Value    string    `json:"value"`
+	// Agent, Reader and RemoteAddr are the refused card's.
+	Agent      string `json:"agent"`
+	Reader     string `json:"reader"`
+	RemoteAddr string `json:"remote_addr"`
+	// ListedAgent and ListedRemoteAddr are those of the card listed
+	// with that identity.
+	ListedAgent      string `json:"listed_agent"`
+	ListedRemoteAddr string `json:"listed_remote_addr"`
 }
 
 // Card states, as in the WSRC protocol (package protocol).

@@ -1,6 +1,7 @@
 // Package vpcd is the virtual-card side of vsmartcard's vpcd protocol: it
-// puts a simulated card (card/sim, or any Card) into a vpcd reader slot of
-// pcscd, so that the PC/SC stack sees a real reader with a card in it.
+// puts a simulated card (card/sim, or any Card) or a remote card (a Link:
+// `wsrc vpcd`, internal/vpcdbridge) into a vpcd reader slot of pcscd, so
+// that the PC/SC stack sees a real reader with a card in it.
 //
 // Data flow, as in the real-stack tests of pcsc/ and in cmd/wsrc-vcard:
 //
@@ -60,21 +61,66 @@ type Resetter interface {
 	Reset(ctx context.Context, kind card.ResetKind) ([]byte, error)
 }
 
+// Link is a card whose every exchange may fail, such as a remote card
+// reached over the network (wsrc vpcd). ServeLink delivers vpcd's
+// requests to it; an error from Transmit or Reset ends the connection to
+// vpcd, which pcscd sees as the card's removal. *sim.Card is a Card, not a
+// Link; ServeConn adapts a Card.
+type Link interface {
+	// ATR returns the card's current ATR. vpcd asks for it on every
+	// presence poll (about every 400 ms), so it must not block.
+	ATR() []byte
+	// Transmit sends one command APDU and returns the response APDU.
+	Transmit(ctx context.Context, cmd []byte) ([]byte, error)
+	// Reset resets the card: WarmReset for vpcd's reset, ColdReset for
+	// power on after power off. The returned ATR is not used: vpcd asks
+	// for it with CtrlATR, which ATR answers.
+	Reset(ctx context.Context, kind card.ResetKind) ([]byte, error)
+}
+
+// PowerOffer is implemented by Links that act on vpcd's power off (a
+// shared remote card is released then); an error ends the connection.
+type PowerOffer interface {
+	PowerOff(ctx context.Context) error
+}
+
 // ErrMessage is wrapped by errors about a malformed message from vpcd.
 var ErrMessage = errors.New("malformed vpcd message")
+
+// cardLink adapts a Card (which cannot fail) to a Link.
+type cardLink struct{ c Card }
+
+func (l cardLink) ATR() []byte { return l.c.ATR() }
+
+func (l cardLink) Transmit(_ context.Context, cmd []byte) ([]byte, error) {
+	rsp := l.c.Process(cmd)
+	if len(rsp) < 2 {
+		rsp = []byte{0x6F, 0x00} // no precise diagnosis
+	}
+	return rsp, nil
+}
+
+func (l cardLink) Reset(ctx context.Context, kind card.ResetKind) ([]byte, error) {
+	if r, ok := l.c.(Resetter); ok {
+		_, _ = r.Reset(ctx, kind)
+	}
+	return nil, nil
+}
 
 // session is the card's state on one connection, owned by the serving
 // goroutine.
 type session struct {
-	c       Card
+	l       Link
 	powered bool
-	// sawOff is set by a power off, so that the next power on is a cold
-	// reset.
-	sawOff bool
+	// coldNext is set at the start and by a power off: the next power on
+	// is a cold reset. It starts false for a Card (a simulated card is
+	// fresh when inserted) and true for a Link served with
+	// ResetAtPowerOn.
+	coldNext bool
 }
 
 // handle answers one payload. reply is nil for control codes that get no
-// answer.
+// answer. An error ends the connection.
 func (s *session) handle(ctx context.Context, msg []byte) (reply []byte, err error) {
 	switch len(msg) {
 	case 0:
@@ -82,17 +128,26 @@ func (s *session) handle(ctx context.Context, msg []byte) (reply []byte, err err
 	case 1:
 		switch msg[0] {
 		case CtrlPowerOff:
-			s.powered, s.sawOff = false, true
-		case CtrlPowerOn:
-			if s.sawOff {
-				s.reset(ctx, card.ColdReset)
+			if p, ok := s.l.(PowerOffer); ok {
+				if err := p.PowerOff(ctx); err != nil {
+					return nil, fmt.Errorf("power off: %w", err)
+				}
 			}
-			s.powered, s.sawOff = true, false
+			s.powered, s.coldNext = false, true
+		case CtrlPowerOn:
+			if s.coldNext {
+				if _, err := s.l.Reset(ctx, card.ColdReset); err != nil {
+					return nil, fmt.Errorf("power on (cold reset): %w", err)
+				}
+			}
+			s.powered, s.coldNext = true, false
 		case CtrlReset:
-			s.reset(ctx, card.WarmReset)
-			s.powered = true
+			if _, err := s.l.Reset(ctx, card.WarmReset); err != nil {
+				return nil, fmt.Errorf("reset: %w", err)
+			}
+			s.powered, s.coldNext = true, false
 		case CtrlATR:
-			atr := s.c.ATR()
+			atr := s.l.ATR()
 			if len(atr) == 0 || len(atr) > MaxPayload {
 				return nil, fmt.Errorf("card has an ATR of %d bytes", len(atr))
 			}
@@ -103,7 +158,10 @@ func (s *session) handle(ctx context.Context, msg []byte) (reply []byte, err err
 		}
 		return nil, nil
 	}
-	rsp := s.c.Process(msg)
+	rsp, err := s.l.Transmit(ctx, msg)
+	if err != nil {
+		return nil, fmt.Errorf("APDU %x: %w", msg[:4], err)
+	}
 	switch {
 	case len(rsp) < 2:
 		rsp = []byte{0x6F, 0x00} // no precise diagnosis
@@ -111,12 +169,6 @@ func (s *session) handle(ctx context.Context, msg []byte) (reply []byte, err err
 		rsp = []byte{0x67, 0x00} // cannot be carried: ask for a shorter Le
 	}
 	return rsp, nil
-}
-
-func (s *session) reset(ctx context.Context, kind card.ResetKind) {
-	if r, ok := s.c.(Resetter); ok {
-		_, _ = r.Reset(ctx, kind)
-	}
 }
 
 // readMsg reads one length-prefixed payload.
@@ -155,22 +207,63 @@ func writeMsg(w io.Writer, p []byte) error {
 // ctx is done (it then closes conn and returns nil), vpcd closes the
 // connection (nil), or an error. ServeConn closes conn before returning.
 func ServeConn(ctx context.Context, conn net.Conn, c Card) error {
+	return serve(ctx, conn, &session{l: cardLink{c}}, 0)
+}
+
+// ErrSilent is wrapped by ServeLink's error when vpcd sends nothing within
+// LinkOptions.FirstMessageTimeout: vpcd accepted the connection (the
+// kernel does, into its backlog) but does not serve it, because another
+// card already occupies the slot.
+var ErrSilent = errors.New("vpcd sent nothing")
+
+// LinkOptions configure ServeLink.
+type LinkOptions struct {
+	// FirstMessageTimeout, if positive, bounds the wait for vpcd's first
+	// message (vpcd asks for the ATR about every 400 ms while it serves
+	// the slot); see ErrSilent.
+	FirstMessageTimeout time.Duration
+	// ResetAtPowerOn makes the first power on a cold reset too, as every
+	// later power on after a power off is: the application then finds
+	// the card as freshly powered, whatever its state before insertion.
+	ResetAtPowerOn bool
+}
+
+// ServeLink serves l over conn like ServeConn, and also returns (with
+// conn closed) when Transmit or Reset fail: the card is then removed from
+// pcscd's point of view, and the error says why.
+func ServeLink(ctx context.Context, conn net.Conn, l Link, opts LinkOptions) error {
+	return serve(ctx, conn, &session{l: l, coldNext: opts.ResetAtPowerOn}, opts.FirstMessageTimeout)
+}
+
+func serve(ctx context.Context, conn net.Conn, s *session, firstTimeout time.Duration) error {
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 	defer conn.Close()
-	s := &session{c: c}
+	if firstTimeout > 0 {
+		_ = conn.SetReadDeadline(time.Now().Add(firstTimeout))
+	}
 	var buf []byte
-	for {
+	for first := true; ; first = false {
 		msg, err := readMsg(conn, buf)
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
-				return nil
-			}
+		var ne net.Error
+		switch {
+		case err == nil:
+		case ctx.Err() != nil || errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed):
+			return nil
+		case first && firstTimeout > 0 && errors.As(err, &ne) && ne.Timeout():
+			return fmt.Errorf("vpcd connection: %w within %v (is another card in this slot?)", ErrSilent, firstTimeout)
+		default:
 			return fmt.Errorf("vpcd connection: %w", err)
+		}
+		if first && firstTimeout > 0 {
+			_ = conn.SetReadDeadline(time.Time{})
 		}
 		buf = msg[:0]
 		reply, err := s.handle(ctx, msg)
 		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
 			return fmt.Errorf("vpcd connection: %w", err)
 		}
 		if reply == nil {
@@ -184,6 +277,10 @@ func ServeConn(ctx context.Context, conn net.Conn, c Card) error {
 		}
 	}
 }
+
+// Dial connects to vpcd at addr (host:port), bounded by a timeout: the
+// card is then inserted, and pcscd sees it at its next presence poll.
+func Dial(ctx context.Context, addr string) (net.Conn, error) { return dial(ctx, addr) }
 
 // dialTimeout bounds each connection attempt.
 const dialTimeout = 5 * time.Second

@@ -8,8 +8,10 @@ import (
 	"io"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/wsrc-go/wsrc/card"
@@ -315,7 +317,7 @@ func FuzzMessages(f *testing.F) {
 	f.Add([]byte{0x00, 0x00})
 	f.Add([]byte{0xff, 0xff, 0x00})
 	f.Fuzz(func(t *testing.T, data []byte) {
-		s := &session{c: sim.New(sim.Config{})}
+		s := &session{l: cardLink{sim.New(sim.Config{})}}
 		r := bytes.NewReader(data)
 		for {
 			msg, err := readMsg(r, nil)
@@ -329,6 +331,151 @@ func FuzzMessages(f *testing.F) {
 			if len(msg) > 1 && (len(reply) < 2 || len(reply) > MaxPayload) {
 				t.Fatalf("APDU %x got reply of %d bytes", msg, len(reply))
 			}
+		}
+	})
+}
+
+// failingLink is a Link whose exchanges fail once broken is set.
+type failingLink struct {
+	testCard
+	broken error // guarded by testCard.mu
+}
+
+func (l *failingLink) err() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.broken
+}
+
+func (l *failingLink) Transmit(_ context.Context, cmd []byte) ([]byte, error) {
+	if err := l.err(); err != nil {
+		return nil, err
+	}
+	return l.Process(cmd), nil
+}
+
+func (l *failingLink) Reset(ctx context.Context, k card.ResetKind) ([]byte, error) {
+	if err := l.err(); err != nil {
+		return nil, err
+	}
+	return l.testCard.Reset(ctx, k)
+}
+
+// TestServeLink: with ResetAtPowerOn the first power on is a cold reset;
+// an exchange that fails ends the connection with the link's error (the
+// card leaves the reader), without an answer to vpcd.
+func TestServeLink(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		last []byte // the request that meets the broken link
+	}{
+		{"APDU", []byte{0x00, 0xa4, 0x00, 0x00}},
+		{"reset", []byte{CtrlReset}},
+		{"power on", []byte{CtrlPowerOn}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := &failingLink{testCard: testCard{atr: []byte{0x3b, 0x00}, reply: []byte{0x90, 0x00}}}
+			a, b := net.Pipe()
+			res := make(chan error, 1)
+			go func() { res <- ServeLink(context.Background(), a, l, LinkOptions{ResetAtPowerOn: true}) }()
+			defer b.Close()
+			v := &fakeVPCD{t: t, conn: b}
+			v.send([]byte{CtrlPowerOn})
+			if got := v.exchange([]byte{CtrlATR}); !bytes.Equal(got, l.atr) {
+				t.Fatalf("ATR = %x", got)
+			}
+			if got := v.exchange([]byte{0x00, 0xb0, 0x00, 0x00, 0x01}); !bytes.Equal(got, l.reply) {
+				t.Fatalf("response = %x", got)
+			}
+			if got, want := l.resetLog(), []card.ResetKind{card.ColdReset}; !slices.Equal(got, want) {
+				t.Fatalf("resets = %v, want %v", got, want)
+			}
+			if tc.last[0] == CtrlPowerOn {
+				v.send([]byte{CtrlPowerOff})
+			}
+			l.mu.Lock()
+			l.broken = errors.New("remote card gone")
+			l.mu.Unlock()
+			v.send(tc.last)
+			if _, err := readMsg(b, nil); !errors.Is(err, io.EOF) {
+				t.Fatalf("vpcd got %v, want the connection closed", err)
+			}
+			if err := <-res; err == nil || !strings.Contains(err.Error(), "remote card gone") {
+				t.Fatalf("ServeLink = %v, want the link's error", err)
+			}
+		})
+	}
+}
+
+// offLink records power offs; the second one fails.
+type offLink struct {
+	failingLink
+	offs int // guarded by testCard.mu
+}
+
+func (l *offLink) PowerOff(context.Context) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.offs++
+	if l.offs > 1 {
+		return errors.New("cannot release")
+	}
+	return nil
+}
+
+// TestServeLinkPowerOff: a PowerOffer hears vpcd's power off; its error
+// ends the connection.
+func TestServeLinkPowerOff(t *testing.T) {
+	l := &offLink{failingLink: failingLink{testCard: testCard{atr: []byte{0x3b, 0x00}, reply: []byte{0x90, 0x00}}}}
+	a, b := net.Pipe()
+	res := make(chan error, 1)
+	go func() { res <- ServeLink(context.Background(), a, l, LinkOptions{}) }()
+	defer b.Close()
+	v := &fakeVPCD{t: t, conn: b}
+	v.send([]byte{CtrlPowerOn})
+	v.send([]byte{CtrlPowerOff})
+	if got := v.exchange([]byte{CtrlATR}); !bytes.Equal(got, l.atr) {
+		t.Fatalf("ATR = %x", got)
+	}
+	v.send([]byte{CtrlPowerOff})
+	if _, err := readMsg(b, nil); !errors.Is(err, io.EOF) {
+		t.Fatalf("vpcd got %v, want the connection closed", err)
+	}
+	if err := <-res; err == nil || !strings.Contains(err.Error(), "cannot release") {
+		t.Fatalf("ServeLink = %v", err)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.offs != 2 {
+		t.Fatalf("%d power offs heard, want 2", l.offs)
+	}
+}
+
+// TestServeLinkSilent: a vpcd that accepts the connection but sends
+// nothing (another card has the slot) is reported with ErrSilent; once
+// vpcd has spoken, silence is normal. (synctest: the waits are on a fake
+// clock.)
+func TestServeLinkSilent(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := &failingLink{testCard: testCard{atr: []byte{0x3b, 0x00}}}
+		a, b := net.Pipe()
+		defer b.Close()
+		if err := ServeLink(context.Background(), a, l, LinkOptions{FirstMessageTimeout: 5 * time.Second}); !errors.Is(err, ErrSilent) {
+			t.Fatalf("ServeLink = %v, want ErrSilent", err)
+		}
+
+		a, b = net.Pipe()
+		defer b.Close()
+		ctx, cancel := context.WithCancel(context.Background())
+		res := make(chan error, 1)
+		go func() { res <- ServeLink(ctx, a, l, LinkOptions{FirstMessageTimeout: 5 * time.Second}) }()
+		v := &fakeVPCD{t: t, conn: b}
+		v.exchange([]byte{CtrlATR})
+		time.Sleep(time.Minute) // fake time: silent far beyond the bound
+		v.exchange([]byte{CtrlATR})
+		cancel()
+		if err := <-res; err != nil {
+			t.Fatalf("ServeLink = %v", err)
 		}
 	})
 }

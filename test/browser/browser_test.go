@@ -225,6 +225,8 @@ func snapshotB() status.Snapshot {
 		Agent: "pi-lab-2", Reader: "Identiv uTrust 3700 F", RemoteAddr: "192.0.2.11:40000", ConnectedSince: t0.Add(2 * time.Hour),
 	})
 	s.Users = []status.User{{ID: 5, RemoteAddr: "127.0.0.1:60000", ConnectedSince: t0.Add(time.Hour), Card: ptr(1)}}
+	s.Conflicts = []status.Conflict{{Time: t0.Add(time.Hour), Identity: "ICCID", Value: "8901000000000000077", Agent: "rogue-pi",
+		Reader: "r0", RemoteAddr: "198.51.100.9:5000", ListedAgent: "pi-lab-2", ListedRemoteAddr: "192.0.2.11:40000"}}
 	return s
 }
 
@@ -281,6 +283,9 @@ func TestPageRenders(t *testing.T) {
 	if strings.Contains(dom, "No cards connected.") {
 		t.Error("the card table says it is empty")
 	}
+	if !strings.Contains(dom, `<section id="conflicts-section" hidden="">`) {
+		t.Error("the refused duplicate cards are shown although there are none")
+	}
 	if n := s.src.count(); n < 2 {
 		t.Errorf("the page fetched the status %d times in %v of virtual time, want at least 2", n, virtualBudget)
 	}
@@ -291,7 +296,8 @@ func TestPageRenders(t *testing.T) {
 	if got := cardStates(dom); len(got) != 3 || got["1"] != "associated" || got["3"] != "ready" {
 		t.Errorf("after the change: card rows %v, want 1 associated, 2 init, 3 ready", got)
 	}
-	mustContain(t, dom, "pi-lab-2", "127.0.0.1:60000", "4711")
+	mustContain(t, dom, "pi-lab-2", "127.0.0.1:60000", "4711",
+		`<section id="conflicts-section">`, "ICCID 8901000000000000077", "rogue-pi", "198.51.100.9:5000")
 }
 
 // TestLiveUpdate checks the polling: the first request gets snapshot A,

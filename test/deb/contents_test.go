@@ -50,6 +50,7 @@ var wantFiles = map[string][]shipped{
 	},
 	"wsrc": {
 		{"/usr/bin/wsrc", 0o755, ""},
+		{"/usr/lib/systemd/system/wsrc-vpcd@.service", 0o644, "systemd/wsrc-vpcd@.service"},
 		{"/usr/share/doc/wsrc/copyright", 0o644, "deploy/nfpm/doc/copyright"},
 		{"/usr/share/doc/wsrc/changelog.gz", 0o644, ""},
 		{"/usr/share/lintian/overrides/wsrc", 0o644, "deploy/nfpm/lintian/wsrc"},

@@ -20,7 +20,7 @@ var wantRelations = map[string]map[string]string{
 		"Suggests": "pcscd",
 	},
 	"wsrc-server": {"Depends": "systemd"},
-	"wsrc":        {},
+	"wsrc":        {"Suggests": "vsmartcard-vpcd"},
 }
 
 var (

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/wsrc-go/wsrc/internal/qemuvm/vmscript"
+	"github.com/wsrc-go/wsrc/internal/testenv/qemuvm/vmscript"
 	"github.com/wsrc-go/wsrc/test/gadget/internal/lab"
 )
 

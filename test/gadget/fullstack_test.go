@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/wsrc-go/wsrc/card/sim"
-	"github.com/wsrc-go/wsrc/internal/qemuvm/vmscript"
+	"github.com/wsrc-go/wsrc/internal/testenv/qemuvm/vmscript"
 	"github.com/wsrc-go/wsrc/protocol"
 )
 

@@ -13,8 +13,8 @@ import (
 
 	"github.com/wsrc-go/wsrc/card/sim"
 	"github.com/wsrc-go/wsrc/ccid"
-	"github.com/wsrc-go/wsrc/internal/qemuvm"
-	"github.com/wsrc-go/wsrc/internal/qemuvm/vmscript"
+	"github.com/wsrc-go/wsrc/internal/testenv/qemuvm"
+	"github.com/wsrc-go/wsrc/internal/testenv/qemuvm/vmscript"
 	"github.com/wsrc-go/wsrc/test/gadget/internal/lab"
 )
 

@@ -3,20 +3,19 @@ package gadget
 import (
 	"context"
 	"fmt"
+	"go/build"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
 
-	"github.com/wsrc-go/wsrc/internal/qemuvm"
-	"github.com/wsrc-go/wsrc/internal/qemuvm/initramfs"
-	"github.com/wsrc-go/wsrc/internal/qemuvm/vmscript"
+	"github.com/wsrc-go/wsrc/internal/testenv/qemuvm"
+	"github.com/wsrc-go/wsrc/internal/testenv/qemuvm/initramfs"
+	"github.com/wsrc-go/wsrc/internal/testenv/qemuvm/vmscript"
 )
 
 // The VM helpers below follow test/qemu's (harness_test.go, bench_test.go);
@@ -115,7 +114,7 @@ func need(t *testing.T) prereqs {
 func goBuild(t *testing.T, pkg string, cgo bool) string {
 	t.Helper()
 	out := filepath.Join(workDir, "bin", filepath.Base(pkg))
-	gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	gobin := filepath.Join(build.Default.GOROOT, "bin", "go")
 	if _, err := os.Stat(gobin); err != nil {
 		gobin = "go"
 	}
@@ -141,7 +140,7 @@ func buildImage(t *testing.T, p prereqs) string {
 		"wsrc-agent":  goBuild(t, "github.com/wsrc-go/wsrc/cmd/wsrc-agent", true),
 		"wsrc":        goBuild(t, "github.com/wsrc-go/wsrc/cmd/wsrc", false),
 	}
-	vminit := goBuild(t, "github.com/wsrc-go/wsrc/internal/qemuvm/vminit", false)
+	vminit := goBuild(t, "github.com/wsrc-go/wsrc/internal/testenv/qemuvm/vminit", false)
 	out := filepath.Join(workDir, "lab.cpio")
 	f, err := os.Create(out)
 	if err != nil {
@@ -253,10 +252,4 @@ func must(t *testing.T, err error) {
 	if err != nil {
 		t.Fatal(err)
 	}
-}
-
-// once runs the lab VM at most once per test process.
-type once struct {
-	sync.Once
-	con *qemuvm.Console
 }

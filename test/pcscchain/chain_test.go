@@ -17,12 +17,13 @@ import (
 
 	"github.com/wsrc-go/wsrc/agent"
 	"github.com/wsrc-go/wsrc/agent/agenttest"
+	"github.com/wsrc-go/wsrc/agent/pcscbackend"
 	"github.com/wsrc-go/wsrc/card/sim"
 	"github.com/wsrc-go/wsrc/client"
-	"github.com/wsrc-go/wsrc/internal/pcscdtest"
+	"github.com/wsrc-go/wsrc/internal/testenv/cardevents"
+	"github.com/wsrc-go/wsrc/internal/testenv/pcscdtest"
 	"github.com/wsrc-go/wsrc/internal/vpcd"
 	"github.com/wsrc-go/wsrc/pcsc"
-	"github.com/wsrc-go/wsrc/pcsc/agentbackend"
 	"github.com/wsrc-go/wsrc/protocol"
 	"github.com/wsrc-go/wsrc/server"
 )
@@ -36,10 +37,6 @@ func TestMain(m *testing.M) {
 // machines.
 const waitTimeout = 30 * time.Second
 
-// pollInterval is how often waitCards looks at the server's card list
-// (see the package doc: the server has no event to wait on).
-const pollInterval = 10 * time.Millisecond
-
 // chain is one whole WSRC chain: a private pcscd with two vpcd readers, a
 // server on loopback and an agent serving pcscd's readers to it.
 type chain struct {
@@ -51,10 +48,12 @@ type chain struct {
 	// agentDone is closed when the agent's Manager.Run has returned.
 	agentDone chan struct{}
 	agentErr  error // set before agentDone is closed
+	// cards hears of every change of the server's cards (its Observer).
+	cards cardevents.Changes
 }
 
 // chainOption changes the agent's PC/SC backend configuration.
-type chainOption func(*agentbackend.Config)
+type chainOption func(*pcscbackend.Config)
 
 // newChain starts pcscd, the server and the agent; the test's cleanup
 // stops them (agent first, then server, then pcscd).
@@ -78,7 +77,7 @@ func newChain(t *testing.T, opts ...chainOption) *chain {
 
 	// ShowRemoteAddr: each card connection's port tells a fresh session
 	// from an old one (TestPcscdRestart).
-	c.srv = server.New(server.Config{ShowRemoteAddr: true}, log.With("program", "server"))
+	c.srv = server.New(server.Config{ShowRemoteAddr: true, Observer: &c.cards}, log.With("program", "server"))
 	users := httptest.NewServer(c.srv.UserHandler())
 	cards := httptest.NewServer(c.srv.CardHandler())
 	t.Cleanup(func() {
@@ -92,7 +91,7 @@ func newChain(t *testing.T, opts ...chainOption) *chain {
 	})
 	c.userURL = "ws://" + users.Listener.Addr().String() + "/"
 
-	bcfg := agentbackend.Config{
+	bcfg := pcscbackend.Config{
 		Filter:     pcsc.Filter{Include: []string{pcscdtest.ReaderName + "*"}},
 		Logger:     log.With("program", "agent"),
 		MinBackoff: 20 * time.Millisecond,
@@ -101,7 +100,7 @@ func newChain(t *testing.T, opts ...chainOption) *chain {
 	for _, o := range opts {
 		o(&bcfg)
 	}
-	b, err := agentbackend.New(bcfg)
+	b, err := pcscbackend.New(bcfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,23 +146,25 @@ func (c *chain) checkAgentRunning() {
 	}
 }
 
-// waitCards polls the server's card list until ok accepts it, and returns
-// that list.
+// waitCards waits until ok accepts the server's card list, looking at it
+// again at every change of the server's cards, and returns that list.
 func (c *chain) waitCards(what string, ok func([]protocol.CardInfo) bool) []protocol.CardInfo {
 	c.t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	tick := time.NewTicker(pollInterval)
-	defer tick.Stop()
+	timeout := time.NewTimer(waitTimeout)
+	defer timeout.Stop()
 	for {
+		changed := c.cards.Next() // before looking: no change is missed
 		cards := c.srv.Cards()
 		if ok(cards) {
 			return cards
 		}
-		if time.Now().After(deadline) {
+		select {
+		case <-changed:
+		case <-c.agentDone:
+			c.t.Fatalf("the agent stopped while waiting for %s: %v", what, c.agentErr)
+		case <-timeout.C:
 			c.t.Fatalf("waited %v for %s; the server lists %+v", waitTimeout, what, cards)
 		}
-		c.checkAgentRunning()
-		<-tick.C
 	}
 }
 

@@ -4,7 +4,7 @@
 //	client (user) ──ws──► server ◄──ws── agent.Manager + pcsc backend
 //	                                         │ libpcsclite
 //	                                         ▼
-//	                     private pcscd (internal/pcscdtest) ── vpcd driver
+//	                     private pcscd (internal/testenv/pcscdtest) ── vpcd driver
 //	                                         │ TCP 127.0.0.1
 //	                                         ▼
 //	                     internal/vpcd ── card/sim (T=0, T=0 with GET
@@ -25,17 +25,17 @@
 //
 // Synchronisation: inserting and removing a card are the vpcd connection's
 // start and end (vpcd.Slot waits for both), pcscd's stop and start are
-// waited for by internal/pcscdtest, and everything the user does is a
-// request with a reply. What remains has no event to wait on: the server
-// offers none for "a card was identified" or "a card left", so those are
-// awaited by polling its Cards snapshot (the list a user's list_cards
-// gets) every 10 ms, bounded by 30 s (chain.waitCards); every test then
-// checks the state it waited for. There are no sleeps.
+// waited for by internal/testenv/pcscdtest, and everything the user does is a
+// request with a reply. "A card was identified" and "a card left" are
+// awaited through the server's Observer: chain.waitCards looks at the
+// Cards snapshot (the list a user's list_cards gets) again at every
+// CardChanged event, bounded by 30 s; every test then checks the state it
+// waited for. There are no sleeps and no polling.
 //
 // Logs of server and agent (and pcscd's) are printed when a test fails, or
 // always with WSRC_TEST_LOG=1.
 //
-// Requirements are those of internal/pcscdtest (pcscd, vsmartcard-vpcd,
+// Requirements are those of internal/testenv/pcscdtest (pcscd, vsmartcard-vpcd,
 // util-linux, namespaces): without them the tests skip, except under
 // CI=true, where they fail. They also skip in -short mode.
 package pcscchain

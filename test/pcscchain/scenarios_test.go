@@ -13,12 +13,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wsrc-go/wsrc/agent/pcscbackend"
 	"github.com/wsrc-go/wsrc/agent/simbackend"
 	"github.com/wsrc-go/wsrc/card"
 	"github.com/wsrc-go/wsrc/card/sim"
 	"github.com/wsrc-go/wsrc/client"
 	"github.com/wsrc-go/wsrc/internal/vpcd"
-	"github.com/wsrc-go/wsrc/pcsc/agentbackend"
 	"github.com/wsrc-go/wsrc/protocol"
 )
 
@@ -251,7 +251,7 @@ func (p *pullingCard) Process(cmd []byte) []byte {
 // with an hour, the APDU would hit the user's request timeout instead of
 // getting the server's error.
 func TestRemovalDuringAPDU(t *testing.T) {
-	c := newChain(t, func(b *agentbackend.Config) { b.PollTimeout = time.Hour })
+	c := newChain(t, func(b *pcscbackend.Config) { b.PollTimeout = time.Hour })
 	pc := &pullingCard{Card: simCard(0, sim.T0, false)}
 	iccid := pc.Identity().ICCID
 	conn, err := net.Dial("tcp", c.d.SlotAddr(0))
@@ -443,7 +443,12 @@ func TestPcscdRestart(t *testing.T) {
 	serverError(t, err, "card disconnected")
 	for i := range cards {
 		v := c.selectCard(iccid(i))
-		transmit(t, v, readBinaryExt(0, 4000), 0x9000)
+		// Identification leaves its last file selected (EF.DIR since
+		// the IMSI step): select the big EF first.
+		transmit(t, v, selectBig, 0x9000)
+		if got := transmit(t, v, readBinaryExt(0, 4000), 0x9000); !bytes.Equal(got, bigEF(0, 4000)) {
+			t.Errorf("card %d: extended READ BINARY gave %d bytes", i, len(got))
+		}
 	}
 	c.checkAgentRunning()
 }

@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/wsrc-go/wsrc/card/sim"
-	"github.com/wsrc-go/wsrc/internal/qemuvm/initramfs"
-	"github.com/wsrc-go/wsrc/internal/qemuvm/vmscript"
+	"github.com/wsrc-go/wsrc/internal/testenv/qemuvm/initramfs"
+	"github.com/wsrc-go/wsrc/internal/testenv/qemuvm/vmscript"
 )
 
 // benchEnv set to 1 makes TestQEMUBenchCCIDvsPCSC a benchmark: many APDUs

@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/wsrc-go/wsrc/card/sim"
-	"github.com/wsrc-go/wsrc/internal/qemuvm/vmscript"
-	"github.com/wsrc-go/wsrc/internal/vscard"
+	"github.com/wsrc-go/wsrc/internal/testenv/qemuvm/vmscript"
+	"github.com/wsrc-go/wsrc/internal/testenv/vscard"
 )
 
 // Cards of the driver tests: an eUICC answering like T=0 (61xx, GET

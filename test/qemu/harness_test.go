@@ -3,10 +3,10 @@ package qemu
 import (
 	"context"
 	"fmt"
+	"go/build"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -14,10 +14,10 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/wsrc-go/wsrc/internal/qemuvm"
-	"github.com/wsrc-go/wsrc/internal/qemuvm/initramfs"
-	"github.com/wsrc-go/wsrc/internal/qemuvm/vmscript"
-	"github.com/wsrc-go/wsrc/internal/vscard"
+	"github.com/wsrc-go/wsrc/internal/testenv/qemuvm"
+	"github.com/wsrc-go/wsrc/internal/testenv/qemuvm/initramfs"
+	"github.com/wsrc-go/wsrc/internal/testenv/qemuvm/vmscript"
+	"github.com/wsrc-go/wsrc/internal/testenv/vscard"
 )
 
 // vmTimeout bounds one VM from start to power-off, and each wait for it; a
@@ -141,7 +141,8 @@ func goBuild(t *testing.T, pkg string, cgo bool) string {
 		return out
 	}
 	out := filepath.Join(workDir, "bin", filepath.Base(pkg))
-	gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	// The go that runs the tests, even when it is not on PATH.
+	gobin := filepath.Join(build.Default.GOROOT, "bin", "go")
 	if _, err := os.Stat(gobin); err != nil {
 		gobin = "go"
 	}
@@ -181,7 +182,7 @@ func buildImage(t *testing.T, p prereqs, img image) string {
 	if f, ok := images.files[img.name]; ok {
 		return f
 	}
-	vminit := goBuild(t, "github.com/wsrc-go/wsrc/internal/qemuvm/vminit", false)
+	vminit := goBuild(t, "github.com/wsrc-go/wsrc/internal/testenv/qemuvm/vminit", false)
 	start := time.Now()
 	out := filepath.Join(workDir, img.name+".cpio")
 	f, err := os.Create(out)

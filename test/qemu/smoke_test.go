@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/wsrc-go/wsrc/card/sim"
-	"github.com/wsrc-go/wsrc/internal/qemuvm/vmscript"
-	"github.com/wsrc-go/wsrc/internal/vscard"
+	"github.com/wsrc-go/wsrc/internal/testenv/qemuvm/vmscript"
+	"github.com/wsrc-go/wsrc/internal/testenv/vscard"
 )
 
 // TestQEMUSmoke proves the harness: a static guest program sends one APDU

@@ -255,7 +255,7 @@ func TestParseUnit(t *testing.T) {
 // TestFilesPresent lists what systemd/ must ship (packaging installs
 // exactly these).
 func TestFilesPresent(t *testing.T) {
-	for _, f := range append(slices.Clone(allUnits),
+	for _, f := range append(append(slices.Clone(allUnits), templates...),
 		"wsrc.sysusers.conf", "60-wsrc-agent.rules", "wsrc-agent.polkit.rules",
 		"default/wsrc-server", "default/wsrc-agent", "README.md") {
 		if _, err := os.Stat(filepath.Join(unitsDir, f)); err != nil {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -20,6 +21,8 @@ var (
 	services = []string{"wsrc-server.service", "wsrc-agent.service"}
 	sockets  = []string{"wsrc-server-user.socket", "wsrc-server-card.socket"}
 	allUnits = append(append([]string(nil), services...), sockets...)
+	// templates are template units; the tests check an instance of each.
+	templates = []string{"wsrc-vpcd@.service"}
 )
 
 // need returns the path of tool, or skips the test saying which package
@@ -148,7 +151,7 @@ func execPaths(unit string) []string {
 func readUnits(t *testing.T) map[string]string {
 	t.Helper()
 	m := map[string]string{}
-	for _, u := range allUnits {
+	for _, u := range append(slices.Clone(allUnits), templates...) {
 		b, err := os.ReadFile(filepath.Join(unitsDir, u))
 		if err != nil {
 			t.Fatal(err)

@@ -142,6 +142,18 @@
     return row([cell('#' + u.id, 'id'), cell(u.name || '', 'name'), cell(u.remote_addr, 'mono'), since(u.connected_since, now), card], { user: u.id });
   }
 
+  function conflictRow(c) {
+    return row([
+      cell(clock(c.time)),
+      cell(c.identity + ' ' + c.value, 'mono'),
+      cell(c.agent, 'name'),
+      cell(c.reader, 'name'),
+      cell(c.remote_addr, 'mono'),
+      cell(c.listed_agent, 'name'),
+      cell(c.listed_remote_addr, 'mono'),
+    ]);
+  }
+
   function render(s) {
     const cards = new Map(s.cards.map((c) => [c.id, c]));
     setText('version', 'version ' + s.version);
@@ -155,6 +167,9 @@
     fill('cards', s.cards.map((c) => cardRow(c, s.time)), 'cards');
     fill('agents', s.agents.map((a) => agentRow(a, s.time)), 'agents');
     fill('users', s.users.map((u) => userRow(u, cards, s.time)), 'users');
+    const conflicts = s.conflicts || [];
+    byId('conflicts-section').hidden = conflicts.length === 0;
+    fill('conflicts', conflicts.map(conflictRow), 'conflicts');
     updates++;
     document.body.dataset.updates = String(updates);
   }

@@ -5,6 +5,8 @@
 //
 //   - qemuvm: boots a Linux kernel under QEMU (TCG) with an initramfs of
 //     our own, for the reader tests through a real USB stack
+//   - vmtest: what the VM suites (test/qemu, test/gadget) share around
+//     qemuvm: prerequisites, guest builds, pcscd + libccid in the image
 //   - pcscdtest: a private pcscd with vsmartcard's vpcd
 //   - vscard: QEMU's VSCard protocol (the card side of usb-ccid)
 //   - wstest: a scripted WebSocket peer

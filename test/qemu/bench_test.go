@@ -3,7 +3,6 @@ package qemu
 import (
 	"fmt"
 	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -11,8 +10,8 @@ import (
 	"time"
 
 	"github.com/wsrc-go/wsrc/card/sim"
-	"github.com/wsrc-go/wsrc/internal/testenv/qemuvm/initramfs"
 	"github.com/wsrc-go/wsrc/internal/testenv/qemuvm/vmscript"
+	"github.com/wsrc-go/wsrc/internal/testenv/vmtest"
 )
 
 // benchEnv set to 1 makes TestQEMUBenchCCIDvsPCSC a benchmark: many APDUs
@@ -22,15 +21,6 @@ const (
 	benchEnv       = "WSRC_VM_BENCH"
 	benchNEnv      = "WSRC_VM_BENCH_N"
 	benchRoundsEnv = "WSRC_VM_BENCH_ROUNDS"
-)
-
-// The host's pcscd and libccid (Debian packages pcscd and libccid), copied
-// into the guest with their shared libraries.
-const (
-	hostPCSCD     = "/usr/sbin/pcscd"
-	ccidBundle    = "/usr/lib/pcsc/drivers/ifd-ccid.bundle"
-	ccidLib       = ccidBundle + "/Contents/Linux/libccid.so"
-	ccidInfoPlist = ccidBundle + "/Contents/Info.plist"
 )
 
 // benchStacks are apdubench's stacks: the usbfs floor, the direct driver,
@@ -62,9 +52,9 @@ var benchStacks = []string{"usbfs", "ccid", "pcsc"}
 // tables for docs/performance.md. Timing is never asserted: under TCG the
 // figures follow the host's load.
 func TestQEMUBenchCCIDvsPCSC(t *testing.T) {
-	p := need(t)
+	p := vmtest.Need(t)
 	t.Parallel()
-	needPCSCD(t)
+	vmtest.NeedPCSCD(t)
 	n, warm, rounds := 30, 5, 1
 	if os.Getenv(benchEnv) == "1" {
 		n, warm, rounds = 1000, 50, 6
@@ -74,8 +64,8 @@ func TestQEMUBenchCCIDvsPCSC(t *testing.T) {
 
 	initrd := buildImage(t, p, image{
 		name:     "bench",
-		binaries: map[string]string{"apdubench": goBuild(t, "github.com/wsrc-go/wsrc/test/qemu/guest/apdubench", true)},
-		extra:    addPCSCD,
+		binaries: map[string]string{"apdubench": vmtest.GoBuild(t, "github.com/wsrc-go/wsrc/test/qemu/guest/apdubench", true)},
+		extra:    vmtest.AddPCSCD,
 	})
 	var s vmscript.Builder
 	s.Modules(usbModules...).WaitUSB(1, 0x0b, 60*time.Second)
@@ -84,7 +74,7 @@ func TestQEMUBenchCCIDvsPCSC(t *testing.T) {
 			"-n", fmt.Sprint(n), "-warmup", fmt.Sprint(warm), "-timeout", "10m")
 	}
 	pcscRound := func(round int) {
-		s.Start(fmt.Sprintf("pcscd-%d", round), hostPCSCD, "--foreground")
+		s.Start(fmt.Sprintf("pcscd-%d", round), vmtest.PCSCD, "--foreground")
 		bench("pcsc", round)
 		s.Stop(fmt.Sprintf("pcscd-%d", round))
 	}
@@ -131,60 +121,6 @@ func TestQEMUBenchCCIDvsPCSC(t *testing.T) {
 	load, _ := os.ReadFile("/proc/loadavg")
 	t.Logf("per-APDU time in the guest (TCG, guest clock source %s), n=%d per APDU kind and round, host load average %s\n%s",
 		clock, n, strings.Join(strings.Fields(string(load))[:min(3, len(strings.Fields(string(load))))], " "), benchTable(all))
-}
-
-// needPCSCD skips the test (fails it under CI) when the host lacks pcscd
-// or libccid.
-func needPCSCD(t *testing.T) {
-	t.Helper()
-	for _, f := range []string{hostPCSCD, ccidLib, ccidInfoPlist} {
-		if _, err := os.Stat(f); err != nil {
-			if os.Getenv("CI") == "true" {
-				t.Fatalf("prerequisite missing under CI (Debian packages pcscd, libccid): %v", err)
-			}
-			t.Skipf("skipping: %v (Debian packages pcscd, libccid)", err)
-		}
-	}
-}
-
-// addPCSCD puts pcscd and the libccid bundle into the image, with their
-// shared libraries. Info.plist is a symbolic link to /etc on Debian; the
-// guest gets the file itself. /run is where pcscd makes its socket.
-func addPCSCD(b *initramfs.Builder) error {
-	if err := b.AddExecutable(hostPCSCD, hostPCSCD); err != nil {
-		return err
-	}
-	if err := b.AddExecutable(ccidLib, ccidLib); err != nil {
-		return err
-	}
-	// glibc loads libgcc_s when a thread exits (pthread_exit, used by
-	// pcscd's client threads); nothing names it in DT_NEEDED.
-	gcc, err := hostLib("libgcc_s.so.1")
-	if err != nil {
-		return err
-	}
-	if err := b.AddExecutable(gcc, gcc); err != nil {
-		return err
-	}
-	plist, err := filepath.EvalSymlinks(ccidInfoPlist)
-	if err != nil {
-		return err
-	}
-	if err := b.CopyFile(ccidInfoPlist, plist); err != nil {
-		return err
-	}
-	return b.Dir("/run", 0o755)
-}
-
-// hostLib finds a shared library in the host's x86-64 library directories.
-func hostLib(name string) (string, error) {
-	for _, d := range []string{"/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64"} {
-		p := filepath.Join(d, name)
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf("%s not found on the host", name)
 }
 
 // envInt reads a positive integer from the environment, def when unset.

@@ -9,6 +9,7 @@ import (
 
 	"github.com/wsrc-go/wsrc/card/sim"
 	"github.com/wsrc-go/wsrc/internal/testenv/qemuvm/vmscript"
+	"github.com/wsrc-go/wsrc/internal/testenv/vmtest"
 	"github.com/wsrc-go/wsrc/internal/testenv/vscard"
 )
 
@@ -26,11 +27,11 @@ var (
 // the card of reader 0 is removed and re-inserted over VSCard and the
 // driver reports both changes and identifies it again.
 func TestQEMUCCIDDriver(t *testing.T) {
-	p := need(t)
+	p := vmtest.Need(t)
 	t.Parallel()
 	initrd := buildImage(t, p, image{
 		name:     "ccid",
-		binaries: map[string]string{"ccidwatch": goBuild(t, "github.com/wsrc-go/wsrc/test/qemu/guest/ccidwatch", true)},
+		binaries: map[string]string{"ccidwatch": vmtest.GoBuild(t, "github.com/wsrc-go/wsrc/test/qemu/guest/ccidwatch", true)},
 	})
 	var s vmscript.Builder
 	s.Modules(usbModules...).

@@ -12,6 +12,7 @@ import (
 
 	"github.com/wsrc-go/wsrc/card/sim"
 	"github.com/wsrc-go/wsrc/internal/testenv/qemuvm/vmscript"
+	"github.com/wsrc-go/wsrc/internal/testenv/vmtest"
 	"github.com/wsrc-go/wsrc/protocol"
 )
 
@@ -22,15 +23,15 @@ import (
 // that a card removed over VSCard leaves the list and comes back when it
 // is re-inserted.
 func TestQEMUFullStack(t *testing.T) {
-	p := need(t)
+	p := vmtest.Need(t)
 	t.Parallel()
 	needFullStack(t)
 	initrd := buildImage(t, p, image{
 		name: "fullstack",
 		binaries: map[string]string{
-			"wsrc-server": goBuild(t, "github.com/wsrc-go/wsrc/cmd/wsrc-server", false),
-			"wsrc-agent":  goBuild(t, "github.com/wsrc-go/wsrc/cmd/wsrc-agent", true),
-			"wsrc":        goBuild(t, "github.com/wsrc-go/wsrc/cmd/wsrc", false),
+			"wsrc-server": vmtest.GoBuild(t, "github.com/wsrc-go/wsrc/cmd/wsrc-server", false),
+			"wsrc-agent":  vmtest.GoBuild(t, "github.com/wsrc-go/wsrc/cmd/wsrc-agent", true),
+			"wsrc":        vmtest.GoBuild(t, "github.com/wsrc-go/wsrc/cmd/wsrc", false),
 		},
 	})
 	a, b := cardA.ICCID, cardB.ICCID
@@ -120,7 +121,7 @@ func needFullStack(t *testing.T) {
 		}
 	}
 	if len(missing) == 0 {
-		agent := goBuild(t, "github.com/wsrc-go/wsrc/cmd/wsrc-agent", true)
+		agent := vmtest.GoBuild(t, "github.com/wsrc-go/wsrc/cmd/wsrc-agent", true)
 		help, _ := exec.Command(agent, "--help").CombinedOutput()
 		if !ccidBackendReady(string(help)) {
 			missing = append(missing, "wsrc-agent has no ccid backend yet (its --help says: not built in)")

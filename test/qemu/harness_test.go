@@ -3,20 +3,17 @@ package qemu
 import (
 	"context"
 	"fmt"
-	"go/build"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
-
 	"github.com/wsrc-go/wsrc/internal/testenv/qemuvm"
 	"github.com/wsrc-go/wsrc/internal/testenv/qemuvm/initramfs"
 	"github.com/wsrc-go/wsrc/internal/testenv/qemuvm/vmscript"
+	"github.com/wsrc-go/wsrc/internal/testenv/vmtest"
 	"github.com/wsrc-go/wsrc/internal/testenv/vscard"
 )
 
@@ -28,137 +25,11 @@ const vmTimeout = 180 * time.Second
 // usbModules are what the guest needs for the emulated readers (qemu-xhci).
 var usbModules = []string{"xhci-pci"}
 
-var workDir string // the test binary's build directory, removed by TestMain
-
-func TestMain(m *testing.M) {
-	d, err := os.MkdirTemp("", "wsrc-qemu-test-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	workDir = d
-	code := 0
-	func() {
-		defer os.RemoveAll(d)
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			code = 1
-			return
-		}
-		code = m.Run()
-		if code == 0 {
-			if err := goleak.Find(); err != nil {
-				fmt.Fprintln(os.Stderr, "goroutine leak:", err)
-				code = 1
-			}
-		}
-	}()
-	os.Exit(code)
-}
-
-// prereqs are the host things a VM test needs.
-type prereqs struct {
-	qemu   string
-	kernel qemuvm.Kernel
-}
-
-// need returns the prerequisites or skips the test with the reason;
-// under CI=true a missing prerequisite fails it instead.
-func need(t *testing.T) prereqs {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("boots QEMU VMs; skipped with -short")
-	}
-	missing := func(err error) {
-		t.Helper()
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("prerequisite missing under CI: %v", err)
-		}
-		t.Skipf("skipping: %v", err)
-	}
-	var p prereqs
-	var err error
-	if p.qemu, err = qemuvm.FindQEMU(); err != nil {
-		missing(err)
-	}
-	cache, err := qemuvm.CacheDir()
-	if err != nil {
-		missing(err)
-	}
-	if p.kernel, err = qemuvm.FindKernel(cache); err != nil && (os.Getenv("CI") == "true" || os.Getenv(fetchEnv) == "1") {
-		// CI starts from a fresh clone: fetch the kernel once, as
-		// scripts/fetch-kernel.sh does for developers.
-		if ferr := fetchKernel(t, cache); ferr != nil {
-			missing(fmt.Errorf("%w; fetching it: %v", err, ferr))
-		}
-		p.kernel, err = qemuvm.FindKernel(cache)
-	}
-	if err != nil {
-		missing(err)
-	}
-	return p
-}
+func TestMain(m *testing.M) { vmtest.Main(m, "wsrc-qemu-test-") }
 
 // qemuArgsEnv adds arguments to every VM's QEMU command line, for
 // profiling, e.g. "-trace usb_xhci_xfer_* -D /tmp/qemu-trace.log".
 const qemuArgsEnv = "WSRC_VM_QEMU_ARGS"
-
-// fetchEnv set to 1 lets the tests fetch a missing kernel (as under CI).
-const fetchEnv = "WSRC_QEMU_FETCH"
-
-var fetched struct {
-	once sync.Once
-	err  error
-}
-
-// fetchKernel runs scripts/fetch-kernel.sh once per test process.
-func fetchKernel(t *testing.T, cache string) error {
-	fetched.once.Do(func() {
-		start := time.Now()
-		out, err := exec.Command("../../scripts/fetch-kernel.sh", cache).CombinedOutput()
-		if err != nil {
-			fetched.err = fmt.Errorf("scripts/fetch-kernel.sh: %v\n%s", err, out)
-			return
-		}
-		t.Logf("fetched the kernel in %.1fs: %s", time.Since(start).Seconds(), strings.TrimSpace(string(out)))
-	})
-	return fetched.err
-}
-
-// builds caches the binaries built by this test process.
-var builds struct {
-	mu   sync.Mutex
-	outs map[string]string // package -> binary
-}
-
-// goBuild builds pkg (an import path under the module) once per test
-// process; static unless cgo.
-func goBuild(t *testing.T, pkg string, cgo bool) string {
-	t.Helper()
-	builds.mu.Lock()
-	defer builds.mu.Unlock()
-	if out, ok := builds.outs[pkg]; ok {
-		return out
-	}
-	out := filepath.Join(workDir, "bin", filepath.Base(pkg))
-	// The go that runs the tests, even when it is not on PATH.
-	gobin := filepath.Join(build.Default.GOROOT, "bin", "go")
-	if _, err := os.Stat(gobin); err != nil {
-		gobin = "go"
-	}
-	start := time.Now()
-	defer func() { t.Logf("built %s in %.1fs", filepath.Base(pkg), time.Since(start).Seconds()) }()
-	cmd := exec.Command(gobin, "build", "-trimpath", "-o", out, pkg)
-	cmd.Env = append(os.Environ(), "CGO_ENABLED="+map[bool]string{true: "1", false: "0"}[cgo])
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building %s: %v\n%s", pkg, err, b)
-	}
-	if builds.outs == nil {
-		builds.outs = map[string]string{}
-	}
-	builds.outs[pkg] = out
-	return out
-}
 
 // image describes a base initramfs: vminit as /init, the USB modules, and
 // binaries installed as /bin/<name>.
@@ -175,16 +46,16 @@ var images struct {
 }
 
 // buildImage writes the base initramfs once per test process.
-func buildImage(t *testing.T, p prereqs, img image) string {
+func buildImage(t *testing.T, p vmtest.Prereqs, img image) string {
 	t.Helper()
 	images.mu.Lock()
 	defer images.mu.Unlock()
 	if f, ok := images.files[img.name]; ok {
 		return f
 	}
-	vminit := goBuild(t, "github.com/wsrc-go/wsrc/internal/testenv/qemuvm/vminit", false)
+	vminit := vmtest.GoBuild(t, "github.com/wsrc-go/wsrc/internal/testenv/qemuvm/vminit", false)
 	start := time.Now()
-	out := filepath.Join(workDir, img.name+".cpio")
+	out := filepath.Join(vmtest.WorkDir(), img.name+".cpio")
 	f, err := os.Create(out)
 	if err != nil {
 		t.Fatal(err)
@@ -194,7 +65,7 @@ func buildImage(t *testing.T, p prereqs, img image) string {
 	must(t, b.CharDev("/dev/console", 0o600, 5, 1))
 	must(t, b.Dir("/tmp", 0o777))
 	must(t, b.CopyFile("/init", vminit))
-	if _, err := b.AddModules(p.kernel.Modules, p.kernel.Release, usbModules...); err != nil {
+	if _, err := b.AddModules(p.Kernel.Modules, p.Kernel.Release, usbModules...); err != nil {
 		t.Fatal(err)
 	}
 	for name, bin := range img.binaries {
@@ -231,25 +102,25 @@ type testVM struct {
 // boot starts a VM with one reader per card, runs script in it, and serves
 // each card over VSCard, inserted from the start. Cleanup kills what is
 // left and checks that the VSCard clients ended cleanly.
-func boot(t *testing.T, p prereqs, initrd string, script string, cards ...vscard.Card) *testVM {
+func boot(t *testing.T, p vmtest.Prereqs, initrd string, script string, cards ...vscard.Card) *testVM {
 	t.Helper()
 	return bootWith(t, p, initrd, script, nil, cards...)
 }
 
 // bootWith is boot with words added to the kernel command line.
-func bootWith(t *testing.T, p prereqs, initrd string, script string, cmdline []string, cards ...vscard.Card) *testVM {
+func bootWith(t *testing.T, p vmtest.Prereqs, initrd string, script string, cmdline []string, cards ...vscard.Card) *testVM {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), vmTimeout)
 	t.Cleanup(cancel)
 	start := time.Now()
 	vm, err := qemuvm.Start(ctx, qemuvm.Config{
-		QEMU:    p.qemu,
-		Kernel:  p.kernel.Image,
+		QEMU:    p.QEMU,
+		Kernel:  p.Kernel.Image,
 		Initrd:  initrd,
 		Files:   map[string][]byte{"/vmscript": []byte(script)},
 		Readers: len(cards),
 		Append:  cmdline,
-		Stderr:  testWriter{t, "qemu: "},
+		Stderr:  vmtest.LogWriter{T: t, Prefix: "qemu: "},
 		Args:    strings.Fields(os.Getenv(qemuArgsEnv)),
 	})
 	if err != nil {
@@ -327,17 +198,6 @@ func (tv *testVM) done(t *testing.T) {
 	if _, err := tv.vm.Console().Await(ctx, func(e vmscript.Event) bool { return e.Kind == vmscript.KindDone }); err != nil {
 		t.Fatalf("guest script did not finish: %v", err)
 	}
-}
-
-// testWriter logs what QEMU writes to stderr.
-type testWriter struct {
-	t      *testing.T
-	prefix string
-}
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(w.prefix + strings.TrimRight(string(p), "\n"))
-	return len(p), nil
 }
 
 func must(t *testing.T, err error) {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/wsrc-go/wsrc/card/sim"
 	"github.com/wsrc-go/wsrc/internal/testenv/qemuvm/vmscript"
+	"github.com/wsrc-go/wsrc/internal/testenv/vmtest"
 	"github.com/wsrc-go/wsrc/internal/testenv/vscard"
 )
 
@@ -16,13 +17,13 @@ import (
 // through usbfs to each of two emulated readers, and the simulated cards
 // served from here answer; and the guest's loopback network works.
 func TestQEMUSmoke(t *testing.T) {
-	p := need(t)
+	p := vmtest.Need(t)
 	t.Parallel()
 	initrd := buildImage(t, p, image{
 		name: "smoke",
 		binaries: map[string]string{
-			"usbapdu":   goBuild(t, "github.com/wsrc-go/wsrc/test/qemu/guest/usbapdu", false),
-			"loopcheck": goBuild(t, "github.com/wsrc-go/wsrc/test/qemu/guest/loopcheck", false),
+			"usbapdu":   vmtest.GoBuild(t, "github.com/wsrc-go/wsrc/test/qemu/guest/usbapdu", false),
+			"loopcheck": vmtest.GoBuild(t, "github.com/wsrc-go/wsrc/test/qemu/guest/loopcheck", false),
 		},
 	})
 	var s vmscript.Builder

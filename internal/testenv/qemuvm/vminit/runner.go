@@ -100,6 +100,17 @@ func (r *runner) step(st vmscript.Step) error {
 	case vmscript.OpMark:
 		r.con.event(vmscript.KindMark, "", st.Text)
 		return nil
+	case vmscript.OpSignal:
+		p, ok := r.procs[st.Name]
+		if !ok {
+			return fmt.Errorf("no process %q", st.Name)
+		}
+		select {
+		case <-p.done:
+			return fmt.Errorf("process %q has exited", st.Name)
+		default:
+		}
+		return p.cmd.Process.Signal(signals[st.Signal])
 	case vmscript.OpStop:
 		p, ok := r.procs[st.Name]
 		if !ok {
@@ -268,6 +279,9 @@ func (r *runner) stopAll() {
 		stop(r.procs[name])
 	}
 }
+
+// signals are the signal step's signals (vmscript.Signals).
+var signals = map[string]syscall.Signal{"HUP": syscall.SIGHUP, "INT": syscall.SIGINT, "USR1": syscall.SIGUSR1, "USR2": syscall.SIGUSR2}
 
 // stop sends SIGTERM, then SIGKILL after stopWait, and waits for the exit.
 func stop(p *proc) {

@@ -147,12 +147,28 @@ start again sleep 60
 	}
 }
 
+func TestSignal(t *testing.T) {
+	dir := t.TempDir()
+	ready, got := filepath.Join(dir, "ready"), filepath.Join(dir, "got")
+	evs, ok := runScript(t, `
+start trapper sh -c "trap 'echo usr1 > `+got+`' USR1; echo up > `+ready+`; while :; do sleep 0.05; done"
+until ready 30s match up cat `+ready+`
+signal trapper USR1
+until got 30s match usr1 cat `+got+`
+`, nil)
+	if !ok {
+		t.Fatalf("the signal did not arrive: %v", evs)
+	}
+}
+
 func TestStepErrors(t *testing.T) {
 	for _, src := range []string{
 		"run x /nonexistent/binary",
 		"start x /nonexistent/binary",
 		"start x sleep 60\nstart x sleep 60",
 		"stop nobody",
+		"signal nobody USR1",
+		"run x true\nsignal x USR1",
 		"wait-tcp 127.0.0.1:1 200ms",
 		"modules no-such-module",
 	} {

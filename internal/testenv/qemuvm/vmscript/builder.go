@@ -70,6 +70,12 @@ func (s *Builder) Until(name string, timeout time.Duration, match bool, pattern 
 // Mark prints a marker the test can wait for.
 func (s *Builder) Mark(text string) *Builder { return s.line(string(OpMark), text) }
 
+// Signal sends the background process name a signal, one of Signals
+// (e.g. "USR1"); it does not wait for anything.
+func (s *Builder) Signal(name, sig string) *Builder {
+	return s.line(string(OpSignal), name, sig)
+}
+
 // Stop stops the background process name.
 func (s *Builder) Stop(name string) *Builder { return s.line(string(OpStop), name) }
 

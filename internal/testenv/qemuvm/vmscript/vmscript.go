@@ -17,6 +17,7 @@
 //	until list 20s match "8949.*" wsrc list    rerun until the output matches
 //	until gone 20s nomatch "8949" wsrc list    ... or no longer matches
 //	mark removal                           tell the test something
+//	signal gadget USR1                     send a background process a signal
 //	stop server                            SIGTERM a background process, wait
 //
 // Every output line of a process becomes "@@vm out NAME LINE"; a finished
@@ -29,6 +30,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -48,7 +50,11 @@ const (
 	OpUntil   Op = "until"
 	OpMark    Op = "mark"
 	OpStop    Op = "stop"
+	OpSignal  Op = "signal"
 )
+
+// Signals are the signals a signal step may send, by name.
+var Signals = []string{"HUP", "INT", "USR1", "USR2"}
 
 // Step is one parsed line. Only the fields of its Op are set.
 type Step struct {
@@ -64,6 +70,7 @@ type Step struct {
 	Match   bool          // until: true = until the output matches Pattern
 	Pattern *regexp.Regexp
 	Text    string // mark
+	Signal  string // signal: one of Signals
 }
 
 // ErrSyntax wraps every parse error.
@@ -174,6 +181,12 @@ func parseStep(op Op, args []string) (Step, error) {
 			return st, errors.New("want one word (quote it)")
 		}
 		st.Text = args[0]
+	case OpSignal:
+		if len(args) != 2 || !slices.Contains(Signals, args[1]) {
+			return st, fmt.Errorf("want NAME SIGNAL (one of %v)", Signals)
+		}
+		st.Signal = args[1]
+		err = name()
 	case OpStop:
 		if len(args) != 1 {
 			return st, errors.New("want NAME")

@@ -21,6 +21,7 @@ func TestBuilderRoundTrip(t *testing.T) {
 		Until("gone", time.Second, false, "x", "sh", "-c", `echo "a b"; echo #x`).
 		Mark("remove me now").
 		Mark("").
+		Signal("server", "USR1").
 		Stop("server")
 	steps, err := Parse(b.String())
 	if err != nil {
@@ -37,7 +38,8 @@ func TestBuilderRoundTrip(t *testing.T) {
 		{Line: 8, Op: OpUntil, Name: "gone", Timeout: time.Second, Pattern: regexp.MustCompile("x"), Argv: []string{"sh", "-c", `echo "a b"; echo #x`}},
 		{Line: 9, Op: OpMark, Text: "remove me now"},
 		{Line: 10, Op: OpMark, Text: ""},
-		{Line: 11, Op: OpStop, Name: "server"},
+		{Line: 11, Op: OpSignal, Name: "server", Signal: "USR1"},
+		{Line: 12, Op: OpStop, Name: "server"},
 	}
 	if len(steps) != len(want) {
 		t.Fatalf("%d steps, want %d:\n%s", len(steps), len(want), b.String())
@@ -71,6 +73,9 @@ func TestParseErrors(t *testing.T) {
 		"until n never match x cmd",
 		"mark two words",
 		"stop",
+		"signal server",
+		"signal server KILL",
+		"signal bad/name USR1",
 		`mark "unterminated`,
 		`mark "a"b`,
 		strings.Repeat("#", MaxScript+1),

@@ -32,6 +32,18 @@
 //	                  itself anew (closing the GadgetFS files) with
 //	                  -start-delay, and registers the device again
 //
+// The -on flags pick the XfrBlock by its data (an APDU only the user
+// sends, not the host's own identification), for the full-stack pass;
+// each acts on that XfrBlock alone, the card behaves for the next one:
+//
+//	-slow-on HEX      -delay and -wtx apply to this XfrBlock only
+//	-mute-on HEX      the card in slot 0 is mute for it (ICC_MUTE)
+//	-stall-on HEX     halt bulk-in instead of answering it
+//
+// SIGUSR1 takes the card out of slot 0, or puts a fresh one in when the
+// slot is empty (for a test script that removes and inserts on its own
+// schedule).
+//
 // Output (stdout, one line each, for the test to read from the console):
 //
 //	ready                         the host configured the device
@@ -82,6 +94,18 @@ var faults struct {
 	unplugOn           string
 	replugAt, stallAt  int
 	replugAfter        time.Duration
+
+	slowOn, muteOn, stallOn string
+}
+
+// baseQuirks are the card quirks of slot i from the fault flags, as
+// inserted; the -on flags change them for one XfrBlock.
+func baseQuirks(i int) ccidsim.CardQuirks {
+	q := ccidsim.CardQuirks{Delay: faults.delay, WTX: faults.wtx, Mute: faults.mute && i == 0}
+	if faults.slowOn != "" {
+		q.Delay, q.WTX = 0, 0
+	}
+	return q
 }
 
 var epFiles = map[byte]string{bulkIn: "ep1in-bulk", bulkOut: "ep2out-bulk", intIn: "ep5in-int"}
@@ -112,6 +136,9 @@ func main() {
 	flag.IntVar(&faults.replugAt, "replug-at", 0, "unplug on the Nth XfrBlock and plug in again")
 	flag.IntVar(&faults.stallAt, "stall-at", 0, "halt bulk-in on the Nth XfrBlock")
 	flag.DurationVar(&faults.replugAfter, "replug-after", time.Second, "how long -replug-at stays unplugged")
+	flag.StringVar(&faults.slowOn, "slow-on", "", "-delay and -wtx only for an XfrBlock whose data starts with this hex")
+	flag.StringVar(&faults.muteOn, "mute-on", "", "the card is mute for an XfrBlock whose data starts with this hex")
+	flag.StringVar(&faults.stallOn, "stall-on", "", "halt bulk-in on an XfrBlock whose data starts with this hex")
 	startDelay := flag.Duration("start-delay", 0, "wait this long before registering the device")
 	flag.Parse()
 	time.Sleep(*startDelay)
@@ -137,8 +164,7 @@ func run(p lab.Profile, card sim.Config, serial string, timing bool) error {
 	}
 	rd.SetCardTiming(timing)
 	for i := range rd.Slots() {
-		q := ccidsim.CardQuirks{Delay: faults.delay, WTX: faults.wtx, Mute: faults.mute && i == 0}
-		rd.Slot(i).Insert(sim.New(card), q)
+		rd.Slot(i).Insert(sim.New(card), baseQuirks(i))
 	}
 	cfg := p.Reader.ConfigDescriptor(bulkIn, bulkOut, intIn)
 	eps, err := endpointConfigs(cfg)
@@ -160,18 +186,36 @@ func run(p lab.Profile, card sim.Config, serial string, timing bool) error {
 		return err
 	}
 	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT, syscall.SIGUSR1)
 	runErr := make(chan error, 1)
 	go func() { runErr <- dev.Run() }()
-	select {
-	case s := <-sig:
-		st := rd.Stats()
-		say("stats maxbusy=%d slotbusy=%d", st.MaxBusy, st.SlotBusy)
-		say("log %v: unplugging", s)
-		return nil // exiting closes the files: the host sees the unplug
-	case err := <-runErr:
-		return err
+	for {
+		select {
+		case s := <-sig:
+			if s == syscall.SIGUSR1 {
+				toggleCard(rd.Slot(0), card)
+				continue
+			}
+			st := rd.Stats()
+			say("stats maxbusy=%d slotbusy=%d", st.MaxBusy, st.SlotBusy)
+			say("log %v: unplugging", s)
+			return nil // exiting closes the files: the host sees the unplug
+		case err := <-runErr:
+			return err
+		}
 	}
+}
+
+// toggleCard takes the card out of sl, or puts a fresh one in when sl is
+// empty (SIGUSR1).
+func toggleCard(sl *ccidsim.Slot, card sim.Config) {
+	if sl.Present() {
+		sl.Remove()
+		say("log card removed from slot 0")
+		return
+	}
+	sl.Insert(sim.New(card), baseQuirks(0))
+	say("log card inserted in slot 0")
 }
 
 // deviceDescriptor is the 18-byte device descriptor of profile p:
@@ -332,14 +376,26 @@ func (s *server) pumpOut(ctx context.Context, e *gadgetfs.Endpoint) {
 			s.xfrs++
 			xfr = s.xfrs
 		}
-		if xfr > 0 && (xfr == faults.unplugAt || (faults.unplugOn != "" && strings.HasPrefix(hex.EncodeToString(m.Data), faults.unplugOn))) {
+		if xfr > 0 && (xfr == faults.unplugAt || dataStarts(m, faults.unplugOn)) {
 			say("log unplugging at XfrBlock %d", xfr)
 			os.Exit(0) // closes the GadgetFS files: the host sees the unplug
 		}
 		if xfr > 0 && xfr == faults.replugAt {
 			replug()
 		}
-		if xfr > 0 && xfr == faults.stallAt && s.in != nil {
+		if xfr > 0 && (faults.slowOn != "" || faults.muteOn != "") && int(m.Slot) < s.rd.Slots() {
+			q := baseQuirks(int(m.Slot))
+			if dataStarts(m, faults.slowOn) {
+				q.Delay, q.WTX = faults.delay, faults.wtx
+				say("log XfrBlock %d: slow (%v, time extension every %v)", xfr, q.Delay, q.WTX)
+			}
+			if dataStarts(m, faults.muteOn) {
+				q.Mute = true
+				say("log XfrBlock %d: card mute", xfr)
+			}
+			s.rd.Slot(int(m.Slot)).SetQuirks(q)
+		}
+		if xfr > 0 && (xfr == faults.stallAt || dataStarts(m, faults.stallOn)) && s.in != nil {
 			err := s.in.Halt()
 			say("log bulk-in halted at XfrBlock %d (%v)", xfr, err)
 			msg = nil
@@ -353,6 +409,12 @@ func (s *server) pumpOut(ctx context.Context, e *gadgetfs.Endpoint) {
 			s.removeAndReinsert(ctx)
 		}
 	}
+}
+
+// dataStarts reports whether m's data starts with the bytes of hexPrefix
+// (never for an empty one).
+func dataStarts(m ccid.Message, hexPrefix string) bool {
+	return hexPrefix != "" && strings.HasPrefix(hex.EncodeToString(m.Data), hexPrefix)
 }
 
 // replug executes this program anew without -replug-at: the exec
@@ -384,6 +446,9 @@ func (s *server) pumpIn(ctx context.Context, e *gadgetfs.Endpoint, next func(con
 				say("log %s: %v", e.Name, err)
 			}
 			return
+		}
+		if len(msg) > 7 && msg[0] == byte(ccid.RDRToPCDataBlock) && msg[7]>>6 == 2 {
+			say("log %s: time extension", e.Name)
 		}
 		if err := e.Write(msg); err != nil {
 			if ctx.Err() == nil {

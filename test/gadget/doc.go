@@ -18,8 +18,13 @@
 // VM runs the fault scenarios through the real kernel: TestGadgetUnplug
 // (the reader unplugged while an APDU is in flight), TestGadgetRemoval
 // (card out and back in, by interrupt endpoint and by polling),
-// TestGadgetMute (a mute card, both hosts). One VM serves every subtest
-// (about 45 s of VM time plus the builds).
+// TestGadgetMute (a mute card, both hosts), and more. Last, the
+// full-stack pass runs wsrc-server, wsrc-agent --backend ccid and the
+// wsrc CLI against gadget readers: TestGadgetFullStack (unplug under the
+// user's APDU, replug), TestGadgetFullStackRemoval (interrupt endpoint
+// and polling), TestGadgetFullStackTimeExtension, TestGadgetFullStackMute,
+// TestGadgetFullStackStall. One VM serves every subtest (about 100 s of
+// VM time plus the builds).
 //
 // Run with
 //

@@ -254,10 +254,11 @@ func TestGadgetFullStackTimeExtension(t *testing.T) {
 				n++
 			}
 		}
-		// 3 s at one every 0.5 s: 5 or 6, fewer if the host was slow to
-		// read them; none means the APDU was not the slow one.
-		if n < 3 {
-			t.Errorf("the reader sent %d time extensions, want at least 3", n)
+		// 3 s at one every 0.5 s make 5 or 6; none means the APDU was
+		// not the slow one (how many is not asserted: the VM's clock
+		// runs as the host lets it).
+		if n == 0 {
+			t.Errorf("the reader sent no time extension")
 		}
 		t.Logf("%d time extensions before the answer", n)
 		fs.logs(t, fsGadget2)
